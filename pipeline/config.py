@@ -1,0 +1,271 @@
+"""Typed configuration: one dataclass per params.yaml section.
+
+Every stage starts with `load_params()`, which checks params.yaml against these
+dataclasses before anything heavy is imported: an unknown key or a wrong type fails
+in well under a second with a message naming the key (`train.lrr`, `model.tiny.hidden_size`).
+
+    python -m pipeline.config [params.yaml]     # validate and print the typed config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file that does not match the typed configuration."""
+
+
+@dataclass
+class ChatConfig:
+    system_prompt: str
+    """System message put before every conversation in train and evaluate."""
+
+
+@dataclass
+class TinyModelConfig:
+    vocab_size: int
+    """SentencePiece vocabulary size, special and tag tokens included."""
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    max_position_embeddings: int
+
+
+@dataclass
+class ModelConfig:
+    source: str
+    """`tiny`: built from scratch by base_model; `hf`: a Hugging Face id or local directory."""
+    hf_id: str | None = None
+    """Hub id or local path, for source `hf`."""
+    tiny: TinyModelConfig | None = None
+    """Architecture of the tiny model, for source `tiny`."""
+
+    def __post_init__(self) -> None:
+        if self.source not in ("tiny", "hf"):
+            raise ConfigError(f"model.source: expected 'tiny' or 'hf', got {self.source!r}")
+        if self.source == "tiny" and self.tiny is None:
+            raise ConfigError("model.tiny: required when model.source is 'tiny'")
+        if self.source == "hf" and not self.hf_id:
+            raise ConfigError("model.hf_id: required when model.source is 'hf'")
+
+
+@dataclass
+class SampleSiteConfig:
+    generator: str
+    """Which of our sample-site generators builds the pages (crawlers/sample_sites)."""
+    per_page: int
+    """Questions per page."""
+    seed: int
+    """Seed of the generator: same seed, same site."""
+
+
+@dataclass
+class SelectorsConfig:
+    """CSS selectors (Scrapy/parsel syntax) that find a question block and its fields."""
+
+    item: str
+    id: str
+    """The item's stable id on the site; when it yields nothing, a hash of URL and question is used."""
+    kind: str
+    title: str
+    question: str
+    options: str
+    """One element per option; its text is the option."""
+    option_key: str
+    """Within an option element: its key (A, B, ...). Empty: keys are A, B, ... in order."""
+    answer: str
+    explanation: str
+
+
+@dataclass
+class SiteConfig:
+    name: str
+    """Names the output file data/raw/<name>.jsonl and the `site` field of every item."""
+    sample: SampleSiteConfig | None
+    """When set, the crawl stage generates this sample site and serves it on 127.0.0.1."""
+    start_urls: list[str]
+    """Absolute URLs, or paths on the served sample site."""
+    allowed_domains: list[str]
+    lang: str
+    follow: str
+    """Selector for links to follow (chapters, sections)."""
+    next_page: str
+    """Selector for the pagination link."""
+    selectors: SelectorsConfig
+    answer_prefix: str
+    """Text stripped from the start of an answer ("Answer:")."""
+
+
+@dataclass
+class PrepareConfig:
+    min_question_chars: int
+    max_text_chars: int
+    val_fraction: float
+    test_fraction: float
+
+
+@dataclass
+class LoraConfig:
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str]
+
+
+@dataclass
+class TrainConfig:
+    lr: float
+    """Peak learning rate; by default it follows the top-level `lr`."""
+    epochs: float
+    max_steps: int
+    """Overrides epochs when > 0."""
+    batch_size: int
+    """Per-process batch size."""
+    grad_accum: int
+    max_seq_len: int
+    """Longer conversations are truncated (and counted in metrics/train.json)."""
+    warmup_ratio: float
+    weight_decay: float
+    logging_steps: int
+    eval_steps: int
+    seed: int
+    lora: LoraConfig
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int
+    num_generations: int
+    """How many test questions get a greedy generation saved for reading."""
+    max_new_tokens: int
+
+
+@dataclass
+class Params:
+    seed: int
+    profile: str
+    lr: float
+    """Top-level learning rate, so that `dvc exp run -S lr=1e-5` works as typed."""
+    chat: ChatConfig
+    model: ModelConfig
+    site: SiteConfig
+    prepare: PrepareConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value, tp, key: str):
+    """Check `value` against the annotation `tp`, building nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {tp}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return build(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp} for {key}")
+
+
+def build(cls, data: dict, prefix: str = ""):
+    """Build dataclass `cls` from `data`, rejecting unknown and missing keys by name."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    dotted = (prefix + ".") if prefix else ""
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{dotted}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{dotted}{key}'{hint}; known keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is not dataclasses.MISSING:
+                continue
+            raise ConfigError(f"missing key '{dotted}{name}'")
+        kwargs[name] = _convert(data[name], hints[name], dotted + name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix or 'params'}: {exc}") from exc
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; ConfigError names the file and the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; compose it with `make params`") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return build(Params, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_or_exit(path: str | Path = PARAMS_FILE) -> Params:
+    """For stage entry points: a bad params file ends the process with one clear line."""
+    try:
+        return load_params(path)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def main() -> None:
+    path = sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE
+    params = load_or_exit(path)
+    print(f"{path}: ok (profile {params.profile}, model source {params.model.source})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Compose params.yaml from conf/ with Hydra, exactly as `dvc exp run -S` does, then validate it.
+
+    python -m pipeline.params                         # defaults (make params)
+    python -m pipeline.params profile=tiny train.epochs=2
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.config import PARAMS_FILE, ConfigError, load_params
+
+CONF_DIR = Path("conf")
+
+
+def compose(overrides: list[str], out: Path = PARAMS_FILE, conf_dir: Path = CONF_DIR) -> None:
+    """Write `out` from conf/config.yaml plus Hydra `overrides`, with DVC's own composer."""
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(out, str(conf_dir.resolve()), None, "config", str(conf_dir.resolve().parent), overrides)
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    try:
+        compose(overrides)
+    except Exception as exc:  # Hydra's errors name the bad override or config group
+        sys.exit(f"error: composing {PARAMS_FILE} from {CONF_DIR}/ with {overrides}: {exc}")
+    try:
+        params = load_params()
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    print(f"params: wrote {PARAMS_FILE} (profile {params.profile}, model {params.model.source}, site {params.site.name})")
+
+
+if __name__ == "__main__":
+    main()

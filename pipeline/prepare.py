@@ -1,0 +1,150 @@
+"""Stage prepare: raw crawl items -> clean records, every reject counted by reason.
+
+Normalisation is Unicode NFKC plus whitespace collapsing, applied to every text field;
+`text` is the canonical string later stages compare (question, options, answer).
+Until the dedup stage lands, records are split into train/val/test here by a stable hash
+of their canonical question, so the same question always falls in the same split.
+
+Outputs: data/clean/clean.jsonl (kept, sorted by id), data/clean/rejects.jsonl
+(id, url, reason) and metrics/prepare.json.
+
+    python -m pipeline.prepare        # reads params.yaml (dvc repro prepare)
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import re
+import sys
+import unicodedata
+from pathlib import Path
+
+from pipeline.config import PrepareConfig, load_or_exit
+
+RAW_DIR = Path("data/raw")
+CLEAN_DIR = Path("data/clean")
+METRICS = Path("metrics/prepare.json")
+
+_SPACE = re.compile(r"[ \t\u00a0\u3000]+")
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
+def normalise(text: str | None) -> str:
+    """NFKC, unified newlines, runs of spaces collapsed, blank lines squeezed, stripped."""
+    if not text:
+        return ""
+    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _SPACE.sub(" ", text)
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def canonical_text(record: dict) -> str:
+    parts = [record["question"]]
+    parts += [f"{k}. {v}" for k, v in record["options"].items()]
+    parts.append(f"Answer: {record['answer']}")
+    return "\n".join(parts)
+
+
+def clean_record(raw: dict, cfg: PrepareConfig) -> tuple[dict | None, str | None]:
+    """Return (record, None) or (None, reject reason)."""
+    rec = dict(raw)
+    for key in ("title", "question", "answer", "explanation"):
+        rec[key] = normalise(raw.get(key))
+    rec["options"] = {normalise(k): normalise(v) for k, v in (raw.get("options") or {}).items()}
+    if not rec["question"]:
+        return None, "empty_question"
+    if len(rec["question"]) < cfg.min_question_chars:
+        return None, "short_question"
+    if not rec["answer"]:
+        return None, "empty_answer"
+    if rec["kind"] == "mcq":
+        if len(rec["options"]) < 2:
+            return None, "mcq_without_options"
+        if rec["answer"] not in rec["options"]:
+            return None, "answer_not_in_options"
+    rec["text"] = canonical_text(rec)
+    if len(rec["text"]) > cfg.max_text_chars:
+        return None, "too_long"
+    return rec, None
+
+
+def assign_split(text: str, cfg: PrepareConfig) -> str:
+    bucket = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+    if bucket < cfg.test_fraction:
+        return "test"
+    if bucket < cfg.test_fraction + cfg.val_fraction:
+        return "val"
+    return "train"
+
+
+def read_raw(raw_dir: Path, rejects: list[dict]):
+    """Yield raw items from every JSONL file; a line that is not a JSON object is a reject."""
+    files = sorted(raw_dir.glob("*.jsonl"))
+    if not files:
+        sys.exit(f"error: no raw items in {raw_dir}/ (run the crawl stage first: dvc repro crawl)")
+    for path in files:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    rejects.append({"id": None, "where": f"{path}:{lineno}", "reason": "malformed_json",
+                                    "detail": str(exc)})
+                    continue
+                if not isinstance(item, dict) or not item.get("id"):
+                    rejects.append({"id": None, "where": f"{path}:{lineno}", "reason": "missing_id"})
+                    continue
+                yield item
+
+
+def prepare(cfg: PrepareConfig, raw_dir: Path = RAW_DIR, out_dir: Path = CLEAN_DIR) -> dict:
+    rejects: list[dict] = []
+    kept: dict[str, dict] = {}
+    seen_text: dict[str, str] = {}
+    n_input = 0
+    for raw in sorted(read_raw(raw_dir, rejects), key=lambda r: r["id"]):
+        n_input += 1
+        rec, reason = clean_record(raw, cfg)
+        if rec is not None and rec["id"] in kept:
+            rec, reason = None, "duplicate_id"
+        if rec is not None and rec["text"] in seen_text:
+            rec, reason = None, "exact_duplicate"
+        if rec is None:
+            rejects.append({"id": raw["id"], "where": raw.get("url"), "reason": reason})
+            continue
+        seen_text[rec["text"]] = rec["id"]
+        rec["split"] = assign_split(rec["text"], cfg)
+        kept[rec["id"]] = rec
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "clean.jsonl").open("w", encoding="utf-8") as f:
+        for rec in kept.values():
+            f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
+    with (out_dir / "rejects.jsonl").open("w", encoding="utf-8") as f:
+        for rej in rejects:
+            f.write(json.dumps(rej, ensure_ascii=False, sort_keys=True) + "\n")
+    n_input += sum(1 for r in rejects if r["id"] is None)
+    return {
+        "input": n_input,
+        "kept": len(kept),
+        "rejected": dict(sorted(collections.Counter(r["reason"] for r in rejects).items())),
+        "splits": dict(sorted(collections.Counter(r["split"] for r in kept.values()).items())),
+        "kinds": dict(sorted(collections.Counter(r["kind"] for r in kept.values()).items())),
+    }
+
+
+def main() -> None:
+    params = load_or_exit()
+    metrics = prepare(params.prepare)
+    METRICS.parent.mkdir(parents=True, exist_ok=True)
+    METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print(f"prepare: kept {metrics['kept']} of {metrics['input']}, rejected {metrics['rejected']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Shared fixtures: the real configuration, composed and shrunk; a tiny tokenizer; helpers
+to run stages as subprocesses (Scrapy's reactor starts once per process)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def stage_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    return env
+
+
+def run_stage(module: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m <module>` in `cwd` as DVC would; on failure show its output."""
+    proc = subprocess.run([sys.executable, "-m", module], cwd=cwd, env=env or stage_env(),
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{module} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def compose_params(dest: Path, *overrides: str) -> Path:
+    """Compose the real conf/ into `dest`/params.yaml, with Hydra overrides."""
+    from pipeline.params import compose
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / "params.yaml"
+    compose(list(overrides), out=out, conf_dir=ROOT / "conf")
+    return out
+
+
+@pytest.fixture(scope="session")
+def crawled_workspace(tmp_path_factory) -> Path:
+    """A workspace where crawl and prepare have run on the tiny profile."""
+    ws = tmp_path_factory.mktemp("ws")
+    compose_params(ws)
+    run_stage("pipeline.crawl", ws)
+    run_stage("pipeline.prepare", ws)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(crawled_workspace, tmp_path_factory):
+    """The tiny profile's tokenizer, trained on the crawled corpus by base_model's own code."""
+    from transformers import LlamaTokenizer
+
+    from pipeline.base_model import configure_tokenizer, corpus_lines, train_sentencepiece
+
+    out = tmp_path_factory.mktemp("tok")
+    lines = corpus_lines(crawled_workspace / "data/clean/clean.jsonl", "You are a careful domain expert.")
+    train_sentencepiece(lines, 1200, out)
+    return configure_tokenizer(LlamaTokenizer.from_pretrained(out, add_bos_token=False))
+
+
+def copy_tree(src: Path, dst: Path, names: list[str]) -> None:
+    for name in names:
+        target = dst / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / name, target)

@@ -1,0 +1,39 @@
+"""The tiny base model: same params and corpus, same bytes; our tokenizer conventions hold."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+from pipeline import chat
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_tiny_base_model_is_byte_reproducible(crawled_workspace, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.base_model import build
+    from pipeline.config import load_params
+
+    ws = tmp_path / "ws"
+    shutil.copytree(crawled_workspace / "data", ws / "data")
+    shutil.copy(crawled_workspace / "params.yaml", ws / "params.yaml")
+    monkeypatch.chdir(ws)
+    params = load_params()
+    build(params.model, params.seed, params.chat.system_prompt, ws / "a")
+    build(params.model, params.seed, params.chat.system_prompt, ws / "b")
+    assert _digest(ws / "a") == _digest(ws / "b")
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(_digest(ws / "a"))
+
+    tok = AutoTokenizer.from_pretrained(ws / "a")
+    model = AutoModelForCausalLM.from_pretrained(ws / "a")
+    assert tok.chat_template == chat.CHAT_TEMPLATE
+    assert tok.pad_token_id != tok.eos_token_id == tok.convert_tokens_to_ids(chat.IM_END)
+    assert model.config.vocab_size == len(tok)
+    assert tok.eos_token_id in model.generation_config.eos_token_id
+
+    build(params.model, params.seed + 1, params.chat.system_prompt, ws / "c")
+    assert _digest(ws / "c")["model.safetensors"] != _digest(ws / "a")["model.safetensors"]

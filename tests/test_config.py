@@ -1,0 +1,76 @@
+"""The configuration: the real conf/ composes and validates; bad keys and types fail by name."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import compose_params, run_stage
+from pipeline.config import ConfigError, load_params
+
+
+def test_default_config_composes_to_the_tiny_profile(tmp_path):
+    params = load_params(compose_params(tmp_path))
+    assert params.profile == "tiny"
+    assert params.model.source == "tiny"
+    assert params.train.lr == params.lr
+    assert params.site.sample is not None
+
+
+def test_top_level_lr_is_followed_by_train(tmp_path):
+    # `dvc exp run -S lr=1e-5` is a Hydra override of the top-level key.
+    params = load_params(compose_params(tmp_path, "lr=1e-5"))
+    assert params.train.lr == pytest.approx(1e-5)
+    params = load_params(compose_params(tmp_path, "train.lr=2e-5"))
+    assert params.train.lr == pytest.approx(2e-5) and params.lr != pytest.approx(2e-5)
+
+
+def test_hf_model_config_composes_and_validates(tmp_path):
+    params = load_params(compose_params(tmp_path, "model=qwen2.5-0.5b-instruct"))
+    assert params.model.source == "hf"
+    assert params.model.hf_id == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def _write_modified(tmp_path, edit) -> str:
+    path = compose_params(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_misspelled_key_is_named_with_a_suggestion(tmp_path):
+    def edit(d):
+        d["train"]["lrr"] = d["train"].pop("lr")
+
+    with pytest.raises(ConfigError) as err:
+        load_params(_write_modified(tmp_path, edit))
+    assert "unknown key 'train.lrr'" in str(err.value)
+    assert "did you mean 'train.lr'" in str(err.value)
+    assert "params.yaml" in str(err.value)
+
+
+def test_wrong_type_is_named(tmp_path):
+    def edit(d):
+        d["model"]["tiny"]["hidden_size"] = "sixty-four"
+
+    with pytest.raises(ConfigError, match=r"model\.tiny\.hidden_size: expected an integer"):
+        load_params(_write_modified(tmp_path, edit))
+
+
+def test_missing_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing key 'eval.max_new_tokens'"):
+        load_params(_write_modified(tmp_path, lambda d: d["eval"].pop("max_new_tokens")))
+
+
+def test_stage_refuses_bad_params_before_any_work(tmp_path):
+    def edit(d):
+        d["train"]["epochz"] = d["train"].pop("epochs")
+
+    _write_modified(tmp_path, edit)
+    proc = run_stage("pipeline.train", tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "unknown key 'train.epochz'" in proc.stderr
+    assert "did you mean 'train.epochs'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "models").exists()

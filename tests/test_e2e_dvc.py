@@ -1,0 +1,89 @@
+"""One end-to-end run of the real pipeline with real `dvc` in a temporary git repository:
+`dvc repro` builds everything on the tiny profile, a second `dvc repro` runs nothing, and
+`dvc exp run -S train.lr=1e-5` reruns train and evaluate only."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+    env.pop("PYTHONPATH", None)  # the stages must run from the repository itself
+    return env
+
+
+def _run(repo: Path, *cmd: str) -> str:
+    proc = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{out[-6000:]}")
+    return out
+
+
+def _stages_run(out: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", out)
+
+
+def _project_copy(dest: Path) -> Path:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file() and not name.startswith(("data/", "models/", "metrics/", "reports/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for stale in ("params.yaml", "dvc.lock"):
+        (dest / stale).unlink(missing_ok=True)
+    return dest
+
+
+def test_repro_noop_and_experiment(tmp_path):
+    repo = _project_copy(tmp_path / "repo")
+    _run(repo, "git", "init", "-q", "-b", "main")
+    _run(repo, sys.executable, "-m", "pipeline.params")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-q", "-m", "project")
+
+    first = _run(repo, "dvc", "repro")
+    assert _stages_run(first) == ["crawl", "prepare", "base_model", "train", "evaluate"]
+    assert (repo / "models/adapter/adapter_model.safetensors").exists()
+    assert (repo / "models/adapter/tokenizer.json").exists()
+    assert (repo / "reports/train/plots/metrics/train/loss.tsv").exists()
+    assert (repo / "reports/train/plots/metrics/eval/loss.tsv").exists()
+    assert (repo / "reports/eval/generations.md").exists()
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+    generations = (repo / "reports/eval/generations.jsonl").read_text().splitlines()
+    assert len(generations) == 2 * 10
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-q", "-m", "first run")
+
+    second = _run(repo, "dvc", "repro")
+    assert _stages_run(second) == []
+    assert "didn't change" in second or "up to date" in second
+
+    exp = _run(repo, "dvc", "exp", "run", "-S", "train.lr=1e-5")
+    assert _stages_run(exp) == ["train", "evaluate"]
+
+    shown = json.loads(_run(repo, "dvc", "exp", "show", "--json"))
+    text = json.dumps(shown)
+    assert "metrics/eval.json" in text
+    runs = re.findall(r'"lr": ([0-9.e+-]+)', text)
+    assert any(float(v) == pytest.approx(1e-5) for v in runs), runs
+    assert any(float(v) != pytest.approx(1e-5) for v in runs), runs
