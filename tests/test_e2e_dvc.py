@@ -1,6 +1,6 @@
 """One end-to-end run of the real pipeline with real `dvc` in a temporary git repository:
 `dvc repro` builds everything on the tiny profile, a second `dvc repro` runs nothing, and
-`dvc exp run -S train.lr=1e-5` reruns train and evaluate only."""
+`dvc exp run -S lr=1e-5` (and `-S train.lr=...`) rerun train and evaluate only."""
 
 from __future__ import annotations
 
@@ -78,12 +78,17 @@ def test_repro_noop_and_experiment(tmp_path):
     assert _stages_run(second) == []
     assert "didn't change" in second or "up to date" in second
 
-    exp = _run(repo, "dvc", "exp", "run", "-S", "train.lr=1e-5")
+    # The product card's form: a top-level lr that train.lr follows.
+    exp = _run(repo, "dvc", "exp", "run", "-S", "lr=1e-5")
+    assert _stages_run(exp) == ["train", "evaluate"]
+    assert "Stage 'base_model' didn't change" in exp
+    exp = _run(repo, "dvc", "exp", "run", "-S", "train.lr=2e-5")
     assert _stages_run(exp) == ["train", "evaluate"]
 
     shown = json.loads(_run(repo, "dvc", "exp", "show", "--json"))
-    text = json.dumps(shown)
-    assert "metrics/eval.json" in text
-    runs = re.findall(r'"lr": ([0-9.e+-]+)', text)
-    assert any(float(v) == pytest.approx(1e-5) for v in runs), runs
-    assert any(float(v) != pytest.approx(1e-5) for v in runs), runs
+    baseline = next(row for row in shown if row["rev"] != "workspace")
+    runs = [baseline["data"]] + [e["revs"][0]["data"] for e in baseline["experiments"] or []]
+    lrs = sorted(r["params"]["params.yaml"]["data"]["train"]["lr"] for r in runs)
+    assert lrs == [pytest.approx(1e-5), pytest.approx(2e-5), pytest.approx(3e-3)]
+    for run in runs:
+        assert run["metrics"]["metrics/eval.json"]["data"]["tuned"]["loss"] > 0
