@@ -38,6 +38,5 @@ train: params ## Train the adapter with GPUS processes (torchrun; gloo on CPU): 
 test: ## Run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
-clean: ## Remove pipeline outputs from the workspace (the DVC cache keeps them: `dvc checkout` restores)
-	rm -rf data/raw data/clean models/base models/adapter models/checkpoints reports/train reports/eval \
-	  metrics/*.json outputs .pytest_cache
+clean: ## Remove the DVC-cached outputs from the workspace (`dvc checkout` restores them)
+	rm -rf data/raw data/clean models/base models/adapter models/checkpoints outputs .pytest_cache

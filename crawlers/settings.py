@@ -4,7 +4,8 @@ BOT_NAME = "distillery"
 SPIDER_MODULES = ["crawlers.spiders"]
 NEWSPIDER_MODULE = "crawlers.spiders"
 
-USER_AGENT = "DistilleryBot/0.1 (+https://github.com/distillery; dataset research crawler)"
+# Identify the crawler honestly; put your contact address here before crawling real sites.
+USER_AGENT = "DistilleryBot/0.1 (dataset research crawler)"
 ROBOTSTXT_OBEY = True
 CONCURRENT_REQUESTS_PER_DOMAIN = 4
 AUTOTHROTTLE_ENABLED = True
@@ -15,5 +16,4 @@ RETRY_TIMES = 2
 DOWNLOAD_TIMEOUT = 30
 ITEM_PIPELINES = {"crawlers.pipelines.ValidateItemPipeline": 100}
 LOG_LEVEL = "INFO"
-REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 FEED_EXPORT_ENCODING = "utf-8"

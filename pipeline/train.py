@@ -53,7 +53,10 @@ def relaunch_distributed(nproc: int) -> None:
 
 
 def live_callback(live_dir: Path):
-    """A TrainerCallback that sends train and eval loss to DVCLive, keyed by global step."""
+    """A TrainerCallback that sends train and eval loss to DVCLive, keyed by global step.
+
+    Only the main process logs. Call `.close()` after the final evaluation.
+    """
     from dvclive import Live
     from transformers import TrainerCallback
 
@@ -73,9 +76,10 @@ def live_callback(live_dir: Path):
                 if key in logs:
                     self.live.log_metric(name, float(logs[key]))
 
-        def on_train_end(self, args, state, control, **kwargs):
+        def close(self):
             if self.live is not None:
                 self.live.end()
+                self.live = None
 
     return DVCLiveLoss()
 
@@ -152,9 +156,13 @@ def train(params: Params) -> dict:
     if not train_ex or not val_ex:
         sys.exit(f"error: {CLEAN} has {len(train_ex)} train and {len(val_ex)} val records; both must be non-empty")
 
-    trainer = build_trainer(model, tokenizer, train_ex, val_ex, cfg, callbacks=[live_callback(LIVE_DIR)])
+    live = live_callback(LIVE_DIR)
+    trainer = build_trainer(model, tokenizer, train_ex, val_ex, cfg, callbacks=[live])
     result = trainer.train()
-    final_eval = trainer.evaluate()
+    # The final eval loss: logged at the last step already, or measured now (and logged).
+    last = [log for log in trainer.state.log_history if "eval_loss" in log and log["step"] == result.global_step]
+    eval_loss = last[-1]["eval_loss"] if last else trainer.evaluate()["eval_loss"]
+    live.close()
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if trainer.is_world_process_zero():
         shutil.rmtree(ADAPTER_DIR, ignore_errors=True)
@@ -163,7 +171,7 @@ def train(params: Params) -> dict:
         shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
     return {
         "train_loss": result.training_loss,
-        "eval_loss": final_eval["eval_loss"],
+        "eval_loss": eval_loss,
         "steps": result.global_step,
         "train_examples": len(train_ex),
         "val_examples": len(val_ex),

@@ -4,7 +4,6 @@ to run stages as subprocesses (Scrapy's reactor starts once per process)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,10 +62,3 @@ def tiny_tokenizer(crawled_workspace, tmp_path_factory):
     lines = corpus_lines(crawled_workspace / "data/clean/clean.jsonl", "You are a careful domain expert.")
     train_sentencepiece(lines, 1200, out)
     return configure_tokenizer(LlamaTokenizer.from_pretrained(out, add_bos_token=False))
-
-
-def copy_tree(src: Path, dst: Path, names: list[str]) -> None:
-    for name in names:
-        target = dst / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / name, target)

@@ -37,3 +37,28 @@ def test_tiny_base_model_is_byte_reproducible(crawled_workspace, tmp_path, monke
 
     build(params.model, params.seed + 1, params.chat.system_prompt, ws / "c")
     assert _digest(ws / "c")["model.safetensors"] != _digest(ws / "a")["model.safetensors"]
+
+
+def test_hf_source_takes_our_template_and_keeps_the_weights(crawled_workspace, tmp_path, monkeypatch):
+    """source `hf` with a local directory (no hub access): a model saved with another template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.base_model import build
+    from pipeline.config import ModelConfig, load_params
+
+    shutil.copytree(crawled_workspace / "data", tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    params = load_params(crawled_workspace / "params.yaml")
+    build(params.model, params.seed, params.chat.system_prompt, tmp_path / "src")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "src")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(tmp_path / "src")
+
+    build(ModelConfig(source="hf", hf_id=str(tmp_path / "src")), params.seed, "", tmp_path / "out")
+    out_tok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert out_tok.chat_template == chat.CHAT_TEMPLATE
+    assert out_tok.eos_token == chat.IM_END and out_tok.pad_token_id != out_tok.eos_token_id
+    src = AutoModelForCausalLM.from_pretrained(tmp_path / "src").state_dict()
+    out = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    assert src.keys() == out.keys() and all(torch.equal(src[k], out[k]) for k in src)
