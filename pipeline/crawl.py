@@ -1,80 +1,175 @@
-"""Stage crawl: run the site's Scrapy spider and write data/raw/<site>.jsonl.
+"""Stage crawl@<site>: run the site's spider and write data/raw/<site>.jsonl.
 
-When the site is one of our samples, the stage generates it and serves it on 127.0.0.1
-for the length of the crawl. Items are written sorted by id (a crawl's order depends on
-the network), and the crawl's counters go to metrics/crawl.json.
+- Sample sites are generated and served on 127.0.0.1 (their configured port) for the crawl.
+- Every response is kept in Scrapy's HTTP cache, data/httpcache/<site> (a persisted DVC
+  output): a re-crawl replays finished pages instead of fetching them again, and
+  `sites.<site>.offline: true` replays the whole crawl without the network.
+- Resuming: the crawl keeps its state in data/crawl_state/<site> (Scrapy's JOBDIR and every
+  accepted item, appended as found). A crawl stopped cleanly (Ctrl-C, SIGTERM) resumes from
+  that queue. A killed one (SIGKILL, power loss) leaves a queue Scrapy cannot trust, so the
+  next run starts over from the start URLs, and the HTTP cache serves every page fetched
+  before: no finished page is fetched twice either way.
+- The output is written whole at the end (sorted by id, replacing the previous file), with
+  the crawl's counters in metrics/crawl/<site>.json.
 
-    python -m pipeline.crawl          # reads params.yaml (dvc repro crawl)
+    python -m pipeline.crawl elements_qa      # reads params.yaml (dvc repro crawl@elements_qa)
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
+import os
+import shutil
+import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from pipeline.config import SiteConfig, load_or_exit
 
 RAW_DIR = Path("data/raw")
-METRICS = Path("metrics/crawl.json")
+CACHE_DIR = Path("data/httpcache")
+STATE_DIR = Path("data/crawl_state")
+METRICS_DIR = Path("metrics/crawl")
+CLEAN_STOP = "stopped-cleanly"
 
 
-def crawl(site: SiteConfig, out_dir: Path = RAW_DIR) -> dict:
-    """Crawl `site`; returns the crawl's metrics. Writes <out_dir>/<site.name>.jsonl."""
+def spider_class(kind: str):
+    from crawlers.spiders.bank import BankSpider
+    from crawlers.spiders.doc import DocSpider
+    from crawlers.spiders.qa import QASpider
+
+    return {"qa": QASpider, "bank": BankSpider, "doc": DocSpider}[kind]
+
+
+def _prepare_state(state: Path) -> bool:
+    """Keep a cleanly stopped crawl's state for resuming; drop a killed one's. True if resuming."""
+    if (state / CLEAN_STOP).exists():
+        (state / CLEAN_STOP).unlink()
+        return True
+    shutil.rmtree(state, ignore_errors=True)
+    return False
+
+
+def _match_cache_to_sample(cache: Path, pages: dict) -> None:
+    """A sample site is regenerated each crawl; when its content changed (a new seed, a new
+    generator), the cached responses describe another site and are dropped."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(pages):
+        digest.update(f"{path}\0{pages[path]!r}\0".encode())
+    stamp = cache / "SAMPLE_SITE_SHA256"
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    stamp.write_text(digest.hexdigest())
+
+
+def _read_items(path: Path) -> dict[str, dict]:
+    items: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line being written when the process stopped
+            items[item["id"]] = item
+    return items
+
+
+def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path = CACHE_DIR,
+          state_dir: Path = STATE_DIR) -> dict:
+    """Crawl one site; returns its metrics. Writes <raw_dir>/<name>.jsonl."""
     from scrapy import signals
     from scrapy.crawler import CrawlerProcess
     from scrapy.utils.project import get_project_settings
 
     from crawlers.sample_sites import GENERATORS
     from crawlers.sample_sites.serve import serve
-    from crawlers.spiders.qa import QASpider
 
-    items: list[dict] = []
-    with contextlib.ExitStack() as stack:
+    state = state_dir / name
+    resuming = _prepare_state(state)
+    cache = cache_dir / name
+    sample = GENERATORS[site.sample.generator](seed=site.sample.seed) if site.sample is not None else None
+    if sample is not None and not site.offline:
+        _match_cache_to_sample(cache, sample.pages)
+    items_file = state / "items.jsonl"
+    with ExitStack() as stack:
         base_url = None
         if site.sample is not None:
-            pages, _ = GENERATORS[site.sample.generator](seed=site.sample.seed, per_page=site.sample.per_page)
-            base_url, _ = stack.enter_context(serve(pages))
+            if site.offline:
+                base_url = f"http://127.0.0.1:{site.sample.port}"
+            else:
+                base_url, _ = stack.enter_context(serve(sample.pages, port=site.sample.port))
         settings = get_project_settings()
         settings.setmodule("crawlers.settings", priority="project")
+        settings.update({
+            "HTTPCACHE_DIR": str(cache.resolve()),
+            "HTTPCACHE_IGNORE_MISSING": site.offline,
+            "JOBDIR": str(state.resolve() / "job"),
+            "DISTILLERY_ITEMS_FILE": str(items_file.resolve()),
+        }, priority="cmdline")
         process = CrawlerProcess(settings)
-        crawler = process.create_crawler(QASpider)
+        crawler = process.create_crawler(spider_class(site.spider))
+        progress = {"pages": 0}
 
-        def collect(item, **_):
-            items.append(dict(item))
+        def on_response(response, **_):
+            progress["pages"] += 1
+            if progress["pages"] % 10 == 0:
+                print(f"crawl {name}: {progress['pages']} pages", flush=True)
 
-        crawler.signals.connect(collect, signal=signals.item_scraped)  # held weakly: keep `collect` alive
-        process.crawl(crawler, site=dataclasses.asdict(site), base_url=base_url)
+        crawler.signals.connect(on_response, signal=signals.response_received)  # held weakly: keep it alive
+        process.crawl(crawler, site_name=name, site=dataclasses.asdict(site), base_url=base_url)
         process.start()
         stats = crawler.stats.get_stats()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{site.name}.jsonl"
-    items.sort(key=lambda it: it["id"])
-    with out.open("w", encoding="utf-8") as f:
-        for item in items:
-            f.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
+    items = _read_items(items_file)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    out = raw_dir / f"{name}.jsonl"
+    tmp = out.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for item_id in sorted(items):
+            f.write(json.dumps(items[item_id], ensure_ascii=False, sort_keys=True) + "\n")
+    os.replace(tmp, out)
 
-    http_errors = {k.rsplit("/", 1)[-1]: v for k, v in stats.items()
-                   if k.startswith("downloader/response_status_count/") and not k.endswith("/200")}
-    dropped = {k.rsplit("/", 1)[-1]: v for k, v in stats.items() if k.startswith("distillery/dropped/")}
+    if stats.get("finish_reason") == "finished":
+        shutil.rmtree(state, ignore_errors=True)
+    else:
+        (state / CLEAN_STOP).touch()
+
+    def prefixed(prefix: str) -> dict:
+        return {k[len(prefix):]: v for k, v in sorted(stats.items()) if k.startswith(prefix)}
+
     return {
-        "site": site.name,
-        "pages_fetched": stats.get("response_received_count", 0),
+        "site": name,
+        "finish_reason": stats.get("finish_reason"),
+        "resumed": resuming,
+        "pages": stats.get("response_received_count", 0),
+        "pages_fetched": stats.get("httpcache/miss", 0),
+        "pages_from_cache": stats.get("httpcache/hit", 0),
         "items": len(items),
-        "dropped": dropped,
+        "dropped": prefixed("distillery/dropped/"),
+        "broken": prefixed("distillery/broken/"),
+        "images_skipped": stats.get("distillery/images_skipped", 0),
         "robots_denied": stats.get("robotstxt/forbidden", 0),
-        "http_errors": http_errors,
+        "http_status": prefixed("downloader/response_status_count/"),
     }
 
 
 def main() -> None:
     params = load_or_exit()
-    metrics = crawl(params.site)
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    print(f"crawl: {metrics['items']} items from {metrics['pages_fetched']} pages -> {RAW_DIR}/{params.site.name}.jsonl")
+    if len(sys.argv) != 2 or sys.argv[1] not in params.sites:
+        sys.exit(f"usage: python -m pipeline.crawl SITE, with SITE one of: {', '.join(params.sites)}")
+    name = sys.argv[1]
+    metrics = crawl(name, params.sites[name])
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    (METRICS_DIR / f"{name}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print(f"crawl {name}: {metrics['items']} items from {metrics['pages']} pages "
+          f"({metrics['pages_fetched']} fetched, {metrics['pages_from_cache']} from cache) -> {RAW_DIR}/{name}.jsonl")
+    if metrics["finish_reason"] != "finished":
+        sys.exit(f"crawl {name}: stopped ({metrics['finish_reason']}); run it again to resume")
 
 
 if __name__ == "__main__":

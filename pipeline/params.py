@@ -31,7 +31,7 @@ def main() -> None:
         params = load_params()
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    print(f"params: wrote {PARAMS_FILE} (profile {params.profile}, model {params.model.source}, site {params.site.name})")
+    print(f"params: wrote {PARAMS_FILE} (profile {params.profile}, model {params.model.source}, sites {', '.join(params.sites)})")
 
 
 if __name__ == "__main__":

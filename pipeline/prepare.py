@@ -1,7 +1,9 @@
 """Stage prepare: raw crawl items -> clean records, every reject counted by reason.
 
-Normalisation is Unicode NFKC plus whitespace collapsing, applied to every text field;
-`text` is the canonical string later stages compare (question, options, answer).
+Normalisation is Unicode NFKC plus whitespace collapsing, applied to every text field
+(in Chinese records, punctuation next to CJK text stays full-width, as is the convention);
+`text` is the canonical string later stages compare (question, options and answer of a
+question; the body of a document section).
 Until the dedup stage lands, records are split into train/val/test here by a stable hash
 of their canonical question, so the same question always falls in the same split.
 
@@ -29,6 +31,10 @@ METRICS = Path("metrics/prepare.json")
 
 _SPACE = re.compile(r"[ \t\u00a0\u3000]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
+# NFKC turns Chinese full-width punctuation into ASCII; next to CJK text, it goes back.
+_CJK = "\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef"
+_HALF_TO_FULL = {",": "，", "?": "？", "!": "！", ":": "：", ";": "；", "(": "（", ")": "）"}
+_CJK_PUNCT = re.compile(rf"(?<=[{_CJK}])\s?([,?!:;()])|([,?!:;()])\s?(?=[{_CJK}])")
 
 
 def normalise(text: str | None) -> str:
@@ -41,7 +47,13 @@ def normalise(text: str | None) -> str:
     return _BLANK_LINES.sub("\n\n", text).strip()
 
 
+def restore_cjk_punctuation(text: str) -> str:
+    return _CJK_PUNCT.sub(lambda m: _HALF_TO_FULL[m.group(1) or m.group(2)], text)
+
+
 def canonical_text(record: dict) -> str:
+    if record["kind"] == "doc":
+        return record["text"]
     parts = [record["question"]]
     parts += [f"{k}. {v}" for k, v in record["options"].items()]
     parts.append(f"Answer: {record['answer']}")
@@ -51,9 +63,19 @@ def canonical_text(record: dict) -> str:
 def clean_record(raw: dict, cfg: PrepareConfig) -> tuple[dict | None, str | None]:
     """Return (record, None) or (None, reject reason)."""
     rec = dict(raw)
-    for key in ("title", "question", "answer", "explanation"):
-        rec[key] = normalise(raw.get(key))
-    rec["options"] = {normalise(k): normalise(v) for k, v in (raw.get("options") or {}).items()}
+    norm = normalise
+    if str(raw.get("lang", "")).startswith("zh"):
+        def norm(text):
+            return restore_cjk_punctuation(normalise(text))
+    for key in ("title", "chapter", "section", "question", "answer", "explanation", "text"):
+        rec[key] = norm(raw.get(key))
+    rec["options"] = {normalise(k): norm(v) for k, v in (raw.get("options") or {}).items()}
+    if rec["kind"] == "doc":
+        if not rec["text"]:
+            return None, "empty_section"  # a heading with no body of its own
+        if len(rec["text"]) > cfg.max_text_chars:
+            return None, "too_long"
+        return rec, None
     if not rec["question"]:
         return None, "empty_question"
     if len(rec["question"]) < cfg.min_question_chars:
@@ -80,11 +102,11 @@ def assign_split(text: str, cfg: PrepareConfig) -> str:
     return "train"
 
 
-def read_raw(raw_dir: Path, rejects: list[dict]):
-    """Yield raw items from every JSONL file; a line that is not a JSON object is a reject."""
-    files = sorted(raw_dir.glob("*.jsonl"))
-    if not files:
-        sys.exit(f"error: no raw items in {raw_dir}/ (run the crawl stage first: dvc repro crawl)")
+def read_raw(files: list[Path], rejects: list[dict]):
+    """Yield raw items from the sites' JSONL files; a line that is not a JSON object is a reject."""
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        sys.exit(f"error: no crawl output {', '.join(missing)} (run the crawl first: dvc repro crawl)")
     for path in files:
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
@@ -102,12 +124,14 @@ def read_raw(raw_dir: Path, rejects: list[dict]):
                 yield item
 
 
-def prepare(cfg: PrepareConfig, raw_dir: Path = RAW_DIR, out_dir: Path = CLEAN_DIR) -> dict:
+def prepare(cfg: PrepareConfig, sites: list[str], raw_dir: Path = RAW_DIR, out_dir: Path = CLEAN_DIR) -> dict:
+    """Clean data/raw/<site>.jsonl for each configured site (a removed site's old file is not read)."""
     rejects: list[dict] = []
     kept: dict[str, dict] = {}
     seen_text: dict[str, str] = {}
     n_input = 0
-    for raw in sorted(read_raw(raw_dir, rejects), key=lambda r: r["id"]):
+    files = [raw_dir / f"{site}.jsonl" for site in sites]
+    for raw in sorted(read_raw(files, rejects), key=lambda r: r["id"]):
         n_input += 1
         rec, reason = clean_record(raw, cfg)
         if rec is not None and rec["id"] in kept:
@@ -140,7 +164,7 @@ def prepare(cfg: PrepareConfig, raw_dir: Path = RAW_DIR, out_dir: Path = CLEAN_D
 
 def main() -> None:
     params = load_or_exit()
-    metrics = prepare(params.prepare)
+    metrics = prepare(params.prepare, list(params.sites))
     METRICS.parent.mkdir(parents=True, exist_ok=True)
     METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(f"prepare: kept {metrics['kept']} of {metrics['input']}, rejected {metrics['rejected']}")

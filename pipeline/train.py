@@ -29,9 +29,10 @@ METRICS = Path("metrics/train.json")
 
 
 def load_split(split: str, clean_path: Path = CLEAN) -> list[dict]:
+    """The question records (mcq, qa) of one split; document sections feed search, not SFT."""
     with clean_path.open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
-    return [r for r in records if r["split"] == split]
+    return [r for r in records if r["split"] == split and r["kind"] in ("mcq", "qa")]
 
 
 def encode_records(tokenizer, records: list[dict], system_prompt: str, max_len: int) -> tuple[list[dict], int]:

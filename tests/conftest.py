@@ -22,9 +22,9 @@ def stage_env() -> dict:
     return env
 
 
-def run_stage(module: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m <module>` in `cwd` as DVC would; on failure show its output."""
-    proc = subprocess.run([sys.executable, "-m", module], cwd=cwd, env=env or stage_env(),
+def run_stage(module: str, cwd: Path, check: bool = True, args: list[str] = ()) -> subprocess.CompletedProcess:
+    """Run `python -m <module> [args]` in `cwd` as DVC would; on failure show its output."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=stage_env(),
                           capture_output=True, text=True)
     if check and proc.returncode != 0:
         pytest.fail(f"{module} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
@@ -41,12 +41,16 @@ def compose_params(dest: Path, *overrides: str) -> Path:
     return out
 
 
+SITES = ("elements_qa", "bank_gbk", "standards")
+
+
 @pytest.fixture(scope="session")
 def crawled_workspace(tmp_path_factory) -> Path:
-    """A workspace where crawl and prepare have run on the tiny profile."""
+    """A workspace where every sample site was crawled (on free ports) and prepare has run."""
     ws = tmp_path_factory.mktemp("ws")
-    compose_params(ws)
-    run_stage("pipeline.crawl", ws)
+    compose_params(ws, *(f"sites.{name}.sample.port=0" for name in SITES))
+    for name in SITES:
+        run_stage("pipeline.crawl", ws, args=[name])
     run_stage("pipeline.prepare", ws)
     return ws
 

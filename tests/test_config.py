@@ -14,7 +14,8 @@ def test_default_config_composes_to_the_tiny_profile(tmp_path):
     assert params.profile == "tiny"
     assert params.model.source == "tiny"
     assert params.train.lr == params.lr
-    assert params.site.sample is not None
+    assert set(params.sites) == {"elements_qa", "bank_gbk", "standards"}
+    assert {s.spider for s in params.sites.values()} == {"qa", "bank", "doc"}
 
 
 def test_top_level_lr_is_followed_by_train(tmp_path):
@@ -56,6 +57,20 @@ def test_wrong_type_is_named(tmp_path):
 
     with pytest.raises(ConfigError, match=r"model\.tiny\.hidden_size: expected an integer"):
         load_params(_write_modified(tmp_path, edit))
+
+
+def test_site_errors_are_named_with_their_path(tmp_path):
+    def edit(d):
+        d["sites"]["bank_gbk"]["spider"] = "crawler"
+
+    with pytest.raises(ConfigError, match=r"sites\.bank_gbk\.spider: expected 'qa', 'bank' or 'doc'"):
+        load_params(_write_modified(tmp_path, edit))
+
+    def edit_port(d):
+        d["sites"]["standards"]["sample"]["port"] = "8733"
+
+    with pytest.raises(ConfigError, match=r"sites\.standards\.sample\.port: expected an integer"):
+        load_params(_write_modified(tmp_path, edit_port))
 
 
 def test_missing_key_is_named(tmp_path):

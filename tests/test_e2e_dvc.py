@@ -38,7 +38,7 @@ def _run(repo: Path, *cmd: str) -> str:
 
 
 def _stages_run(out: str) -> list[str]:
-    return re.findall(r"Running stage '([\w-]+)'", out)
+    return re.findall(r"Running stage '([\w@-]+)'", out)
 
 
 def _project_copy(dest: Path) -> Path:
@@ -61,7 +61,9 @@ def test_repro_noop_and_experiment(tmp_path):
     _run(repo, "git", "commit", "-q", "-m", "project")
 
     first = _run(repo, "dvc", "repro")
-    assert _stages_run(first) == ["crawl", "prepare", "base_model", "train", "evaluate"]
+    stages = _stages_run(first)
+    assert set(stages[:3]) == {"crawl@elements_qa", "crawl@bank_gbk", "crawl@standards"}
+    assert stages[3:] == ["prepare", "base_model", "train", "evaluate"]
     assert (repo / "models/adapter/adapter_model.safetensors").exists()
     assert (repo / "models/adapter/tokenizer.json").exists()
     assert (repo / "reports/train/plots/metrics/train/loss.tsv").exists()

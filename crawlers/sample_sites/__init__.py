@@ -1,5 +1,13 @@
-"""Our own sample sites: generated from a seed, served on 127.0.0.1 for the crawl stage and tests."""
+"""Our own sample sites: generated from a seed, served on 127.0.0.1 for the crawl stage and tests.
 
-from crawlers.sample_sites.elements_qa import generate as generate_elements_qa
+Each generator returns a SampleSite: its pages and the ground truth (valid item ids, planted
+broken pages by reason, robots-disallowed ids, planted near-duplicates).
+"""
 
-GENERATORS = {"elements_qa": generate_elements_qa}
+from crawlers.sample_sites import bank_gbk, elements_qa, standards
+
+GENERATORS = {
+    "elements_qa": elements_qa.generate,
+    "bank_gbk": bank_gbk.generate,
+    "standards": standards.generate,
+}

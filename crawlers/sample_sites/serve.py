@@ -1,6 +1,9 @@
-"""Serve a generated sample site on 127.0.0.1 (an ephemeral port), from memory.
+"""Serve a generated sample site on 127.0.0.1, from memory, with an access log.
 
-    python -m crawlers.sample_sites.serve elements_qa      # browse it; Ctrl-C stops
+A site is {path: bytes | Page | RedirectLoop}. A Page sets the status and headers too, which is how the
+sample sites serve their broken pages (a 500, a redirect loop, a wrong charset header).
+
+    python -m crawlers.sample_sites.serve elements_qa 8000     # browse it; Ctrl-C stops
 """
 
 from __future__ import annotations
@@ -8,36 +11,72 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+@dataclass(frozen=True)
+class Page:
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RedirectLoop:
+    """Redirects `path?n=k` to `path?n=k+1`, for ever."""
+
+    path: str
+
+    def respond(self, request_path: str) -> Page:
+        n = int(request_path.rsplit("n=", 1)[-1]) if "n=" in request_path else 0
+        return Page(b"", 302, {"Location": f"{self.path}?n={n + 1}"})
+
+
+def html_page(body: bytes, charset: str = "utf-8") -> Page:
+    return Page(body, 200, {"Content-Type": f"text/html; charset={charset}"})
+
+
 class _SiteHandler(BaseHTTPRequestHandler):
-    site: dict[str, bytes] = {}
-    access_log: list[str] = []
+    site: dict = {}
+    access_log: list = []
+    delay_s: float = 0.0
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = self.path.split("?", 1)[0]
-        self.access_log.append(path)
-        body = self.site.get(path)
-        if body is None:
+        self.access_log.append(self.path)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        page = self.site.get(self.path) or self.site.get(self.path.split("?", 1)[0])
+        if page is None:
             self.send_error(404, "not found")
             return
-        ctype = "text/plain" if path.endswith(".txt") else "text/html; charset=utf-8"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
+        if isinstance(page, bytes):
+            ctype = "text/plain" if self.path.endswith(".txt") else "text/html; charset=utf-8"
+            page = Page(page, 200, {"Content-Type": ctype})
+        if isinstance(page, RedirectLoop):
+            page = page.respond(self.path)
+        self.send_response(page.status)
+        for key, value in page.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(page.body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(page.body)
 
-    def log_message(self, format, *args) -> None:  # keep the crawl's own log readable
+    def log_message(self, format, *args) -> None:  # the access_log list is the log
         pass
 
 
 @contextlib.contextmanager
-def serve(site: dict[str, bytes], port: int = 0):
-    """Yield (base_url, access_log) while a server thread serves `site`."""
-    handler = type("Handler", (_SiteHandler,), {"site": site, "access_log": []})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+def serve(site: dict, port: int = 0, delay_s: float = 0.0):
+    """Yield (base_url, access_log) while a server thread serves `site` on 127.0.0.1:`port`,
+    answering each request after `delay_s` seconds (a slow site)."""
+    handler = type("Handler", (_SiteHandler,), {"site": site, "access_log": [], "delay_s": delay_s})
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as exc:
+        raise OSError(f"cannot serve the sample site on 127.0.0.1:{port}: {exc} "
+                      "(another crawl running? set sites.<name>.sample.port)") from exc
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -52,9 +91,9 @@ def main() -> None:
     from crawlers.sample_sites import GENERATORS
 
     name = sys.argv[1] if len(sys.argv) > 1 else "elements_qa"
-    site, _ = GENERATORS[name](seed=0, per_page=10)
+    site = GENERATORS[name](seed=0).pages
     with serve(site, port=int(sys.argv[2]) if len(sys.argv) > 2 else 8000) as (base, _):
-        print(f"serving {name} at {base}/qa/index.html (Ctrl-C stops)")
+        print(f"serving {name} at {base}/ (Ctrl-C stops)")
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
 

@@ -1,73 +1,59 @@
-"""A config-driven question-and-answer spider: conf/site/<name>.yaml says where to start,
-which links to follow, how to paginate and where each field of a question sits."""
+"""The generic config-driven Q&A spider: conf/site/<name>.yaml says where to start, which links
+to follow, how to paginate and, per layout, where each field of a question sits. A new site
+needs a YAML file and no code."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-from urllib.parse import urljoin, urlparse
-
-import scrapy
+import re
+from urllib.parse import urlparse
 
 from crawlers.items import RawItem
+from crawlers.spiders.base import SiteSpider, select, text_of
+
+OPTION_TEXT = re.compile(r"^\s*([A-Ha-h])\s*[.．、:：)）]\s*(.*)$", re.S)
 
 
-def _text(selection) -> str:
-    return " ".join(t.strip() for t in selection.getall() if t.strip())
-
-
-class QASpider(scrapy.Spider):
+class QASpider(SiteSpider):
     name = "qa"
 
-    def __init__(self, site: dict, base_url: str | None = None, **kwargs):
-        """`site` is the params.yaml `site` section; `base_url` prefixes relative start URLs."""
-        super().__init__(**kwargs)
-        self.site = site
-        self.allowed_domains = list(site["allowed_domains"])
-        self.start_urls = [urljoin(base_url, u) if base_url else u for u in site["start_urls"]]
+    def items(self, response):
+        title = text_of(select(response, self.site["title"]))
+        for layout in self.site["layouts"]:
+            for block in select(response, layout["item"]):
+                yield self.item(block, layout, response, title)
 
-    async def start(self):
-        for url in self.start_urls:
-            yield scrapy.Request(url, callback=self.parse)
+    def question_text(self, block, layout) -> str:
+        return text_of(select(block, layout["question"]))
 
-    def parse(self, response):
-        sel = self.site["selectors"]
-        title = _text(response.css(sel["title"]))
-        fetched_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        for block in response.css(sel["item"]):
-            yield self._item(block, response, title, fetched_at)
-        for href in response.css(self.site["follow"]).getall():
-            yield response.follow(href, callback=self.parse)
-        for href in response.css(self.site["next_page"]).getall():
-            yield response.follow(href, callback=self.parse)
-
-    def _item(self, block, response, title: str, fetched_at: str) -> RawItem:
-        sel = self.site["selectors"]
+    def options(self, block, layout) -> dict[str, str]:
         options = {}
-        for i, opt in enumerate(block.css(sel["options"])):
-            key = (opt.css(sel["option_key"]).get() if sel["option_key"] else None) or chr(ord("A") + i)
-            options[key.strip()] = _text(opt.css("::text"))
-        answer = _text(block.css(sel["answer"]))
+        if not layout["options"]:
+            return options
+        for i, opt in enumerate(select(block, layout["options"])):
+            text = text_of(opt.css("::text"))
+            key = select(opt, layout["option_key"]).get() if layout["option_key"] else None
+            if not key:
+                match = OPTION_TEXT.match(text)
+                key, text = (match.group(1).upper(), match.group(2).strip()) if match else (chr(ord("A") + i), text)
+            options[key.strip()] = text
+        return options
+
+    def item(self, block, layout, response, title: str) -> RawItem:
+        options = self.options(block, layout)
+        answer = text_of(select(block, layout["answer"]))
         prefix = self.site["answer_prefix"]
         if prefix and answer.startswith(prefix):
             answer = answer[len(prefix):].strip()
-        question = _text(block.css(sel["question"]))
-        item_id = block.css(sel["id"]).get()
-        path = urlparse(response.url).path
+        question = self.question_text(block, layout)
+        item_id = select(block, layout["id"]).get() if layout["id"] else None
         if not item_id:
+            path = urlparse(response.url).path
             item_id = hashlib.sha256(f"{path}\n{question}".encode()).hexdigest()[:16]
+        kind = (select(block, layout["kind"]).get() if layout["kind"] else None) or ("mcq" if options else "qa")
         return RawItem(
-            id=f"{self.site['name']}/{item_id}",
-            site=self.site["name"],
-            url=response.url,
-            fetched_at=fetched_at,
-            kind=block.css(sel["kind"]).get() or ("mcq" if options else "qa"),
-            title=title,
-            question=question,
-            options=options,
+            id=f"{self.site_name}/{item_id}", kind=kind, title=title, question=question, options=options,
             answer=answer,
-            explanation=_text(block.css(sel["explanation"])),
+            explanation=text_of(select(block, layout["explanation"])) if layout["explanation"] else "",
             text="",
-            lang=self.site["lang"],
-            encoding=response.encoding,
         )
