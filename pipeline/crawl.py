@@ -98,7 +98,7 @@ def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path 
     items_file = state / "items.jsonl"
     with ExitStack() as stack:
         base_url = None
-        if site.sample is not None:
+        if sample is not None:
             if site.offline:
                 base_url = f"http://127.0.0.1:{site.sample.port}"
             else:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from crawlers.sample_sites import GENERATORS
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -64,6 +65,9 @@ def test_repro_noop_and_experiment(tmp_path):
     stages = _stages_run(first)
     assert set(stages[:3]) == {"crawl@elements_qa", "crawl@bank_gbk", "crawl@standards"}
     assert stages[3:] == ["prepare", "base_model", "train", "evaluate"]
+    for name, generate in GENERATORS.items():  # dvc repro crawled every sample site in full
+        ids = {json.loads(line)["id"] for line in (repo / f"data/raw/{name}.jsonl").read_text().splitlines()}
+        assert ids == {f"{name}/{i}" for i in generate(seed=0).valid}
     assert (repo / "models/adapter/adapter_model.safetensors").exists()
     assert (repo / "models/adapter/tokenizer.json").exists()
     assert (repo / "reports/train/plots/metrics/train/loss.tsv").exists()

@@ -3,7 +3,9 @@ pagination, XPath-or-CSS selectors, and broken pages counted by reason instead o
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import email.utils
 from urllib.parse import urljoin
 
 import scrapy
@@ -22,6 +24,19 @@ def select(node, selector: str):
 
 def text_of(selection) -> str:
     return " ".join(t.strip() for t in selection.getall() if t.strip())
+
+
+def fetch_time(response) -> str:
+    """When the page was fetched: the server's Date header, which a replay from the HTTP cache
+    keeps, so a re-crawl of unchanged pages writes byte-identical items (and DVC reruns
+    nothing below it). Without the header, now."""
+    date = response.headers.get(b"Date")
+    when = None
+    if date:
+        with contextlib.suppress(TypeError, ValueError):
+            when = email.utils.parsedate_to_datetime(date.decode("latin-1"))
+    when = when or dt.datetime.now(dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class SiteSpider(scrapy.Spider):
@@ -50,7 +65,7 @@ class SiteSpider(scrapy.Spider):
         truncated = b"<html" in body[:1024] and b"</html>" not in body  # cut off in transfer
         if truncated:
             self.count("broken/truncated_html")
-        fetched_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        fetched_at = fetch_time(response)
         page_items = list(self.items(response))
         if truncated and page_items:
             page_items.pop()  # the last item on a cut page is the one that was cut
