@@ -8,7 +8,7 @@ Until the dedup stage lands, records are split into train/val/test here by a sta
 of their canonical question, so the same question always falls in the same split.
 
 Outputs: data/clean/clean.jsonl (kept, sorted by id), data/clean/rejects.jsonl
-(id, url, reason) and metrics/prepare.json.
+(id, where: the item's URL or file:line, reason) and metrics/prepare.json.
 
     python -m pipeline.prepare        # reads params.yaml (dvc repro prepare)
 """
