@@ -2,9 +2,10 @@
 
 Each question is a <table> (题目 / options / 答案 / 解析), pages are grouped in chapters
 (第一章 ...) and paginated with 下一页 links. Like look-alike sites do, it copies about one
-question in seven from elements_qa with a light rewording: the planted near-duplicates,
-listed in the ground truth. Some questions carry an illustration (skipped and counted); one
-page is served with a wrong charset header (utf-8 for GBK bytes); /private/ is disallowed.
+question in seven from elements_qa, marked on the way ("Q: ...", "[Exam] ..."): the
+planted near-duplicates, listed in the ground truth. Some questions carry an illustration
+(skipped and counted); one page is served with a wrong charset header (utf-8 for GBK bytes);
+/private/ is disallowed.
 """
 
 from __future__ import annotations
@@ -23,22 +24,13 @@ COPY_EVERY = 6  # one elements_qa question in six is copied: ~14% of this bank
 CHAPTERS = [("第一章 元素符号与原子序数", "symbols"), ("第二章 元素分类与周期", "categories")]
 
 
-REWORDINGS = [
-    ("What is the chemical symbol of", "What's the chemical symbol for"),
-    ("Which element has atomic number", "Which element has the atomic number"),
-    ("What is the atomic number of", "What's the atomic number of"),
-    ("Which element has the chemical symbol", "Which element has chemical symbol"),
-    ("To which category of elements does", "Which category of elements does"),
-    ("In which period of the periodic table is", "Which period of the periodic table holds"),
-]
+# The mark a copying site leaves in front of a question it takes.
+COPY_MARKS = ["Q: {}", "[Exam] {}", "Question: {}"]
 
 
-def _reword(question: str) -> str:
-    """The light edit a copying site makes: never a verbatim copy, never a different question."""
-    for old, new in REWORDINGS:
-        if question.startswith(old):
-            return new + question[len(old):]
-    raise ValueError(f"no rewording for {question!r}")
+def _copy_mark(question: str, n: int) -> str:
+    """A light edit: never a verbatim copy (prepare would drop it as exact), never another question."""
+    return COPY_MARKS[n % len(COPY_MARKS)].format(question)
 
 
 def _questions(rng: random.Random) -> dict[str, list[dict]]:
@@ -87,8 +79,8 @@ def generate(seed: int) -> SampleSite:
     copied = [qid for qid in source.items if qid.startswith("q-")][::COPY_EVERY]
 
     site = SampleSite(name="bank_gbk")
-    for qid in copied:
-        q = dict(source.items[qid], question=_reword(source.items[qid]["question"]))
+    for n, qid in enumerate(copied):
+        q = dict(source.items[qid], question=_copy_mark(source.items[qid]["question"], n))
         chapters["symbols" if rng.random() < 0.5 else "categories"].append({**q, "copied_from": qid})
     for qs in chapters.values():
         rng.shuffle(qs)
