@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -129,8 +130,6 @@ def build_hf(hf_id: str, out_dir: Path) -> None:
 
 
 def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_DIR) -> None:
-    import shutil
-
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     if cfg.source == "tiny":

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -54,8 +55,6 @@ def _prepare_state(state: Path) -> bool:
 def _match_cache_to_sample(cache: Path, pages: dict) -> None:
     """A sample site is regenerated each crawl; when its content changed (a new seed, a new
     generator), the cached responses describe another site and are dropped."""
-    import hashlib
-
     digest = hashlib.sha256()
     for path in sorted(pages):
         digest.update(f"{path}\0{pages[path]!r}\0".encode())

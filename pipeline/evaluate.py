@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline import chat
 from pipeline.config import Params, load_or_exit
-from pipeline.train import ADAPTER_DIR, BASE_DIR, load_split
+from pipeline.train import ADAPTER_DIR, BASE_DIR, encode_records, load_split
 
 METRICS = Path("metrics/eval.json")
 REPORT_DIR = Path("reports/eval")
@@ -94,8 +94,6 @@ def evaluate(params: Params) -> dict:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.train import encode_records
 
     torch.manual_seed(params.seed)
     cfg = params.eval

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,8 +145,6 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
 
 
 def train(params: Params) -> dict:
-    import shutil
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -65,13 +65,13 @@ def _sections(topic: str, lang: str) -> list[tuple[int, str, str, str]]:
     return out
 
 
-def _page(title: str, lang: str, sections) -> bytes:
+def _page(title: str, lang: str, sections, extra: str = "") -> bytes:
     parts = [f"<h{level}>{number} {html.escape(head)}</h{level}>" + (f"\n<p>{html.escape(body)}</p>" if body else "")
              for level, number, head, body in sections]
     return (
         f'<!doctype html>\n<html lang="{lang}"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         '</head>\n<body>\n<nav><a href="/std/index.html">All standards</a></nav>\n'
-        f'<article class="standard">\n<h1>{html.escape(title)}</h1>\n' + "\n".join(parts) +
+        f'<article class="standard">\n<h1>{html.escape(title)}</h1>\n' + "\n".join(parts) + extra +
         "\n</article>\n<footer>Published by the sample standards body.</footer>\n</body></html>\n"
     ).encode("utf-8")
 
@@ -88,8 +88,7 @@ def generate(seed: int) -> SampleSite:
                            for _, number, head, body in sections})
         links.append(f'<li><a class="doc" href="/std/{slug}.html">{html.escape(title)}</a></li>')
     links.append('<li><a class="doc" href="/private/draft.html">Draft (members only)</a></li>')
-    site.pages["/std/index.html"] = html_page(_page("Standards", "en", []).replace(
-        b"</article>", ("<ul>\n" + "\n".join(links) + "\n</ul></article>").encode()))
+    site.pages["/std/index.html"] = html_page(_page("Standards", "en", [], "<ul>\n" + "\n".join(links) + "\n</ul>"))
     site.pages["/private/draft.html"] = html_page(_page("DS 999 Draft", "en", [(2, "1", "Draft", "Not for crawlers.")]))
     site.disallowed.append("draft#1")
     site.pages["/robots.txt"] = Page(b"User-agent: *\nDisallow: /private/\n", 200, {"Content-Type": "text/plain"})
