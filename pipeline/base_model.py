@@ -1,7 +1,7 @@
 """Stage base_model: the student before fine-tuning, saved to models/base with our tokenizer
 settings and the one chat template (pipeline.chat).
 
-- source `tiny`: a SentencePiece tokenizer trained on the train split of the clean corpus
+- source `tiny`: a SentencePiece tokenizer trained on the train split of the deduplicated corpus
   (byte fallback; chat and tag tokens as single pieces) and a Llama-architecture model with a
   seeded random init. Same params and corpus, same bytes.
 - source `hf`: a pretrained model by Hugging Face id or local directory; missing chat/tag
@@ -21,17 +21,17 @@ from pathlib import Path
 from pipeline import chat
 from pipeline.config import ModelConfig, TinyModelConfig, load_or_exit
 
-CLEAN = Path("data/clean/clean.jsonl")
+SPLIT = Path("data/dedup/split.jsonl")
 BASE_DIR = Path("models/base")
 # SentencePiece's fixed ids; <pad> is its own token so that padding never masks EOS.
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 
 
-def corpus_lines(clean_path: Path, system_prompt: str) -> list[str]:
+def corpus_lines(split_path: Path, system_prompt: str) -> list[str]:
     """Training text for the tokenizer: every text field of the train split (questions and
     document sections), in file order."""
     lines = [system_prompt, "system user assistant tool"]  # role names, as the template writes them
-    with clean_path.open(encoding="utf-8") as f:
+    with split_path.open(encoding="utf-8") as f:
         for line in f:
             rec = json.loads(line)
             if rec["split"] != "train":
@@ -86,7 +86,7 @@ def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Pat
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        train_sentencepiece(corpus_lines(CLEAN, system_prompt), cfg.vocab_size, Path(tmp))
+        train_sentencepiece(corpus_lines(SPLIT, system_prompt), cfg.vocab_size, Path(tmp))
         tokenizer = configure_tokenizer(LlamaTokenizer.from_pretrained(tmp, add_bos_token=False))
     config = LlamaConfig(
         vocab_size=len(tokenizer),

@@ -147,8 +147,88 @@ class SiteConfig:
 class PrepareConfig:
     min_question_chars: int
     max_text_chars: int
-    val_fraction: float
-    test_fraction: float
+
+
+@dataclass
+class SplitsConfig:
+    """Shares of the near-duplicate clusters that go to each split (they sum to 1)."""
+
+    train: float
+    val: float
+    test: float
+
+    def __post_init__(self) -> None:
+        shares = {"train": self.train, "val": self.val, "test": self.test}
+        for name, share in shares.items():
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"{name}: expected a share between 0 and 1, got {share}")
+        if abs(sum(shares.values()) - 1.0) > 1e-9:
+            raise ConfigError(f"train + val + test: expected 1, got {sum(shares.values()):g}")
+
+
+@dataclass
+class RedisConfig:
+    host: str
+    port: int
+    db: int
+    basename: str
+    """Prefix of the index's keys in Redis; the stage clears it before and after a run.
+    A password, when the server wants one, comes from the environment: REDIS_PASSWORD."""
+
+
+@dataclass
+class DedupConfig:
+    shingle: str
+    """`auto` (character n-grams for CJK text, word n-grams otherwise), `char` or `word`."""
+    char_ngram: int
+    word_ngram: int
+    num_perm: int
+    """MinHash permutations."""
+    threshold: float
+    """Jaccard similarity at or above which two records are near-duplicates."""
+    bands: int | None
+    """LSH bands and rows per band; null: chosen by minimising the weighted false positive and
+    false negative areas around the threshold (datasketch's optimiser)."""
+    rows: int | None
+    false_negative_weight: float
+    """Weight of a missed pair against a false candidate in that optimisation (0..1). Candidates
+    are verified, so a false one costs a Jaccard computation and a missed one a leak."""
+    verify: bool
+    """Keep only candidate pairs whose exact Jaccard on shingle sets reaches the threshold."""
+    seed: int
+    """MinHash permutation seed."""
+    workers: int
+    """Processes computing signatures; 0: all cores."""
+    splits: SplitsConfig
+    decontaminate_against: list[str]
+    """Eval sets from elsewhere (CSV in C-Eval or MMLU layout, or JSONL), under evalsets/:
+    training records that are near-duplicates of any of their items are dropped."""
+    lsh_storage: str
+    """`memory`, or `redis` to keep the LSH index in Redis (corpora beyond one machine's memory)."""
+    redis: RedisConfig
+    report_clusters: int
+    """How many sample clusters reports/dedup_clusters.md shows."""
+
+    def __post_init__(self) -> None:
+        if self.shingle not in ("auto", "char", "word"):
+            raise ConfigError(f"shingle: expected 'auto', 'char' or 'word', got {self.shingle!r}")
+        if self.lsh_storage not in ("memory", "redis"):
+            raise ConfigError(f"lsh_storage: expected 'memory' or 'redis', got {self.lsh_storage!r}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"threshold: expected a Jaccard similarity in (0, 1], got {self.threshold}")
+        if not 0.0 <= self.false_negative_weight <= 1.0:
+            raise ConfigError(f"false_negative_weight: expected 0..1, got {self.false_negative_weight}")
+        if min(self.char_ngram, self.word_ngram) < 1 or self.num_perm < 2:
+            raise ConfigError("char_ngram and word_ngram must be >= 1, num_perm >= 2")
+        if (self.bands is None) != (self.rows is None):
+            raise ConfigError("bands, rows: give both or neither")
+        if self.bands is not None and (self.bands < 2 or self.rows < 1 or self.bands * self.rows > self.num_perm):
+            raise ConfigError(f"bands x rows: expected bands >= 2 and bands x rows <= num_perm "
+                              f"({self.num_perm}), got {self.bands} x {self.rows}")
+        for i, path in enumerate(self.decontaminate_against):
+            if Path(path).is_absolute() or Path(path).parts[:1] != ("evalsets",):
+                raise ConfigError(f"decontaminate_against[{i}]: {path!r} is not under evalsets/; the dedup "
+                                  "stage depends on that folder, so DVC would not see this file change")
 
 
 @dataclass
@@ -198,6 +278,7 @@ class Params:
     sites: dict[str, SiteConfig]
     """The sites to crawl, by name: data/raw/<name>.jsonl, the `site` field of every item."""
     prepare: PrepareConfig
+    dedup: DedupConfig
     train: TrainConfig
     eval: EvalConfig
 

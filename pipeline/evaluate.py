@@ -100,7 +100,7 @@ def evaluate(params: Params) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(ADAPTER_DIR)  # the tokenizer saved with the adapter
     test = sorted(load_split("test"), key=lambda r: r["id"])
     if not test:
-        raise SystemExit("error: the test split is empty; check prepare.test_fraction in params.yaml")
+        raise SystemExit("error: the test split is empty; check dedup.splits.test in params.yaml")
     examples, _ = encode_records(tokenizer, test, params.chat.system_prompt, params.train.max_seq_len)
     to_read = test[:cfg.num_generations]
 

@@ -3,9 +3,8 @@
 Normalisation is Unicode NFKC plus whitespace collapsing, applied to every text field
 (in Chinese records, punctuation next to CJK text stays full-width, as is the convention);
 `text` is the canonical string later stages compare (question, options and answer of a
-question; the body of a document section).
-Until the dedup stage lands, records are split into train/val/test here by a stable hash
-of their canonical question, so the same question always falls in the same split.
+question; the body of a document section). Duplicates, exact or near, and the train/val/test
+split are the dedup stage's work.
 
 Outputs: data/clean/clean.jsonl (kept, sorted by id), data/clean/rejects.jsonl
 (id, where: the item's URL or file:line, reason) and metrics/prepare.json.
@@ -16,7 +15,6 @@ Outputs: data/clean/clean.jsonl (kept, sorted by id), data/clean/rejects.jsonl
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import re
 import sys
@@ -93,15 +91,6 @@ def clean_record(raw: dict, cfg: PrepareConfig) -> tuple[dict | None, str | None
     return rec, None
 
 
-def assign_split(text: str, cfg: PrepareConfig) -> str:
-    bucket = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
-    if bucket < cfg.test_fraction:
-        return "test"
-    if bucket < cfg.test_fraction + cfg.val_fraction:
-        return "val"
-    return "train"
-
-
 def read_raw(files: list[Path], rejects: list[dict]):
     """Yield raw items from the sites' JSONL files; a line that is not a JSON object is a reject."""
     missing = [str(p) for p in files if not p.exists()]
@@ -128,7 +117,6 @@ def prepare(cfg: PrepareConfig, sites: list[str], raw_dir: Path = RAW_DIR, out_d
     """Clean data/raw/<site>.jsonl for each configured site (a removed site's old file is not read)."""
     rejects: list[dict] = []
     kept: dict[str, dict] = {}
-    seen_text: dict[str, str] = {}
     n_input = 0
     files = [raw_dir / f"{site}.jsonl" for site in sites]
     for raw in sorted(read_raw(files, rejects), key=lambda r: r["id"]):
@@ -136,13 +124,9 @@ def prepare(cfg: PrepareConfig, sites: list[str], raw_dir: Path = RAW_DIR, out_d
         rec, reason = clean_record(raw, cfg)
         if rec is not None and rec["id"] in kept:
             rec, reason = None, "duplicate_id"
-        if rec is not None and rec["text"] in seen_text:
-            rec, reason = None, "exact_duplicate"
         if rec is None:
             rejects.append({"id": raw["id"], "where": raw.get("url"), "reason": reason})
             continue
-        seen_text[rec["text"]] = rec["id"]
-        rec["split"] = assign_split(rec["text"], cfg)
         kept[rec["id"]] = rec
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +141,6 @@ def prepare(cfg: PrepareConfig, sites: list[str], raw_dir: Path = RAW_DIR, out_d
         "input": n_input,
         "kept": len(kept),
         "rejected": dict(sorted(collections.Counter(r["reason"] for r in rejects).items())),
-        "splits": dict(sorted(collections.Counter(r["split"] for r in kept.values()).items())),
         "kinds": dict(sorted(collections.Counter(r["kind"] for r in kept.values()).items())),
     }
 

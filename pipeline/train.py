@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline import chat
 from pipeline.config import Params, TrainConfig, load_or_exit
 
-CLEAN = Path("data/clean/clean.jsonl")
+SPLIT = Path("data/dedup/split.jsonl")
 BASE_DIR = Path("models/base")
 ADAPTER_DIR = Path("models/adapter")
 CHECKPOINT_DIR = Path("models/checkpoints")
@@ -29,9 +29,9 @@ LIVE_DIR = Path("reports/train")
 METRICS = Path("metrics/train.json")
 
 
-def load_split(split: str, clean_path: Path = CLEAN) -> list[dict]:
+def load_split(split: str, split_path: Path = SPLIT) -> list[dict]:
     """The question records (mcq, qa) of one split; document sections feed search, not SFT."""
-    with clean_path.open(encoding="utf-8") as f:
+    with split_path.open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     return [r for r in records if r["split"] == split and r["kind"] in ("mcq", "qa")]
 
@@ -154,7 +154,7 @@ def train(params: Params) -> dict:
     train_ex, train_trunc = encode_records(tokenizer, load_split("train"), params.chat.system_prompt, cfg.max_seq_len)
     val_ex, val_trunc = encode_records(tokenizer, load_split("val"), params.chat.system_prompt, cfg.max_seq_len)
     if not train_ex or not val_ex:
-        sys.exit(f"error: {CLEAN} has {len(train_ex)} train and {len(val_ex)} val records; both must be non-empty")
+        sys.exit(f"error: {SPLIT} has {len(train_ex)} train and {len(val_ex)} val records; both must be non-empty")
 
     live = live_callback(LIVE_DIR)
     trainer = build_trainer(model, tokenizer, train_ex, val_ex, cfg, callbacks=[live])

@@ -4,6 +4,7 @@ to run stages as subprocesses (Scrapy's reactor starts once per process)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,12 +47,15 @@ SITES = ("elements_qa", "bank_gbk", "standards")
 
 @pytest.fixture(scope="session")
 def crawled_workspace(tmp_path_factory) -> Path:
-    """A workspace where every sample site was crawled (on free ports) and prepare has run."""
+    """A workspace where every sample site was crawled (on free ports), then prepare and
+    dedup have run (with the eval sets of evalsets/)."""
     ws = tmp_path_factory.mktemp("ws")
     compose_params(ws, *(f"sites.{name}.sample.port=0" for name in SITES))
+    shutil.copytree(ROOT / "evalsets", ws / "evalsets")
     for name in SITES:
         run_stage("pipeline.crawl", ws, args=[name])
     run_stage("pipeline.prepare", ws)
+    run_stage("pipeline.dedup", ws)
     return ws
 
 
@@ -63,6 +67,6 @@ def tiny_tokenizer(crawled_workspace, tmp_path_factory):
     from pipeline.base_model import configure_tokenizer, corpus_lines, train_sentencepiece
 
     out = tmp_path_factory.mktemp("tok")
-    lines = corpus_lines(crawled_workspace / "data/clean/clean.jsonl", "You are a careful domain expert.")
+    lines = corpus_lines(crawled_workspace / "data/dedup/split.jsonl", "You are a careful domain expert.")
     train_sentencepiece(lines, 1200, out)
     return configure_tokenizer(LlamaTokenizer.from_pretrained(out, add_bos_token=False))

@@ -62,10 +62,9 @@ def test_document_sections_keep_numbers_titles_and_normative_wording(crawled_wor
 def test_prepare_counts_each_reject_by_reason(crawled_workspace):
     metrics = json.loads((crawled_workspace / "metrics/prepare.json").read_text())
     # the empty answer and the key outside the options were dropped (and counted) by the crawl
-    assert metrics["rejected"] == {"empty_section": 4, "exact_duplicate": 1, "short_question": 1}
+    assert metrics["rejected"] == {"empty_section": 4, "short_question": 1}  # duplicates: dedup's work
     assert metrics["input"] == metrics["kept"] + sum(metrics["rejected"].values())
     clean = _read_jsonl(crawled_workspace / "data/clean/clean.jsonl")
-    assert {r["split"] for r in clean} == {"train", "val", "test"}
     assert {r["kind"] for r in clean} == {"mcq", "qa", "doc"}
     zh = next(r for r in clean if r["id"] == "bank_gbk/t-0004")
     assert zh["question"] == "原子序数为43的元素是（ ）。"  # full-width punctuation kept in Chinese
@@ -81,7 +80,7 @@ def test_prepare_names_a_malformed_line_and_keeps_the_rest(tmp_path, crawled_wor
     raw.mkdir()
     lines = (crawled_workspace / "data/raw/elements_qa.jsonl").read_text().splitlines()[:5]
     (raw / "site.jsonl").write_text("\n".join(lines[:2] + ['{"id": "x", "question": '] + lines[2:]) + "\n")
-    cfg = PrepareConfig(min_question_chars=8, max_text_chars=4000, val_fraction=0.1, test_fraction=0.1)
+    cfg = PrepareConfig(min_question_chars=8, max_text_chars=4000)
     metrics = prepare(cfg, ["site"], raw_dir=raw, out_dir=tmp_path / "clean")
     assert metrics["rejected"] == {"malformed_json": 1} and metrics["kept"] == 5
     reject = _read_jsonl(tmp_path / "clean/rejects.jsonl")[0]

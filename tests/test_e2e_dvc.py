@@ -1,6 +1,7 @@
 """One end-to-end run of the real pipeline with real `dvc` in a temporary git repository:
-`dvc repro` builds everything on the tiny profile, a second `dvc repro` runs nothing, and
-`dvc exp run -S lr=1e-5` (and `-S train.lr=...`) rerun train and evaluate only."""
+`dvc repro` builds everything on the tiny profile, a second `dvc repro` runs nothing,
+`dvc exp run -S lr=1e-5` reruns train and evaluate only, and a new dedup threshold reruns
+dedup and the stages below it, not crawl or prepare."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_repro_noop_and_experiment(tmp_path):
     first = _run(repo, "dvc", "repro")
     stages = _stages_run(first)
     assert set(stages[:3]) == {"crawl@elements_qa", "crawl@bank_gbk", "crawl@standards"}
-    assert stages[3:] == ["prepare", "base_model", "train", "evaluate"]
+    assert stages[3:] == ["prepare", "dedup", "base_model", "train", "evaluate"]
     for name, generate in GENERATORS.items():  # dvc repro crawled every sample site in full
         ids = {json.loads(line)["id"] for line in (repo / f"data/raw/{name}.jsonl").read_text().splitlines()}
         assert ids == {f"{name}/{i}" for i in generate(seed=0).valid}
@@ -88,8 +89,10 @@ def test_repro_noop_and_experiment(tmp_path):
     exp = _run(repo, "dvc", "exp", "run", "-S", "lr=1e-5")
     assert _stages_run(exp) == ["train", "evaluate"]
     assert "Stage 'base_model' didn't change" in exp
-    exp = _run(repo, "dvc", "exp", "run", "-S", "train.lr=2e-5")
-    assert _stages_run(exp) == ["train", "evaluate"]
+    # A new dedup threshold reruns dedup and what reads its output, never crawl or prepare.
+    exp = _run(repo, "dvc", "exp", "run", "-S", "dedup.threshold=0.6", "-S", "train.lr=2e-5")
+    assert _stages_run(exp) == ["dedup", "base_model", "train", "evaluate"]
+    assert "Stage 'prepare' didn't change" in exp
 
     shown = json.loads(_run(repo, "dvc", "exp", "show", "--json"))
     baseline = next(row for row in shown if row["rev"] != "workspace")
@@ -98,3 +101,7 @@ def test_repro_noop_and_experiment(tmp_path):
     assert lrs == [pytest.approx(1e-5), pytest.approx(2e-5), pytest.approx(3e-3)]
     for run in runs:
         assert run["metrics"]["metrics/eval.json"]["data"]["tuned"]["loss"] > 0
+    # a lower threshold finds more near-duplicates, and exp show has the dedup figures of each run
+    removed = {r["params"]["params.yaml"]["data"]["dedup"]["threshold"]:
+               r["metrics"]["metrics/dedup.json"]["data"]["near_duplicates"] for r in runs}
+    assert removed[0.6] > removed[0.8] >= 54

@@ -1,0 +1,300 @@
+"""Stage dedup: exact and near-duplicate removal, leak-free splits, decontamination.
+
+1. Exact duplicates: records whose normal form (case-folded word characters) is equal.
+2. Near-duplicates: MinHash signatures (pipeline/minhash.py, vectorised, all cores) into a
+   datasketch MinHashLSH index (in memory or in Redis); candidate pairs verified by exact
+   Jaccard on the shingle sets; clusters by union-find.
+3. One representative per cluster, by this rule: a record with an explanation before one
+   without (more to learn from), then the shortest canonical text (copying sites add marks,
+   rarely remove words), then the smallest id. The others are removed, each with the reason
+   and the representative it duplicates.
+4. Splits per cluster, by a stable hash of the representative's normal form: near-duplicates
+   never straddle train/val/test, and a question keeps its split when the corpus grows.
+5. Decontamination: the items of `dedup.decontaminate_against` (eval sets from elsewhere) are
+   clustered together with the corpus; a cluster holding one of them sends no record to train.
+   (A near-duplicate of a val/test record is in that record's cluster, so it is not in train.)
+
+Outputs: data/dedup/split.jsonl (kept records + cluster_id, split, duplicates),
+data/dedup/removed.jsonl (id, where, reason, cluster_id, duplicate_of, jaccard),
+metrics/dedup.json and reports/dedup_clusters.md.
+
+    python -m pipeline.dedup        # reads params.yaml (dvc repro dedup)
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import minhash
+from pipeline.config import DedupConfig, load_or_exit
+from pipeline.evalsets import EvalSetError, load_eval_set
+
+CLEAN = Path("data/clean/clean.jsonl")
+OUT_DIR = Path("data/dedup")
+METRICS = Path("metrics/dedup.json")
+REPORT = Path("reports/dedup_clusters.md")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Clusters:
+    """What the near-duplicate search found over a list of texts."""
+
+    groups: list[list[int]]
+    """Sets of two or more indices that are (transitively) duplicates, members ascending."""
+    exact_pairs: int
+    candidate_pairs: int
+    verified_pairs: int
+    bands: int
+    rows: int
+    shingle_modes: dict[str, int] = field(default_factory=dict)
+
+
+def shingling(cfg: DedupConfig) -> minhash.Shingling:
+    return minhash.Shingling(mode=cfg.shingle, char_ngram=cfg.char_ngram, word_ngram=cfg.word_ngram)
+
+
+def storage_config(cfg: DedupConfig) -> dict | None:
+    if cfg.lsh_storage == "memory":
+        return None
+    return {
+        "type": "redis",
+        "basename": cfg.redis.basename.encode(),
+        "redis": {"host": cfg.redis.host, "port": cfg.redis.port, "db": cfg.redis.db,
+                  # datasketch reads it from the environment: it never reaches params or logs
+                  "password": {"env": "REDIS_PASSWORD", "default": None}},
+    }
+
+
+def clear_redis_index(cfg: DedupConfig) -> int:
+    """Delete the keys under the index's basename (left by a run that crashed, or by this one)."""
+    import os
+
+    import redis
+
+    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
+                         password=os.environ.get("REDIS_PASSWORD"))
+    try:
+        keys = list(client.scan_iter(match=cfg.redis.basename.encode() + b"*", count=10_000))
+        for i in range(0, len(keys), 10_000):
+            client.delete(*keys[i:i + 10_000])
+    except redis.exceptions.ConnectionError as exc:
+        sys.exit(f"error: dedup.lsh_storage is redis but {cfg.redis.host}:{cfg.redis.port} does not "
+                 f"answer ({exc}); start redis-server or set dedup.lsh_storage: memory")
+    finally:
+        client.close()
+    return len(keys)
+
+
+def near_duplicate_clusters(texts: list[str], cfg: DedupConfig) -> Clusters:
+    """Exact groups first; then MinHash LSH over one text per exact group, verified pairs joined."""
+    sh = shingling(cfg)
+    sketches = minhash.sketches(texts, sh, cfg.num_perm, cfg.seed, cfg.workers)
+    uf = minhash.UnionFind(len(texts))
+    first_of: dict[bytes, int] = {}
+    exact_pairs = 0
+    for i, key in enumerate(sketches.exact_keys):
+        if key in first_of:
+            uf.union(first_of[key], i)
+            exact_pairs += 1
+        else:
+            first_of[key] = i
+    unique = sorted(first_of.values())
+    unique_texts = [texts[i] for i in unique]
+    sigs = sketches.signatures[unique]
+    bands_rows = (cfg.bands, cfg.rows) if cfg.bands else None
+    weights = (1.0 - cfg.false_negative_weight, cfg.false_negative_weight)
+    if cfg.lsh_storage == "redis":
+        clear_redis_index(cfg)
+    lsh = minhash.lsh_index(cfg.threshold, cfg.num_perm, weights, bands_rows, storage_config(cfg))
+    empty = np.all(sigs == np.uint32(0xFFFFFFFF), axis=1)  # no word characters: exact match only
+    try:
+        pairs = minhash.candidate_pairs(lsh, sigs, np.flatnonzero(~empty), cfg.seed)
+    finally:
+        if cfg.lsh_storage == "redis":
+            clear_redis_index(cfg)
+    verified = 0
+    cache: dict[int, np.ndarray] = {}
+
+    def shingles(k: int) -> np.ndarray:
+        if k not in cache:
+            cache[k] = minhash.shingle_set(unique_texts[k], sh)
+        return cache[k]
+
+    for a, b in sorted(pairs):
+        if not cfg.verify or minhash.jaccard(shingles(a), shingles(b)) >= cfg.threshold:
+            verified += 1
+            uf.union(unique[a], unique[b])
+    n_char = int(sketches.char_mode.sum())
+    return Clusters(groups=list(uf.groups()), exact_pairs=exact_pairs, candidate_pairs=len(pairs),
+                    verified_pairs=verified, bands=lsh.b, rows=lsh.r,
+                    shingle_modes={"char": n_char, "word": len(texts) - n_char})
+
+
+def representative_key(rec: dict) -> tuple:
+    """The module docstring's rule: explanation first, then shortest text, then smallest id."""
+    return (not rec.get("explanation"), len(rec["text"]), rec["id"])
+
+
+def split_of(text: str, cfg: DedupConfig) -> str:
+    digest = hashlib.sha256(minhash.normal_form(text).encode("utf-8")).digest()
+    bucket = int.from_bytes(digest[:8], "big") / 2**64
+    if bucket < cfg.splits.train:
+        return "train"
+    if bucket < cfg.splits.train + cfg.splits.val:
+        return "val"
+    return "test"
+
+
+def load_external(cfg: DedupConfig) -> list[dict]:
+    items = []
+    for path in cfg.decontaminate_against:
+        try:
+            items += load_eval_set(path)
+        except EvalSetError as exc:
+            sys.exit(f"error: dedup.decontaminate_against: {exc}")
+    return items
+
+
+def dedup(records: list[dict], external: list[dict], cfg: DedupConfig) -> tuple[list[dict], list[dict], dict, list[dict]]:
+    """Return (kept records with cluster_id/split/duplicates, removed, metrics, clusters for the report)."""
+    started = time.perf_counter()
+    n = len(records)
+    entries = records + external
+    found = near_duplicate_clusters([e["text"] for e in entries], cfg)
+    sh = shingling(cfg)
+
+    kept = {r["id"]: dict(r, cluster_id=r["id"], split=split_of(r["text"], cfg), duplicates=[]) for r in records}
+    removed: list[dict] = []
+    report: list[dict] = []
+    decontaminated = 0
+    near_clusters = 0
+    for group in found.groups:
+        members = [records[i] for i in group if i < n]
+        evals = [external[i - n] for i in group if i >= n]
+        if not members:
+            continue
+        rep = min(members, key=representative_key)
+        rep_norm = minhash.normal_form(rep["text"])
+        rep_set = minhash.shingle_set(rep["text"], sh)
+        row = {"rep": rep, "split": kept[rep["id"]]["split"], "members": [],
+               "evals": [(e, round(minhash.jaccard(rep_set, minhash.shingle_set(e["text"], sh)), 4)) for e in evals]}
+        distinct = {rep_norm}
+        for rec in members:
+            if rec is rep:
+                continue
+            norm = minhash.normal_form(rec["text"])
+            distinct.add(norm)
+            score = round(minhash.jaccard(rep_set, minhash.shingle_set(rec["text"], sh)), 4)
+            reason = "exact_duplicate" if norm == rep_norm else "near_duplicate"
+            removed.append({"id": rec["id"], "where": rec.get("url"), "reason": reason,
+                            "cluster_id": rep["id"], "duplicate_of": rep["id"], "jaccard": score})
+            kept[rep["id"]]["duplicates"].append(rec["id"])
+            del kept[rec["id"]]
+            row["members"].append((rec, reason, score))
+        near_clusters += len(distinct) > 1
+        if evals and kept[rep["id"]]["split"] == "train":
+            decontaminated += 1
+            del kept[rep["id"]]
+            item, score = row["evals"][0]
+            removed.append({"id": rep["id"], "where": rep.get("url"), "reason": "decontaminated",
+                            "cluster_id": rep["id"], "duplicate_of": item["where"], "jaccard": score})
+            row["decontaminated"] = True
+        report.append(row)
+
+    out = sorted(kept.values(), key=lambda r: r["id"])
+    reasons = collections.Counter(r["reason"] for r in removed)
+    metrics = {
+        "input": n,
+        "external_items": len(external),
+        "exact_duplicates": reasons["exact_duplicate"],
+        "near_duplicates": reasons["near_duplicate"],
+        "near_duplicate_clusters": near_clusters,
+        "decontaminated": decontaminated,
+        "removed": len(removed),
+        "kept": len(out),
+        "splits": {s: sum(r["split"] == s for r in out) for s in SPLITS},
+        "lsh": {"storage": cfg.lsh_storage, "num_perm": cfg.num_perm, "threshold": cfg.threshold,
+                "bands": found.bands, "rows": found.rows, "candidate_pairs": found.candidate_pairs,
+                "verified_pairs": found.verified_pairs},
+        "shingles": found.shingle_modes,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return out, sorted(removed, key=lambda r: r["id"]), metrics, report
+
+
+def _excerpt(text: str, width: int = 140) -> str:
+    flat = " / ".join(line for line in text.splitlines() if line)
+    flat = flat.replace("|", "\\|")
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
+def render_report(metrics: dict, report: list[dict], cfg: DedupConfig) -> str:
+    lsh = metrics["lsh"]
+    lines = [
+        "# Dedup clusters",
+        "",
+        f"{metrics['input']} records in, {metrics['kept']} kept: {metrics['exact_duplicates']} exact and "
+        f"{metrics['near_duplicates']} near-duplicates removed, {metrics['decontaminated']} decontaminated "
+        f"against {metrics['external_items']} eval-set items. Splits: "
+        + ", ".join(f"{k} {v}" for k, v in metrics["splits"].items()) + ".",
+        "",
+        f"MinHash {lsh['num_perm']} permutations, LSH {lsh['bands']} bands x {lsh['rows']} rows ({lsh['storage']}), "
+        f"threshold {lsh['threshold']}; {lsh['candidate_pairs']} candidate pairs, {lsh['verified_pairs']} verified. "
+        "Representative: explanation first, then shortest text, then smallest id.",
+        "",
+    ]
+    biggest = sorted(report, key=lambda r: (-len(r["members"]) - len(r["evals"]), r["rep"]["id"]))
+    shown = [r for r in biggest if r.get("decontaminated")][:3]
+    shown += [r for r in biggest if r not in shown][:max(0, cfg.report_clusters - len(shown))]
+    for row in shown:
+        rep = row["rep"]
+        status = "decontaminated (not trained on)" if row.get("decontaminated") else f"kept, {row['split']}"
+        lines += [f"## {rep['id']}", "", "| record | status | Jaccard | text |", "|---|---|---|---|",
+                  f"| {rep['id']} | representative, {status} | 1 | {_excerpt(rep['text'])} |"]
+        for rec, reason, score in row["members"]:
+            lines.append(f"| {rec['id']} | {reason.replace('_', ' ')} | {score} | {_excerpt(rec['text'])} |")
+        for item, score in row["evals"]:
+            lines.append(f"| {item['where']} | eval-set item | {score} | {_excerpt(item['text'])} |")
+        lines.append("")
+    if not shown:
+        lines.append("No duplicates found.")
+    return "\n".join(lines) + "\n"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def main() -> None:
+    params = load_or_exit()
+    cfg = params.dedup
+    if not CLEAN.exists():
+        sys.exit(f"error: no {CLEAN} (run prepare first: dvc repro prepare)")
+    with CLEAN.open(encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    kept, removed, metrics, report = dedup(records, load_external(cfg), cfg)
+    write_jsonl(OUT_DIR / "split.jsonl", kept)
+    write_jsonl(OUT_DIR / "removed.jsonl", removed)
+    METRICS.parent.mkdir(parents=True, exist_ok=True)
+    METRICS.write_text(json.dumps({k: v for k, v in metrics.items() if k != "seconds"}, indent=2) + "\n")
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(render_report(metrics, report, cfg), encoding="utf-8")
+    print(f"dedup: kept {metrics['kept']} of {metrics['input']} ({metrics['exact_duplicates']} exact, "
+          f"{metrics['near_duplicates']} near-duplicates, {metrics['decontaminated']} decontaminated) "
+          f"in {metrics['seconds']} s; splits {metrics['splits']}")
+
+
+if __name__ == "__main__":
+    main()
