@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,8 +77,6 @@ def storage_config(cfg: DedupConfig) -> dict | None:
 
 def clear_redis_index(cfg: DedupConfig) -> int:
     """Delete the keys under the index's basename (left by a run that crashed, or by this one)."""
-    import os
-
     import redis
 
     client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
