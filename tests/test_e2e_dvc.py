@@ -55,6 +55,37 @@ def _project_copy(dest: Path) -> Path:
     return dest
 
 
+def _check_synth(repo: Path) -> None:
+    """The tiny teacher on vLLM produced all three task kinds, with provenance, and every
+    search row's tool response holds passages of the local index."""
+    import sqlite3
+
+    metrics = json.loads((repo / "metrics/synth.json").read_text())
+    assert metrics["teacher"]["backend"] == "vllm" and metrics["requests"]["sent"] > 0
+    rows = [json.loads(line) for line in (repo / "data/sft/train.jsonl").read_text().splitlines()]
+    tasks = {r["task"] for r in rows}
+    assert tasks == {"plain", "think", "search", "qgen"}
+    for row in rows:
+        if row["task"] != "plain":
+            assert len(row["provenance"]["template_sha256"]) == 64 and row["provenance"]["teacher"] == "tiny"
+        assert row["source_ids"] and row["urls"][0].startswith("http://127.0.0.1:")
+    think = next(r for r in rows if r["task"] == "think")["messages"][-1]["content"]
+    assert think.startswith("<think>\n") and "\n</think>\n" in think
+    index = sqlite3.connect(repo / "data/search/index.sqlite")
+    indexed = {i for (i,) in index.execute("SELECT id FROM passages")}
+    calls = [r for r in rows if r["task"] == "search" and r["search"]["needs_search"]]
+    no_calls = [r for r in rows if r["task"] == "search" and not r["search"]["needs_search"]]
+    assert calls and no_calls
+    for row in calls:
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == ["system", "user", "assistant", "tool", "assistant"]
+        assert set(row["search"]["passages"]) <= indexed
+        for n, pid in enumerate(row["search"]["passages"], start=1):
+            url = index.execute("SELECT url FROM passages WHERE id = ?", (pid,)).fetchone()[0]
+            assert f"[{n}] " in row["messages"][3]["content"] and f"({url})" in row["messages"][3]["content"]
+    assert all("tool_calls" not in m for r in no_calls for m in r["messages"])
+
+
 def test_repro_noop_and_experiment(tmp_path):
     repo = _project_copy(tmp_path / "repo")
     _run(repo, "git", "init", "-q", "-b", "main")
@@ -65,7 +96,8 @@ def test_repro_noop_and_experiment(tmp_path):
     first = _run(repo, "dvc", "repro")
     stages = _stages_run(first)
     assert set(stages[:3]) == {"crawl@elements_qa", "crawl@bank_gbk", "crawl@standards"}
-    assert stages[3:] == ["prepare", "dedup", "base_model", "train", "evaluate"]
+    assert stages[3:5] == ["prepare", "dedup"] and stages[-3:] == ["synth", "train", "evaluate"]
+    assert set(stages[5:-3]) == {"base_model", "search_index"}
     for name, generate in GENERATORS.items():  # dvc repro crawled every sample site in full
         ids = {json.loads(line)["id"] for line in (repo / f"data/raw/{name}.jsonl").read_text().splitlines()}
         assert ids == {f"{name}/{i}" for i in generate(seed=0).valid}
@@ -74,6 +106,7 @@ def test_repro_noop_and_experiment(tmp_path):
     assert (repo / "reports/train/plots/metrics/train/loss.tsv").exists()
     assert (repo / "reports/train/plots/metrics/eval/loss.tsv").exists()
     assert (repo / "reports/eval/generations.md").exists()
+    _check_synth(repo)
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
     generations = (repo / "reports/eval/generations.jsonl").read_text().splitlines()
@@ -91,7 +124,7 @@ def test_repro_noop_and_experiment(tmp_path):
     assert "Stage 'base_model' didn't change" in exp
     # A new dedup threshold reruns dedup and what reads its output, never crawl or prepare.
     exp = _run(repo, "dvc", "exp", "run", "-S", "dedup.threshold=0.6", "-S", "train.lr=2e-5")
-    assert _stages_run(exp) == ["dedup", "base_model", "train", "evaluate"]
+    assert set(_stages_run(exp)) == {"dedup", "base_model", "search_index", "synth", "train", "evaluate"}
     assert "Stage 'prepare' didn't change" in exp
 
     shown = json.loads(_run(repo, "dvc", "exp", "show", "--json"))

@@ -1,0 +1,201 @@
+"""Stage synth: the teacher writes think, search and qgen rows for the train and val splits.
+
+Reads data/dedup/split.jsonl, the search index and params.yaml (teacher, synth, search,
+chat); writes data/sft/{train,val}.jsonl (OpenAI messages with tools declared, loadable by
+`datasets.load_dataset("json", ...)`), data/sft/rejects.jsonl (with reasons) and
+metrics/synth.json. Every request goes through the cache in data/synth_cache first; only
+the missing ones reach the teacher, chunk by chunk.
+
+Row: id, source_ids, task (plain | think | search | qgen), split, messages, tools,
+provenance {teacher, model, backend, template, template_sha256, sampling, seed, request_key},
+urls (lineage back to the crawl), valid, reject_reason, and for search rows the label, its
+source, the query and the passages the tool response holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipeline import chat
+from pipeline.config import Params, load_or_exit
+from pipeline.search import INDEX, SEARCH_TOOL, SearchIndex
+from pipeline.synth import tasks
+from pipeline.synth.backends import make_backend
+from pipeline.synth.cache import Request, RequestCache
+
+SPLIT = Path("data/dedup/split.jsonl")
+SFT_DIR = Path("data/sft")
+CACHE = Path("data/synth_cache/requests.sqlite")
+METRICS = Path("metrics/synth.json")
+
+
+class Teacher:
+    """Requests in, outputs out, through the cache; the backend starts only when a request
+    is missing from the cache."""
+
+    def __init__(self, params: Params, cache: RequestCache) -> None:
+        self.cfg, self.seed, self.cache = params.teacher, params.synth.seed, cache
+        self.chunk_size = params.synth.chunk_size
+        self.backend = None
+        self.counts = collections.Counter()
+
+    def run(self, requests: list[Request], what: str) -> dict[str, list[str] | str]:
+        """key -> outputs, or key -> error text for a request the backend could not serve."""
+        keys = [r.key(self.cfg.model) for r in requests]
+        unique = dict(zip(keys, requests, strict=True))
+        found: dict[str, list[str] | str] = dict(self.cache.get_many(list(unique)))
+        missing = [k for k in unique if k not in found]
+        self.counts["requests"] += len(unique)
+        self.counts["cached"] += len(unique) - len(missing)
+        if missing:
+            from tqdm import tqdm
+
+            if self.backend is None:
+                self.backend = make_backend(self.cfg, self.seed)
+            with tqdm(total=len(missing), desc=f"synth {what}", unit="req", file=sys.stderr) as bar:
+                for i in range(0, len(missing), self.chunk_size):
+                    chunk = missing[i:i + self.chunk_size]
+                    results = self.backend.generate([unique[k] for k in chunk])
+                    self.counts["sent"] += len(chunk)
+                    done = [(k, unique[k], r.outputs) for k, r in zip(chunk, results, strict=True) if r.error is None]
+                    self.cache.put_many(self.cfg.model, done)
+                    for k, r in zip(chunk, results, strict=True):
+                        found[k] = r.outputs if r.error is None else r.error
+                        self.counts["errors"] += r.error is not None
+                    bar.update(len(chunk))
+        return found
+
+
+def _provenance(params: Params, tpl: tasks.Template, req: Request) -> dict:
+    t = params.teacher
+    return {"teacher": t.name, "model": t.model, "backend": t.backend, "template": tpl.path,
+            "template_sha256": tpl.sha256, "sampling": req.sampling(), "seed": req.seed,
+            "request_key": req.key(t.model)}
+
+
+def _keep_share(row_id: str, share: float) -> bool:
+    return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:8], "big") / 2**64 < share
+
+
+def synthesize(params: Params, records: list[dict], index, cache: RequestCache) -> tuple[list[dict], list[dict], dict]:
+    """All rows (valid and rejected) and the metrics."""
+    cfg, system = params.synth, params.chat.system_prompt
+    teacher = Teacher(params, cache)
+    sources = [r for r in records if r["split"] in ("train", "val")]
+    questions = [r for r in sources if r["kind"] in ("mcq", "qa")]
+    docs = [r for r in sources if r["kind"] == "doc"]
+    rows: list[dict] = []
+
+    def add(task, rec, messages, reason, tpl=None, req=None, k=0, **extra):
+        row = {"id": f"{task}/{rec['id']}" + (f"#{k}" if k else ""), "task": task, "split": rec["split"],
+               "source_ids": rec.get("source_ids") or [rec["id"]], "urls": [rec.get("url")],
+               "messages": messages, "tools": [SEARCH_TOOL] if task == "search" else [],
+               "provenance": _provenance(params, tpl, req) if req else None,
+               "valid": reason is None, "reject_reason": reason, **extra}
+        rows.append(row)
+
+    for rec in questions:
+        add("plain", rec, chat.record_to_messages(rec, system), None)
+    if cfg.max_sources:  # the teacher sees at most this many sources per split and kind, spread over sites
+        def spread(recs):
+            return [r for s in ("train", "val") for r in sorted(
+                (x for x in recs if x["split"] == s), key=lambda x: hashlib.sha256(x["id"].encode()).digest())[:cfg.max_sources]]
+        questions, docs = spread(questions), spread(docs)
+    by_id = {r["id"]: r for r in sources}
+
+    def answers(task, reqs, out, tpl):
+        """(source record, request, sample index, text) for every output; a request the backend
+        could not serve becomes a rejected row carrying the backend's error."""
+        for req in reqs:
+            rec, res = by_id[req.tags["source"]], out[req.key(params.teacher.model)]
+            if isinstance(res, str):
+                add(task, rec, [], res, tpl, req)
+                continue
+            for k, text in enumerate(res):
+                yield rec, req, k, text
+
+    # phase 1: think and qgen (qgen's questions feed the search task)
+    think_tpl, qgen_tpl, search_tpl = (tasks.Template.load(t.template) for t in (cfg.think, cfg.qgen, cfg.search))
+    think_reqs = [tasks.think_request(r, think_tpl, cfg.think.sampling, cfg.seed) for r in questions] if cfg.think.enabled else []
+    qgen_reqs = ([tasks.qgen_request(d, qgen_tpl, cfg.qgen.sampling, cfg.seed, cfg.qgen_pairs) for d in docs]
+                 if cfg.qgen.enabled else [])
+    out = teacher.run(think_reqs + qgen_reqs, "think+qgen")
+    generated: list[dict] = []
+    for rec, req, k, text in answers("think", think_reqs, out, think_tpl):
+        messages, reason = tasks.think_row(rec, text, params.teacher.emits_tags, system)
+        add("think", rec, messages, reason, think_tpl, req, k)
+    for doc, req, _, text in answers("qgen", qgen_reqs, out, qgen_tpl):
+        new, reasons = tasks.qgen_records(doc, text, cfg.qgen_pairs)
+        for reason in reasons:
+            add("qgen", doc, [], reason, qgen_tpl, req, k=len(rows))
+        for rec in new:
+            generated.append(rec)
+            add("qgen", rec, chat.record_to_messages(rec, system), None, qgen_tpl, req)
+
+    # phase 2: search decisions for the crawled questions and the generated ones
+    search_reqs = ([tasks.search_request(r, search_tpl, cfg.search.sampling, cfg.seed) for r in questions + generated]
+                   if cfg.search.enabled else [])
+    out = teacher.run(search_reqs, "search")
+    by_id.update({r["id"]: r for r in generated})
+    for rec, req, k, text in answers("search", search_reqs, out, search_tpl):
+        messages, facts, reason = tasks.search_row(rec, text, index, params.search.top_k,
+                                                   params.search.snippet_chars, system)
+        add("search", rec, messages, reason, search_tpl, req, k, search=facts)
+
+    valid = [r for r in rows if r["valid"]]
+    search_rows = [r for r in valid if r["task"] == "search"]
+    metrics = {
+        "teacher": {"name": params.teacher.name, "model": params.teacher.model, "backend": params.teacher.backend},
+        "requests": {k: teacher.counts[k] for k in ("requests", "cached", "sent", "errors")},
+        "rows": {task: {"valid": sum(r["valid"] for r in rows if r["task"] == task),
+                        "rejected": sum(not r["valid"] for r in rows if r["task"] == task)}
+                 for task in ("plain", "think", "search", "qgen")},
+        "rejects": dict(sorted(collections.Counter(r["reject_reason"].split(":")[0] for r in rows if not r["valid"]).items())),
+        "search": {"calls": sum(r["search"]["needs_search"] for r in search_rows),
+                   "no_calls": sum(not r["search"]["needs_search"] for r in search_rows),
+                   "label_from_data": sum(r["search"]["label_source"] == "data" for r in search_rows),
+                   "label_from_teacher": sum(r["search"]["label_source"] == "teacher" for r in search_rows)},
+    }
+    return rows, [r for r in rows if not r["valid"]], metrics
+
+
+def write_outputs(rows: list[dict], metrics: dict, params: Params, out_dir: Path = SFT_DIR) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mix = params.synth.mix
+    train = [r for r in rows if r["valid"] and r["split"] == "train" and _keep_share(r["id"], mix.get(r["task"], 1.0))]
+    val = [r for r in rows if r["valid"] and r["split"] == "val"]
+    for name, part in (("train", train), ("val", val), ("rejects", [r for r in rows if not r["valid"]])):
+        with (out_dir / f"{name}.jsonl").open("w", encoding="utf-8") as f:
+            for row in sorted(part, key=lambda r: r["id"]):
+                f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    metrics["train_rows"] = dict(sorted(collections.Counter(r["task"] for r in train).items()))
+    metrics["val_rows"] = dict(sorted(collections.Counter(r["task"] for r in val).items()))
+
+
+def main() -> None:
+    params = load_or_exit()
+    for path in (SPLIT, INDEX):
+        if not path.exists():
+            sys.exit(f"error: no {path} (run: dvc repro search_index)")
+    with SPLIT.open(encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    started = time.perf_counter()
+    cache = RequestCache(CACHE)
+    index = SearchIndex(INDEX)
+    try:
+        rows, rejects, metrics = synthesize(params, records, index, cache)
+    finally:
+        index.close()
+        cache.close()
+    write_outputs(rows, metrics, params)
+    METRICS.parent.mkdir(parents=True, exist_ok=True)
+    METRICS.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    req = metrics["requests"]
+    print(f"synth: {req['requests']} requests ({req['cached']} cached, {req['sent']} sent, {req['errors']} failed) "
+          f"in {time.perf_counter() - started:.1f} s; train rows {metrics['train_rows']}, "
+          f"val rows {metrics['val_rows']}, rejects {metrics['rejects']}")

@@ -1,0 +1,103 @@
+"""Synthesis pieces that need no teacher: the local search index, the request cache keys, and
+the validation of malformed teacher outputs (unclosed tags, invalid JSON, empty, wrong tool).
+The stage itself runs on vLLM in the end-to-end test (tests/test_e2e_dvc.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import chat
+from pipeline.search import SEARCH_TOOL, SearchIndex, build_index, format_results
+from pipeline.synth import tasks
+from pipeline.synth.cache import Request, RequestCache
+
+SYSTEM = "You are a careful domain expert."
+EN = {"id": "s/q1", "kind": "qa", "question": "What is the atomic number of Iron?", "options": {},
+      "answer": "26", "explanation": "", "lang": "en", "split": "train", "url": "http://x/1"}
+ZH = {"id": "s/q2", "kind": "qa", "question": "铁的原子序数是多少？", "options": {}, "answer": "26",
+      "explanation": "", "lang": "zh", "split": "train", "url": "http://x/2"}
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("<think>Iron is element 26.</think>26", None),
+    ("<think>Iron is element 26.\n26", "unbalanced_tags"),
+    ("<think><think>x</think></think>26", "unbalanced_tags"),
+    ("<think> </think>26", "empty_think"),
+    ("", "empty_answer"),
+    ("<tool_call>{\"name\": \"search\", \"arguments\": {\"query\": \"iron\"</tool_call>", "invalid_tool_call_json"),
+    ("<tool_call>{\"name\": \"browse\", \"arguments\": {\"url\": \"x\"}}</tool_call>", "tool_call_schema: unknown tool 'browse'"),
+    ("<tool_call>{\"name\": \"search\", \"arguments\": {\"q\": \"iron\"}}</tool_call>", "tool_call_schema: missing argument 'query'"),
+    ("<tool_call>{\"name\": \"search\", \"arguments\": {\"query\": 7}}</tool_call>", "tool_call_schema: argument 'query' is not a string"),
+    ("<tool_call>{\"name\": \"search\", \"arguments\": {\"query\": \"iron\"}}</tool_call>", None),
+    ("铁的原子序数是26。", "wrong_language"),
+])
+def test_validator_on_hand_written_outputs(text, reason):
+    assert chat.validate_assistant(text, lang="en", tools=[SEARCH_TOOL]) == reason
+
+
+def test_malformed_teacher_outputs_become_rejects_not_crashes():
+    # think: the pipeline adds the tags; an output that is empty or leaves a tag open is rejected
+    messages, reason = tasks.think_row(EN, "Iron has 26 protons.", emits_tags=False, system_prompt=SYSTEM)
+    assert reason is None and messages[-1]["content"] == "<think>\nIron has 26 protons.\n</think>\n26"
+    assert tasks.think_row(EN, "   ", emits_tags=False, system_prompt=SYSTEM)[1] == "empty_think"
+    assert tasks.think_row(EN, "it is <tool_call> 26", emits_tags=False, system_prompt=SYSTEM)[1] == "unbalanced_tags"
+    assert tasks.think_row(ZH, "Iron has 26 protons.", emits_tags=False, system_prompt=SYSTEM)[1] == "wrong_language"
+    assert tasks.think_row(EN, "26, no reasoning", emits_tags=True, system_prompt=SYSTEM)[1] == "missing_think"
+    # qgen: invalid JSON, a schema it does not follow, pairs that fail one by one
+    doc = {"id": "d/1", "kind": "doc", "lang": "en", "split": "train", "url": "http://x/d", "text": "..."}
+    assert tasks.qgen_records(doc, '{"pairs": [{"question": "What', 2) == ([], ["invalid_json"])
+    assert tasks.qgen_records(doc, "", 2) == ([], ["invalid_json"])
+    assert tasks.qgen_records(doc, '{"items": []}', 2) == ([], ["schema: no pairs"])
+    out = json.dumps({"pairs": [{"question": "Short?", "answer": "x"}, {"question": "Where are acids stored?",
+                                                                      "answer": "In a ventilated\x13 cabinet."}]})
+    records, reasons = tasks.qgen_records(doc, out, 2)
+    assert reasons == ["short_question"] and records[0]["answer"] == "In a ventilated cabinet."
+    assert records[0]["source_ids"] == ["d/1"] and records[0]["needs_search"] is True
+    # search: a decision that is not the JSON asked for
+    for bad in ("", "{\"needs_search\": \"yes\"}", "[true]", "{\"needs_search\": tru"):
+        assert tasks.search_row(EN, bad, None, 3, 300, SYSTEM)[2] == "invalid_decision_json"
+
+
+def test_search_rows_call_the_local_index_or_answer_directly(crawled_workspace, tmp_path):
+    records = [json.loads(line) for line in (crawled_workspace / "data/dedup/split.jsonl").read_text().splitlines()]
+    path = tmp_path / "index.sqlite"
+    n = build_index(records, path)
+    index = SearchIndex(path)
+    assert n == sum(r["kind"] == "doc" or r["split"] == "train" for r in records)
+    hits = index.search("storage of laboratory chemicals", 3)
+    assert hits and hits[0]["id"].startswith("standards/")
+    assert any(h["id"].startswith("bank_gbk/") for h in index.search("类金属", 3))  # CJK bigrams
+    held_out = {r["id"] for r in records if r["kind"] != "doc" and r["split"] != "train"}
+    for r in records[:200]:
+        assert not held_out & {h["id"] for h in index.search(r["text"], 5)}  # never a val/test answer
+
+    no_call = tasks.search_row(EN, '{"needs_search": false, "query": ""}', index, 3, 300, SYSTEM)
+    assert no_call[2] is None and [m["role"] for m in no_call[0]] == ["system", "user", "assistant"]
+    messages, facts, reason = tasks.search_row(dict(EN, needs_search=True), '{"needs_search": false, "query": "flammable liquids cabinet"}',
+                                               index, 3, 300, SYSTEM)
+    assert reason is None and facts["label_source"] == "data" and facts["teacher_decision"] is False
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert messages[2]["tool_calls"][0]["function"] == {"name": "search", "arguments": {"query": "flammable liquids cabinet"}}
+    assert messages[3]["content"] == format_results(index.search("flammable liquids cabinet", 3), 300)
+    assert facts["passages"] == [h["id"] for h in index.search("flammable liquids cabinet", 3)]
+    index.close()
+
+
+def test_cache_keys_cover_model_prompt_sampling_seed_and_schema(tmp_path):
+    base = Request(messages=(("user", "q"),), n=1, temperature=0.7, top_p=0.95, max_tokens=64, seed=1)
+    key = base.key("m")
+    same = Request(messages=(("user", "q"),), n=1, temperature=0.7, top_p=0.95, max_tokens=64, seed=1,
+                   tags={"task": "think"})
+    assert same.key("m") == key
+    variants = [base.key("other-model"),
+                Request((("user", "q2"),), 1, 0.7, 0.95, 64, 1).key("m"),
+                Request((("user", "q"),), 2, 0.7, 0.95, 64, 1).key("m"),
+                Request((("user", "q"),), 1, 0.7, 0.95, 64, 2).key("m"),
+                Request((("user", "q"),), 1, 0.7, 0.95, 64, 1, json_schema="{}").key("m")]
+    assert len({key, *variants}) == 6
+    cache = RequestCache(tmp_path / "c.sqlite")
+    cache.put_many("m", [(key, base, ["out"])])
+    cache.close()
+    assert RequestCache(tmp_path / "c.sqlite").get_many([key, variants[0]]) == {key: ["out"]}
