@@ -84,6 +84,10 @@ def _check_synth(repo: Path) -> None:
             url = index.execute("SELECT url FROM passages WHERE id = ?", (pid,)).fetchone()[0]
             assert f"[{n}] " in row["messages"][3]["content"] and f"({url})" in row["messages"][3]["content"]
     assert all("tool_calls" not in m for r in no_calls for m in r["messages"])
+    from datasets import load_dataset  # the format users load it with
+
+    loaded = load_dataset("json", data_files={"train": str(repo / "data/sft/train.jsonl")}, cache_dir=str(repo.parent / "hf-cache"))
+    assert loaded["train"].num_rows == len(rows) and "tools" in loaded["train"].column_names
 
 
 def test_repro_noop_and_experiment(tmp_path):

@@ -120,7 +120,8 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
                 yield rec, req, k, text
 
     # phase 1: think and qgen (qgen's questions feed the search task)
-    think_tpl, qgen_tpl, search_tpl = (tasks.Template.load(t.template) for t in (cfg.think, cfg.qgen, cfg.search))
+    think_tpl, qgen_tpl, search_tpl = (tasks.Template.load(getattr(cfg, t).template, f"synth.{t}.template")
+                                       for t in ("think", "qgen", "search"))
     think_reqs = [tasks.think_request(r, think_tpl, cfg.think.sampling, cfg.seed) for r in questions] if cfg.think.enabled else []
     qgen_reqs = ([tasks.qgen_request(d, qgen_tpl, cfg.qgen.sampling, cfg.seed, cfg.qgen_pairs) for d in docs]
                  if cfg.qgen.enabled else [])

@@ -2,7 +2,8 @@
 
 - think: question (+ gold answer) -> reasoning; the row's assistant turn is
   `<think>reasoning</think>` + the gold answer. A teacher that cannot emit the tags itself
-  (`teacher.emits_tags: false`) writes the reasoning alone and the pipeline adds them.
+  (`teacher.emits_tags: false`) writes the reasoning alone and the pipeline adds them; a tag
+  it writes anyway makes the row unbalanced, and rejected, rather than silently cleaned.
 - qgen: document section -> new question-answer pairs, as JSON under a schema (structured
   outputs), validated; each pair is a new record whose source is the section.
 - search: question -> {"needs_search", "query"} as JSON. The label comes from the data where
@@ -51,8 +52,11 @@ class Template:
     sha256: str
 
     @classmethod
-    def load(cls, path: str) -> Template:
-        data = Path(path).read_bytes()
+    def load(cls, path: str, key: str) -> Template:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise SystemExit(f"error: {key}: cannot read the prompt template {path} ({exc.strerror})") from None
         return cls(path, data.decode("utf-8"), hashlib.sha256(data).hexdigest())
 
     def render(self, **values) -> str:
@@ -90,18 +94,21 @@ def think_request(rec: dict, tpl: Template, sampling, seed: int) -> Request:
 
 
 def think_row(rec: dict, output: str, emits_tags: bool, system_prompt: str) -> tuple[list[dict], str | None]:
-    """Messages of a think row and its reject reason (None when valid)."""
+    """Messages of a think row and its reject reason (None when valid). The reasoning, the part
+    the teacher wrote, must be in the question's language on its own."""
     if emits_tags:
-        parsed = chat.parse_output(output)
-        content = output.strip() if parsed["think"] is not None else None
-        if content is None:
+        reasoning = chat.parse_output(output)["think"]
+        if reasoning is None:
             return [], "missing_think"
+        content = output.strip()
     else:
-        reasoning = output.split(chat.THINK_CLOSE)[-1].replace(chat.THINK_OPEN, "").strip()
+        reasoning = output.strip()
         if not reasoning:
             return [], "empty_think"
         content = f"{chat.THINK_OPEN}\n{reasoning}\n{chat.THINK_CLOSE}\n{answer_text(rec)}"
     reason = chat.validate_assistant(content, lang=rec.get("lang"))
+    if reason is None and rec.get("lang") and not chat.language_matches(reasoning, rec["lang"]):
+        reason = "wrong_language"
     messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question_text(rec)},
                 {"role": "assistant", "content": content}]
     return messages, reason

