@@ -8,7 +8,9 @@ import json
 
 import pytest
 
+from conftest import ROOT, compose_params
 from pipeline import chat
+from pipeline.config import load_params
 from pipeline.search import SEARCH_TOOL, SearchIndex, build_index, format_results
 from pipeline.synth import tasks
 from pipeline.synth.cache import Request, RequestCache
@@ -101,3 +103,9 @@ def test_cache_keys_cover_model_prompt_sampling_seed_and_schema(tmp_path):
     cache.put_many("m", [(key, base, ["out"])])
     cache.close()
     assert RequestCache(tmp_path / "c.sqlite").get_many([key, variants[0]]) == {key: ["out"]}
+
+
+@pytest.mark.parametrize("teacher", sorted(p.stem for p in (ROOT / "conf/teacher").glob("*.yaml")))
+def test_every_teacher_config_composes_and_validates(teacher, tmp_path):
+    params = load_params(compose_params(tmp_path, f"teacher={teacher}"))
+    assert params.teacher.backend in ("vllm", "openai", "transformers") and params.teacher.model

@@ -143,6 +143,18 @@ def test_http_backend_resume_after_sigkill_and_key_never_written(synth_workspace
         assert SENTINEL not in text
 
 
+def _reply(handler: http.server.BaseHTTPRequestHandler, model: str, text: str) -> None:
+    """Answer like an OpenAI-compatible chat completions endpoint."""
+    body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}]}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class _ScriptedTeacher(http.server.BaseHTTPRequestHandler):
     """An OpenAI-compatible endpoint whose teacher writes malformed outputs, in turn: broken
     JSON where JSON was asked for (response_format), broken reasoning elsewhere."""
@@ -157,14 +169,7 @@ class _ScriptedTeacher(http.server.BaseHTTPRequestHandler):
         outputs = cls.json_outputs if "response_format" in body else cls.reasoning
         text = outputs[cls.calls % len(outputs)]
         cls.calls += 1
-        reply = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": text}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
+        _reply(self, body["model"], text)
 
     def log_message(self, *args):
         pass
@@ -203,14 +208,7 @@ class _FlakyTeacher(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        reply = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": "Iron has 26 protons."}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
+        _reply(self, body["model"], "Iron has 26 protons.")
 
     def log_message(self, *args):
         pass
@@ -237,3 +235,19 @@ def test_http_backend_retries_with_backoff_then_gives_up_with_a_reason():
         assert failed.outputs == [] and failed.error == "http_failed: InternalServerError after 2 attempts"
     finally:
         server.shutdown()
+
+
+def test_transformers_backend_samples_n_and_refuses_an_overlong_prompt(synth_workspace):
+    from pipeline.config import load_params
+    from pipeline.synth.backends import TransformersGenerate
+    from pipeline.synth.cache import Request
+
+    cfg = dataclasses.replace(load_params(synth_workspace / "params.yaml").teacher, backend="transformers",
+                              model=str(synth_workspace / "models/base"))
+    backend = TransformersGenerate(cfg, seed=0)
+    ok = Request((("user", "What is the atomic number of Iron?"),), 2, 0.8, 0.95, 8, 5)
+    too_long = Request((("user", "iron " * 600),), 1, 0.0, 1.0, 8, 5)
+    first, refused = backend.generate([ok, too_long])
+    assert len(first.outputs) == 2 and first.error is None
+    assert backend.generate([ok])[0].outputs == first.outputs  # the request's seed fixes the samples
+    assert refused.outputs == [] and refused.error.startswith("prompt_too_long")
