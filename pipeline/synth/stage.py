@@ -82,7 +82,7 @@ def _keep_share(row_id: str, share: float) -> bool:
     return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:8], "big") / 2**64 < share
 
 
-def synthesize(params: Params, records: list[dict], index, cache: RequestCache) -> tuple[list[dict], list[dict], dict]:
+def synthesize(params: Params, records: list[dict], index, cache: RequestCache) -> tuple[list[dict], dict]:
     """All rows (valid and rejected) and the metrics."""
     cfg, system = params.synth, params.chat.system_prompt
     teacher = Teacher(params, cache)
@@ -162,7 +162,7 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
                    "label_from_data": sum(r["search"]["label_source"] == "data" for r in search_rows),
                    "label_from_teacher": sum(r["search"]["label_source"] == "teacher" for r in search_rows)},
     }
-    return rows, [r for r in rows if not r["valid"]], metrics
+    return rows, metrics
 
 
 def write_outputs(rows: list[dict], metrics: dict, params: Params, out_dir: Path = SFT_DIR) -> None:
@@ -189,7 +189,7 @@ def main() -> None:
     cache = RequestCache(CACHE)
     index = SearchIndex(INDEX)
     try:
-        rows, rejects, metrics = synthesize(params, records, index, cache)
+        rows, metrics = synthesize(params, records, index, cache)
     finally:
         index.close()
         cache.close()
