@@ -159,17 +159,15 @@ def parse_output(text: str) -> dict:
     }
 
 
-_CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_WORD_CHARS = re.compile(r"\w")
-
-
 def language_matches(text: str, lang: str) -> bool:
-    """Chinese (`zh*`) text must be at least 30% CJK among its word characters; other
-    languages at most that. Text without word characters matches nothing."""
-    words = len(_WORD_CHARS.findall(text))
-    if not words:
+    """Chinese (`zh*`) text must be at least 30% CJK among its word characters (the test dedup
+    uses to pick character shingles, over the whole text); other languages less. Text without
+    word characters matches nothing."""
+    from pipeline.minhash import is_cjk
+
+    if not re.search(r"\w", text):
         return False
-    cjk = len(_CJK_CHAR.findall(text)) / words >= 0.3
+    cjk = is_cjk(text, sample=len(text))
     return cjk if lang.startswith("zh") else not cjk
 
 

@@ -109,3 +109,18 @@ def test_cache_keys_cover_model_prompt_sampling_seed_and_schema(tmp_path):
 def test_every_teacher_config_composes_and_validates(teacher, tmp_path):
     params = load_params(compose_params(tmp_path, f"teacher={teacher}"))
     assert params.teacher.backend in ("vllm", "openai", "transformers") and params.teacher.model
+
+
+def test_a_local_teacher_is_named_by_its_content_in_cache_keys(tmp_path):
+    from pipeline.synth.stage import model_identity
+
+    assert model_identity("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B") == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+    model = tmp_path / "base"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    (model / "config.json").write_text("{}")
+    first = model_identity(str(model))
+    assert first.startswith(f"{model}@sha256:") and model_identity(str(model)) == first
+    (model / "model.safetensors").write_bytes(b"weights v2")  # the base model was rebuilt
+    req = Request((("user", "q"),), 1, 0.7, 0.95, 64, 1)
+    assert req.key(model_identity(str(model))) != req.key(first)

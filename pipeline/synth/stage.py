@@ -34,19 +34,36 @@ CACHE = Path("data/synth_cache/requests.sqlite")
 METRICS = Path("metrics/synth.json")
 
 
+def model_identity(model: str) -> str:
+    """What the cache keys name the teacher by. A hub id names itself; a local directory (the
+    tiny and cpu profiles' teacher is models/base) is named by its content, so that a rebuilt
+    model never gets the old model's cached outputs."""
+    path = Path(model)
+    if not path.is_dir():
+        return model
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return f"{model}@sha256:{digest.hexdigest()}"
+
+
 class Teacher:
     """Requests in, outputs out, through the cache; the backend starts only when a request
     is missing from the cache."""
 
     def __init__(self, params: Params, cache: RequestCache) -> None:
         self.cfg, self.seed, self.cache = params.teacher, params.synth.seed, cache
+        self.model = model_identity(self.cfg.model)
         self.chunk_size = params.synth.chunk_size
         self.backend = None
         self.counts = collections.Counter()
 
     def run(self, requests: list[Request], what: str) -> dict[str, list[str] | str]:
         """key -> outputs, or key -> error text for a request the backend could not serve."""
-        keys = [r.key(self.cfg.model) for r in requests]
+        keys = [r.key(self.model) for r in requests]
         unique = dict(zip(keys, requests, strict=True))
         found: dict[str, list[str] | str] = dict(self.cache.get_many(list(unique)))
         missing = [k for k in unique if k not in found]
@@ -63,7 +80,7 @@ class Teacher:
                     results = self.backend.generate([unique[k] for k in chunk])
                     self.counts["sent"] += len(chunk)
                     done = [(k, unique[k], r.outputs) for k, r in zip(chunk, results, strict=True) if r.error is None]
-                    self.cache.put_many(self.cfg.model, done)
+                    self.cache.put_many(self.model, done)
                     for k, r in zip(chunk, results, strict=True):
                         found[k] = r.outputs if r.error is None else r.error
                         self.counts["errors"] += r.error is not None
@@ -71,11 +88,11 @@ class Teacher:
         return found
 
 
-def _provenance(params: Params, tpl: tasks.Template, req: Request) -> dict:
+def _provenance(params: Params, model: str, tpl: tasks.Template, req: Request) -> dict:
     t = params.teacher
-    return {"teacher": t.name, "model": t.model, "backend": t.backend, "template": tpl.path,
+    return {"teacher": t.name, "model": model, "backend": t.backend, "template": tpl.path,
             "template_sha256": tpl.sha256, "sampling": req.sampling(), "seed": req.seed,
-            "request_key": req.key(t.model)}
+            "request_key": req.key(model)}
 
 
 def _keep_share(row_id: str, share: float) -> bool:
@@ -95,7 +112,7 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
         row = {"id": f"{task}/{rec['id']}" + (f"#{k}" if k else ""), "task": task, "split": rec["split"],
                "source_ids": rec.get("source_ids") or [rec["id"]], "urls": [rec.get("url")],
                "messages": messages, "tools": [SEARCH_TOOL] if task == "search" else [],
-               "provenance": _provenance(params, tpl, req) if req else None,
+               "provenance": _provenance(params, teacher.model, tpl, req) if req else None,
                "valid": reason is None, "reject_reason": reason, **extra}
         rows.append(row)
 
@@ -112,7 +129,7 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
         """(source record, request, sample index, text) for every output; a request the backend
         could not serve becomes a rejected row carrying the backend's error."""
         for req in reqs:
-            rec, res = by_id[req.tags["source"]], out[req.key(params.teacher.model)]
+            rec, res = by_id[req.tags["source"]], out[req.key(teacher.model)]
             if isinstance(res, str):
                 add(task, rec, [], res, tpl, req)
                 continue
