@@ -107,13 +107,16 @@ def _ngram_hashes(tokens: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.n
     return (h[inside] >> np.uint64(32)).astype(np.uint32), owner[:width][inside]
 
 
-def shingle_sets(texts: Sequence[str], shingling: Shingling) -> tuple[np.ndarray, np.ndarray]:
-    """The shingle sets of many texts at once, vectorised across texts: (values, counts), the
-    sorted unique 32-bit n-gram hashes of text 0, then of text 1, ...; counts[i] values each.
-    A text of fewer than n words is one shingle; a text without word characters has none."""
+def shingle_sets(texts: Sequence[str], shingling: Shingling) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shingle sets of many texts at once, vectorised across texts: (values, counts,
+    char_mode), the sorted unique 32-bit n-gram hashes of text 0, then of text 1, ...; counts[i]
+    values each; char_mode[i] when text i was shingled by characters. A text of fewer than n
+    words is one shingle; a text without word characters has none."""
     groups: dict[int, tuple[list[int], list[np.ndarray]]] = {}
+    char_mode = np.zeros(len(texts), dtype=bool)
     for i, text in enumerate(texts):
         mode = shingle_mode(text, shingling)
+        char_mode[i] = mode == "char"
         tokens = _tokens(text, mode, shingling)
         if tokens.size:
             n = min(shingling.char_ngram if mode == "char" else shingling.word_ngram, tokens.size)
@@ -129,7 +132,7 @@ def shingle_sets(texts: Sequence[str], shingling: Shingling) -> tuple[np.ndarray
     keys = np.sort((np.concatenate(owners).astype(np.uint64) << np.uint64(32)) | np.concatenate(values))
     keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # np.unique hashes first: 10x slower here
     counts = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=len(texts))
-    return (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32), counts
+    return (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32), counts, char_mode
 
 
 def shingle_set(text: str, shingling: Shingling) -> np.ndarray:
@@ -203,10 +206,10 @@ class Sketches:
 
 def _sketch_chunk(args: tuple[list[str], Shingling, int, int]) -> Sketches:
     texts, shingling, num_perm, seed = args
-    values, counts = shingle_sets(texts, shingling)
+    values, counts, char_mode = shingle_sets(texts, shingling)
     return Sketches(signatures=_signatures(values, counts, num_perm, seed),
                     exact_keys=[xxhash.xxh3_128_digest(normal_form(t).encode("utf-8")) for t in texts],
-                    char_mode=np.array([shingle_mode(t, shingling) == "char" for t in texts], dtype=bool))
+                    char_mode=char_mode)
 
 
 def sketches(texts: Sequence[str], shingling: Shingling, num_perm: int, seed: int,
