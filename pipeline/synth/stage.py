@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipeline import chat
 from pipeline.config import Params, load_or_exit
+from pipeline.digest import tree_sha256
 from pipeline.search import INDEX, SEARCH_TOOL, SearchIndex
 from pipeline.synth import tasks
 from pipeline.synth.backends import make_backend
@@ -38,16 +39,9 @@ def model_identity(model: str) -> str:
     """What the cache keys name the teacher by. A hub id names itself; a local directory (the
     tiny and cpu profiles' teacher is models/base) is named by its content, so that a rebuilt
     model never gets the old model's cached outputs."""
-    path = Path(model)
-    if not path.is_dir():
+    if not Path(model).is_dir():
         return model
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return f"{model}@sha256:{digest.hexdigest()}"
+    return f"{model}@sha256:{tree_sha256(model)}"
 
 
 class Teacher:
