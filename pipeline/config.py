@@ -311,32 +311,123 @@ class SynthConfig:
                 raise ConfigError(f"mix.{name}: expected a share between 0 and 1, got {share}")
 
 
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass
 class LoraConfig:
     r: int
     alpha: int
     dropout: float
-    target_modules: list[str]
+    target_modules: list[str] | str
+    """Module names (q_proj, ...) or "all-linear": every linear layer but the output head."""
+    use_dora: bool
+    """DoRA (weight-decomposed LoRA): a learned magnitude per output channel on top of LoRA."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            raise ConfigError(f"target_modules: expected a list of module names or 'all-linear', "
+                              f"got {self.target_modules!r}")
+        if self.r < 1:
+            raise ConfigError(f"r: expected a rank >= 1, got {self.r}")
+
+
+@dataclass
+class QLoraConfig:
+    enabled: bool
+    """Load the base in 4 bits (bitsandbytes) and train the LoRA adapter on top. The adapter is
+    always applied to the full-precision base afterwards (evaluate, export), never the 4-bit one."""
+    quant_type: str
+    """nf4 (the QLoRA paper's NormalFloat) or fp4."""
+    double_quant: bool
+    """Quantize the quantization constants too (~0.4 bits per parameter saved)."""
+    compute_dtype: str
+    """dtype of the matmuls with the dequantized weights: float32 (CPU), bfloat16 (GPU)."""
+
+    def __post_init__(self) -> None:
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"quant_type: expected nf4 or fp4, got {self.quant_type!r}")
+        if self.compute_dtype not in DTYPES:
+            raise ConfigError(f"compute_dtype: expected one of {', '.join(DTYPES)}, got {self.compute_dtype!r}")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int
+    """Evaluations without an eval-loss improvement before training stops; 0: never stop early."""
+    threshold: float
+    """The smallest decrease of eval loss that counts as an improvement."""
+
+
+@dataclass
+class DistributedConfig:
+    strategy: str
+    """With more than one process (make train GPUS=N): ddp (a full copy per process) or fsdp
+    (parameters, gradients and optimizer state sharded across processes, for large students)."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"strategy: expected ddp or fsdp, got {self.strategy!r}")
 
 
 @dataclass
 class TrainConfig:
     lr: float
     """Peak learning rate; by default it follows the top-level `lr`."""
+    scheduler: str
+    """Learning-rate schedule after warmup: linear, cosine, cosine_with_restarts, polynomial,
+    constant or constant_with_warmup."""
+    warmup_ratio: float
+    """Share of the optimizer steps spent warming up."""
+    weight_decay: float
     epochs: float
     max_steps: int
     """Overrides epochs when > 0."""
     batch_size: int
-    """Per-process batch size."""
+    """Examples per process per forward pass (the micro-batch)."""
     grad_accum: int
+    """Gradient accumulation steps with one process. The effective batch, batch_size x grad_accum,
+    stays the same with N processes: accumulation (or else the micro-batch) is divided by N."""
     max_seq_len: int
     """Longer conversations are truncated (and counted in metrics/train.json)."""
-    warmup_ratio: float
-    weight_decay: float
+    packing: bool
+    """Pack each batch's conversations into rows of max_seq_len tokens, position ids restarting
+    at every conversation and no attention across them: the same examples and the same loss as
+    padded batches, without the padding."""
+    gradient_checkpointing: bool
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    dtype: str
+    """Weights and compute dtype: auto (bfloat16 on a GPU that has it, else float32), float32,
+    bfloat16 or float16."""
     logging_steps: int
     eval_steps: int
+    """Evaluate on the val rows every this many optimizer steps; a checkpoint is saved at each evaluation."""
+    keep_checkpoints: int
+    """Checkpoints kept in models/checkpoints (the best one is always kept too)."""
+    resume: bool
+    """Continue from the last checkpoint of an interrupted run of the same configuration."""
+    select_best: bool
+    """End with the weights of the checkpoint with the lowest eval loss rather than the last."""
+    early_stopping: EarlyStoppingConfig
     seed: int
     lora: LoraConfig
+    qlora: QLoraConfig
+    distributed: DistributedConfig
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler: expected one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: expected auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio: expected a share in [0, 1), got {self.warmup_ratio}")
+        for name in ("batch_size", "grad_accum", "max_seq_len", "logging_steps", "eval_steps", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.early_stopping.patience > 0 and not self.select_best:
+            raise ConfigError("early_stopping.patience: early stopping needs select_best: true "
+                              "(it keeps the best checkpoint it stops behind)")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline import chat
 from pipeline.config import Params, load_or_exit
-from pipeline.train import ADAPTER_DIR, BASE_DIR, encode_records, load_split
+from pipeline.train import ADAPTER_DIR, BASE_DIR, encode_records, load_split, load_tuned
 
 METRICS = Path("metrics/eval.json")
 REPORT_DIR = Path("reports/eval")
@@ -92,7 +92,6 @@ def write_report(rows: list[dict], report_dir: Path) -> None:
 
 def evaluate(params: Params) -> dict:
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(params.seed)
@@ -107,7 +106,7 @@ def evaluate(params: Params) -> dict:
     model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
     base_loss, tokens = heldout_loss(model, tokenizer, examples, cfg.batch_size)
     rows = generate(model, tokenizer, to_read, params.chat.system_prompt, cfg.max_new_tokens, "base")
-    model = PeftModel.from_pretrained(model, ADAPTER_DIR)
+    model = load_tuned(ADAPTER_DIR, BASE_DIR)  # merged onto the full-precision base (QLoRA too)
     tuned_loss, _ = heldout_loss(model, tokenizer, examples, cfg.batch_size)
     rows += generate(model, tokenizer, to_read, params.chat.system_prompt, cfg.max_new_tokens, "tuned")
     write_report(sorted(rows, key=lambda r: (r["id"], r["model"])), REPORT_DIR)

@@ -1,11 +1,17 @@
-"""Stage train: LoRA fine-tuning of models/base on the synthesised SFT rows (data/sft:
-plain, think, search and qgen conversations of the train split; val for eval loss) with
-TRL's SFTTrainer.
+"""Stage train: LoRA, DoRA or QLoRA fine-tuning of models/base on the synthesised SFT rows
+(data/sft: plain, think, search and qgen conversations of the train split; val for eval loss)
+with TRL's SFTTrainer.
 
 Conversations are tokenised by pipeline.chat (the one template); the loss covers assistant
-tokens and their end-of-turn token only. The adapter, the tokenizer and the chat template
-are saved together in models/adapter; DVCLive writes the loss curves to reports/train/ and
-the run's figures go to metrics/train.json.
+tokens and their end-of-turn token only. Batches are packed without cross-attention
+(pipeline.packing). A checkpoint (adapter, optimizer, scheduler, RNG states, data position)
+is saved at every evaluation in models/checkpoints, which DVC leaves in place between runs:
+a killed run, rerun with the same configuration and data, continues from its last
+checkpoint. Early stopping and best-checkpoint selection go by eval loss.
+
+The adapter, the tokenizer and the chat template are saved together in models/adapter;
+DVCLive writes the loss curves to reports/train/; metrics/train.json gets the run's figures
+(losses, tokens/s, peak memory, trainable parameters, processes and batch layout).
 
     python -m pipeline.train                       # reads params.yaml (dvc repro train)
     DISTILLERY_NPROC=2 python -m pipeline.train    # 2 processes under torchrun (make train GPUS=2)
@@ -14,8 +20,11 @@ the run's figures go to metrics/train.json.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -23,12 +32,15 @@ from pathlib import Path
 
 from pipeline import chat
 from pipeline.config import Params, TrainConfig, load_or_exit
+from pipeline.digest import tree_sha256
+from pipeline.packing import SFTCollator
 
 SPLIT = Path("data/dedup/split.jsonl")
 SFT_DIR = Path("data/sft")
 BASE_DIR = Path("models/base")
 ADAPTER_DIR = Path("models/adapter")
 CHECKPOINT_DIR = Path("models/checkpoints")
+RUN_FILE = "run.json"
 LIVE_DIR = Path("reports/train")
 METRICS = Path("metrics/train.json")
 
@@ -49,14 +61,19 @@ def load_sft(split: str, sft_dir: Path = SFT_DIR) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], int]:
-    """Tokenised SFT rows (messages with their declared tools) and how many were truncated."""
-    examples, truncated = [], 0
+def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], collections.Counter]:
+    """Tokenised SFT rows (messages with their declared tools), and counts per task of the rows
+    truncated to `max_len` and of those dropped because truncation left no assistant token."""
+    examples, counts = [], collections.Counter()
     for row in rows:
         enc = chat.encode(tokenizer, row["messages"], tools=row.get("tools") or None, max_len=max_len)
-        truncated += enc.pop("truncated")
+        if enc.pop("truncated"):
+            counts[f"truncated/{row['task']}"] += 1
+            if all(label == -100 for label in enc["labels"]):
+                counts[f"no_labels/{row['task']}"] += 1
+                continue
         examples.append(enc)
-    return examples, truncated
+    return examples, counts
 
 
 def encode_records(tokenizer, records: list[dict], system_prompt: str, max_len: int) -> tuple[list[dict], int]:
@@ -67,6 +84,62 @@ def encode_records(tokenizer, records: list[dict], system_prompt: str, max_len: 
         truncated += enc.pop("truncated")
         examples.append(enc)
     return examples, truncated
+
+
+def batch_layout(cfg: TrainConfig, nproc: int) -> tuple[int, int]:
+    """(micro-batch per process, accumulation steps) keeping the effective batch
+    cfg.batch_size x cfg.grad_accum for `nproc` processes, with the largest micro-batch that
+    does not exceed cfg.batch_size."""
+    effective = cfg.batch_size * cfg.grad_accum
+    for accum in range(1, effective + 1):
+        if effective % (accum * nproc) == 0 and effective // (accum * nproc) <= cfg.batch_size:
+            return effective // (accum * nproc), accum
+    sys.exit(f"error: params.yaml: train.batch_size x train.grad_accum = {effective} cannot be split "
+             f"evenly across {nproc} processes; make it a multiple of {nproc}")
+
+
+def run_fingerprint(cfg: TrainConfig, nproc: int, base_dir: Path = BASE_DIR, sft_dir: Path = SFT_DIR) -> str:
+    """What a checkpoint must match to be resumed: the train config, the process count, and
+    the content of the base model and the SFT rows."""
+    parts = {"train": dataclasses.asdict(cfg), "processes": nproc, "base": tree_sha256(base_dir),
+             "sft": {s: tree_sha256(sft_dir / f"{s}.jsonl") for s in ("train", "val")}}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def checkpoint_to_resume(fingerprint: str, resume: bool, ckpt_dir: Path = CHECKPOINT_DIR) -> str | None:
+    """The last complete checkpoint of an interrupted run with this fingerprint, or None after
+    clearing `ckpt_dir` for a fresh run (a finished run, another configuration or data, resume off).
+
+    A checkpoint is complete once its trainer_state.json exists (the Trainer writes it last);
+    one cut short by the kill is deleted.
+    """
+    run_file = ckpt_dir / RUN_FILE
+    previous = json.loads(run_file.read_text()) if run_file.exists() else {}
+    if previous.get("status") == "running":
+        found = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1]))
+        complete = [d for d in found if (d / "trainer_state.json").exists()]
+        if complete and resume and previous.get("fingerprint") == fingerprint:
+            for partial in found:
+                if partial not in complete:
+                    print(f"train: removing {partial}, cut short by the interruption", flush=True)
+                    shutil.rmtree(partial)
+            print(f"train: resuming the interrupted run from {complete[-1]}", flush=True)
+            return str(complete[-1])
+        if complete:
+            why = "train.resume is false" if not resume else "its configuration, base model or data differ"
+            print(f"train: not resuming {complete[-1]}: {why}; starting over", flush=True)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True)
+    run_file.write_text(json.dumps({"fingerprint": fingerprint, "status": "running"}) + "\n")
+    return None
+
+
+def finish_checkpoints(ckpt_dir: Path = CHECKPOINT_DIR) -> None:
+    """A finished run needs no checkpoints: only the run file stays, saying it finished."""
+    for child in ckpt_dir.glob("checkpoint-*"):
+        shutil.rmtree(child)
+    run_file = ckpt_dir / RUN_FILE
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "status": "finished"}) + "\n")
 
 
 def relaunch_distributed(nproc: int) -> None:
@@ -80,7 +153,9 @@ def relaunch_distributed(nproc: int) -> None:
 def live_callback(live_dir: Path):
     """A TrainerCallback that sends train and eval loss to DVCLive, keyed by global step.
 
-    Only the main process logs. Call `.close()` after the final evaluation.
+    Only the main process logs. A resumed run starts a fresh curve at the resumed step (the
+    log history before it is in the checkpoint's trainer_state.json). Call `.close()` after
+    the final evaluation.
     """
     from dvclive import Live
     from transformers import TrainerCallback
@@ -92,14 +167,18 @@ def live_callback(live_dir: Path):
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
                 self.live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+                for log in state.log_history:  # a resumed run: the curve so far, from the checkpoint
+                    self._log(log)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.live is None or not logs:
-                return
-            self.live.step = state.global_step
+            if self.live is not None and logs:
+                self._log({**logs, "step": state.global_step})
+
+        def _log(self, log: dict) -> None:
+            self.live.step = log["step"]
             for key, name in (("loss", "train/loss"), ("eval_loss", "eval/loss"), ("learning_rate", "train/lr")):
-                if key in logs:
-                    self.live.log_metric(name, float(logs[key]))
+                if key in log:
+                    self.live.log_metric(name, float(log[key]))
 
         def close(self):
             if self.live is not None:
@@ -109,43 +188,110 @@ def live_callback(live_dir: Path):
     return DVCLiveLoss()
 
 
+def load_base(cfg: TrainConfig, base_dir: Path = BASE_DIR):
+    """The base model to train on: full precision, or 4-bit for QLoRA (bitsandbytes)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = torch_dtype(cfg.dtype)
+    if not cfg.qlora.enabled:
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    from peft import prepare_model_for_kbit_training
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.qlora.quant_type,
+        bnb_4bit_use_double_quant=cfg.qlora.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, cfg.qlora.compute_dtype),
+    )
+    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, quantization_config=quant, device_map=device_map)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if device_map is None:
+        # On CPU the parameters left unquantized (embeddings, norms, head) are views into the
+        # checkpoint's memory map, which keeps the pages of the whole full-precision file resident
+        # after quantization read them. Owning copies let the map go.
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.dtype != torch.uint8:
+                    param.data = param.data.clone()
+    return model
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def load_tuned(adapter_dir: Path = ADAPTER_DIR, base_dir: Path = BASE_DIR, merge: bool = True):
+    """The tuned model: the adapter applied to the full-precision base (also after QLoRA, whose
+    adapter was trained on a 4-bit copy), merged into its weights unless `merge` is False."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if getattr(AutoConfig.from_pretrained(base_dir), "quantization_config", None):
+        raise ValueError(f"{base_dir} is a quantized checkpoint; the adapter is applied to a full-precision base only")
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, adapter_dir)
+    return model.merge_and_unload() if merge else model
+
+
 def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cfg: TrainConfig,
-                  output_dir: Path = CHECKPOINT_DIR, callbacks: list | None = None):
+                  output_dir: Path = CHECKPOINT_DIR, callbacks: list | None = None, nproc: int = 1):
     """TRL's SFTTrainer with a LoRA adapter on `model`, over our pre-tokenised examples.
 
-    The examples carry `labels` built by pipeline.chat.encode; SFTTrainer keeps a dataset's
-    own labels and its collator pads them with -100, so the loss is exactly the assistant
-    tokens and their end-of-turn tokens.
+    The examples carry `labels` built by pipeline.chat.encode and pipeline.packing's collator
+    keeps them, so the loss is exactly the assistant tokens and their end-of-turn tokens.
     """
     import torch
     from datasets import Dataset
     from peft import LoraConfig
+    from transformers import EarlyStoppingCallback
     from trl import SFTConfig, SFTTrainer
 
     on_gpu = torch.cuda.is_available()
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    micro_batch, accum = batch_layout(cfg, nproc)
+    dtype = torch_dtype(cfg.dtype)
+    fsdp = nproc > 1 and cfg.distributed.strategy == "fsdp"
     args = SFTConfig(
         output_dir=str(output_dir),
         learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        lr_scheduler_type=cfg.scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a fraction of the total steps
         weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=micro_batch,
+        per_device_eval_batch_size=micro_batch,
+        gradient_accumulation_steps=accum,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
         eval_strategy="steps",
         eval_steps=cfg.eval_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=cfg.eval_steps,
+        save_total_limit=cfg.keep_checkpoints,
+        load_best_model_at_end=cfg.select_best,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        include_num_input_tokens_seen="non_padding",  # pad is its own token, never eos
         report_to="none",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        max_length=None,  # truncation already done (and counted) by encode_records
+        max_length=None,  # truncation already done (and counted) by encode_rows
         use_cpu=not on_gpu,
-        # TRL defaults to bf16; on a CPU without bf16 units autocast makes each step ~10x slower.
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        ddp_backend="gloo" if distributed and not on_gpu else None,
+        # Mixed precision only on a GPU; on a CPU without bf16 units autocast makes each step ~10x slower.
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        ddp_backend=("gloo" if not on_gpu else "nccl") if nproc > 1 else None,
+        # FSDP2, full sharding, one unit per decoder layer
+        fsdp=fsdp,
+        fsdp_config={"fsdp_version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                     "reshard_after_forward": True} if fsdp else None,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
@@ -154,11 +300,16 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
+        use_dora=cfg.lora.use_dora,
         task_type="CAUSAL_LM",
     )
+    callbacks = list(callbacks or [])
+    if cfg.early_stopping.patience > 0:
+        callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
     return SFTTrainer(
         model=model,
         args=args,
+        data_collator=SFTCollator(tokenizer.pad_token_id, pack=cfg.packing, row_len=cfg.max_seq_len),
         train_dataset=Dataset.from_list(train_ex),
         eval_dataset=Dataset.from_list(val_ex),
         processing_class=tokenizer,
@@ -167,57 +318,102 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
     )
 
 
-def train(params: Params) -> dict:
+def peak_memory(trainer) -> dict:
+    """Peak resident memory of the busiest process, and peak GPU memory on a GPU, in MiB."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    figures = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]  # Linux: KiB
+    if torch.cuda.is_available():
+        figures.append(torch.cuda.max_memory_allocated() / 2**20)
+    gathered = trainer.accelerator.gather(torch.tensor([figures], device=trainer.args.device)).view(-1, len(figures))
+    peak = gathered.max(dim=0).values.tolist()
+    return {"peak_rss_mib": round(peak[0], 1), **({"peak_gpu_mib": round(peak[1], 1)} if len(peak) > 1 else {})}
+
+
+def train(params: Params, nproc: int, resume_from: str | None) -> dict:
+    from transformers import AutoTokenizer
 
     cfg = params.train
     tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)
-    model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
+    model = load_base(cfg)
     train_rows, val_rows = load_sft("train"), load_sft("val")
-    train_ex, train_trunc = encode_rows(tokenizer, train_rows, cfg.max_seq_len)
-    val_ex, val_trunc = encode_rows(tokenizer, val_rows, cfg.max_seq_len)
+    train_ex, train_counts = encode_rows(tokenizer, train_rows, cfg.max_seq_len)
+    val_ex, val_counts = encode_rows(tokenizer, val_rows, cfg.max_seq_len)
+    counts = train_counts + val_counts
+    dropped = {key.split("/")[1]: n for key, n in sorted(counts.items()) if key.startswith("no_labels/")}
+    if dropped and int(os.environ.get("RANK", "0")) == 0:
+        print(f"train: warning: rows whose prompt alone fills train.max_seq_len ({cfg.max_seq_len} tokens) "
+              f"have nothing to learn and were dropped: {dropped}; raise train.max_seq_len to keep them",
+              flush=True)
     if not train_ex or not val_ex:
         sys.exit(f"error: {SFT_DIR} has {len(train_ex)} train and {len(val_ex)} val rows; both must be non-empty")
 
     live = live_callback(LIVE_DIR)
-    trainer = build_trainer(model, tokenizer, train_ex, val_ex, cfg, callbacks=[live])
-    result = trainer.train()
-    # The final eval loss: logged at the last step already, or measured now (and logged).
-    last = [log for log in trainer.state.log_history if "eval_loss" in log and log["step"] == result.global_step]
-    eval_loss = last[-1]["eval_loss"] if last else trainer.evaluate()["eval_loss"]
+    trainer = build_trainer(model, tokenizer, train_ex, val_ex, cfg, callbacks=[live], nproc=nproc)
+    micro_batch, accum = trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps
+    if trainer.is_world_process_zero():
+        print(f"train: effective batch {micro_batch * accum * nproc} = {micro_batch} per process x {nproc} "
+              f"process(es) x {accum} accumulation step(s) (train.batch_size {cfg.batch_size} x "
+              f"train.grad_accum {cfg.grad_accum})", flush=True)
+    tokens_before = 0
+    if resume_from:
+        tokens_before = json.loads((Path(resume_from) / "trainer_state.json").read_text())["num_input_tokens_seen"]
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    state = trainer.state
+    # The eval loss of the weights we keep: the best checkpoint's when select_best, else measured now.
+    eval_loss = state.best_metric if cfg.select_best and state.best_metric is not None else trainer.evaluate()["eval_loss"]
     live.close()
     trainable, total = trainer.model.get_nb_trainable_parameters()
+    memory = peak_memory(trainer)
     if trainer.is_world_process_zero():
         shutil.rmtree(ADAPTER_DIR, ignore_errors=True)
         trainer.save_model(str(ADAPTER_DIR))
         tokenizer.save_pretrained(str(ADAPTER_DIR))
-        shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
+    runtime = result.metrics["train_runtime"]
     return {
         "train_loss": result.training_loss,
         "eval_loss": eval_loss,
-        "steps": result.global_step,
+        "best_step": int(state.best_model_checkpoint.rsplit("-", 1)[1]) if state.best_model_checkpoint else state.global_step,
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "early_stopped": state.global_step < state.max_steps,
+        "resumed_from_step": int(resume_from.rsplit("-", 1)[1]) if resume_from else 0,
         "train_examples": len(train_ex),
         "val_examples": len(val_ex),
         "train_examples_by_task": dict(sorted(collections.Counter(r["task"] for r in train_rows).items())),
-        "truncated": train_trunc + val_trunc,
+        "truncated": {key.split("/")[1]: n for key, n in sorted(counts.items()) if key.startswith("truncated/")},
+        "dropped_without_labels": dropped,
         "trainable_params": trainable,
         "total_params": total,
-        "processes": int(os.environ.get("WORLD_SIZE", "1")),
-        "train_runtime_s": result.metrics["train_runtime"],
+        "method": "qlora" if cfg.qlora.enabled else ("dora" if cfg.lora.use_dora else "lora"),
+        "packing": cfg.packing,
+        "processes": nproc,
+        "micro_batch": micro_batch,
+        "grad_accum_steps": accum,
+        "effective_batch": micro_batch * accum * nproc,
+        "tokens_seen": state.num_input_tokens_seen,
+        "tokens_per_s": round((state.num_input_tokens_seen - tokens_before) / runtime, 1),
+        "train_runtime_s": runtime,
+        **memory,
     }
 
 
 def main() -> None:
     params = load_or_exit()
     nproc = int(os.environ.get("DISTILLERY_NPROC", "1"))
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        relaunch_distributed(nproc)
-    metrics = train(params)
+    if "LOCAL_RANK" not in os.environ:
+        # The launching process owns models/checkpoints: it decides resume or a fresh start once.
+        resume_from = checkpoint_to_resume(run_fingerprint(params.train, nproc), params.train.resume)
+        os.environ["DISTILLERY_RESUME_FROM"] = resume_from or ""
+        if nproc > 1:
+            relaunch_distributed(nproc)
+    metrics = train(params, nproc, os.environ.get("DISTILLERY_RESUME_FROM") or None)
     if int(os.environ.get("RANK", "0")) == 0:
+        finish_checkpoints()
         METRICS.parent.mkdir(parents=True, exist_ok=True)
         METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        print(f"train: eval loss {metrics['eval_loss']:.4f} after {metrics['steps']} steps -> {ADAPTER_DIR}")
+        print(f"train: eval loss {metrics['eval_loss']:.4f} after {metrics['steps']} steps, "
+              f"{metrics['tokens_per_s']:.0f} tokens/s -> {ADAPTER_DIR}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def test_golden_label_mask_in_the_sft_trainer_batch(tiny_tokenizer, tmp_path):
     enc = chat.encode(tiny_tokenizer, CONVERSATION, tools=TOOLS)
     short = chat.encode(tiny_tokenizer, CONVERSATION[:2] + [{"role": "assistant", "content": "Iron"}])
     examples = [{k: e[k] for k in ("input_ids", "labels")} for e in (enc, short)]
-    cfg = load_params(compose_params(tmp_path, "train.batch_size=2")).train
+    cfg = load_params(compose_params(tmp_path, "train.batch_size=2", "train.packing=false")).train
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                                          pad_token_id=tiny_tokenizer.pad_token_id))

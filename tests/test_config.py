@@ -32,6 +32,34 @@ def test_hf_model_config_composes_and_validates(tmp_path):
     assert params.model.hf_id == "Qwen/Qwen2.5-0.5B-Instruct"
 
 
+def test_gpu_profiles_compose_and_validate(tmp_path):
+    gpu = load_params(compose_params(tmp_path, "profile=gpu"))
+    assert gpu.model.hf_id == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert gpu.teacher.model == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+    assert (gpu.train.lora.r, gpu.train.lora.alpha, gpu.train.lr) == (16, 32, pytest.approx(2e-4))
+    assert not gpu.train.qlora.enabled
+    big = load_params(compose_params(tmp_path, "profile=gpu-qlora-7b"))
+    assert big.model.hf_id == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+    assert big.train.qlora.enabled and big.train.qlora.quant_type == "nf4" and big.train.qlora.double_quant
+    assert (big.train.lora.r, big.train.lr, big.train.scheduler, big.train.warmup_ratio) == (
+        16, pytest.approx(1e-4), "cosine", pytest.approx(0.1))
+    assert big.train.gradient_checkpointing
+    qlora = load_params(compose_params(tmp_path, "train=qlora", "train.lora.use_dora=true"))
+    assert qlora.train.qlora.enabled and qlora.train.lora.use_dora and qlora.profile == "tiny"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.scheduler=cosin", "train.scheduler: expected one of linear, cosine"),
+    ("train.lora.target_modules=all", "train.lora.target_modules: expected a list of module names or 'all-linear'"),
+    ("train.qlora.quant_type=int4", "train.qlora.quant_type: expected nf4 or fp4"),
+    ("train.distributed.strategy=deepspeed", "train.distributed.strategy: expected ddp or fsdp"),
+    ("train.select_best=false", "train.early_stopping.patience: early stopping needs select_best: true"),
+])
+def test_bad_train_settings_are_named(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_params(compose_params(tmp_path, override))
+
+
 def _write_modified(tmp_path, edit) -> str:
     path = compose_params(tmp_path)
     data = yaml.safe_load(path.read_text())

@@ -113,6 +113,11 @@ def test_repro_noop_and_experiment(tmp_path):
     _check_synth(repo)
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+    # The tuned model learned its end-of-turn token: most greedy generations stop on their own.
+    assert metrics["tuned"]["stop_rate"] > 0.5 >= metrics["base"]["stop_rate"]
+    trained = json.loads((repo / "metrics/train.json").read_text())
+    assert trained["packing"] and trained["tokens_per_s"] > 0 and trained["peak_rss_mib"] > 0
+    assert json.loads((repo / "models/checkpoints/run.json").read_text())["status"] == "finished"
     generations = (repo / "reports/eval/generations.jsonl").read_text().splitlines()
     assert len(generations) == 2 * 10
     _run(repo, "git", "add", "-A")

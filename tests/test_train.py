@@ -1,0 +1,260 @@
+"""Training: packed batches keep samples independent; a run killed with SIGKILL resumes to the
+same adapter; two processes keep the effective batch and the eval loss; QLoRA trains on CPU
+and its adapter lands on the full-precision base."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import compose_params, stage_env
+from pipeline import chat
+
+# A short run on the tiny base: 24 optimizer steps of 8 rows, a checkpoint every 4.
+SHORT_RUN = ("train.max_steps=24", "train.eval_steps=4", "train.batch_size=8", "train.logging_steps=2",
+             "train.max_seq_len=256", "train.early_stopping.patience=0")
+
+
+def _tiny_llama(vocab: int = 300):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        pad_token_id=0, attn_implementation="sdpa")).eval()
+
+
+def _per_sample_loss(logits, labels, spans):
+    """Summed next-token loss of each (row, start, end) span of a batch."""
+    import torch.nn.functional as F
+
+    out = []
+    for row, start, end in spans:
+        lg, lb = logits[row, start:end - 1], labels[row, start + 1:end]
+        out.append(float(F.cross_entropy(lg, lb, ignore_index=-100, reduction="sum")))
+    return out
+
+
+def test_packed_batch_gives_each_sample_its_unpacked_loss():
+    import torch
+
+    from pipeline.packing import SFTCollator
+
+    gen = torch.Generator().manual_seed(1)
+    lengths = [37, 5, 120, 64, 9, 88, 23, 50]  # length-skewed
+    examples = []
+    for n in lengths:
+        ids = torch.randint(4, 300, (n,), generator=gen).tolist()
+        labels = [-100] * (n // 3) + ids[n // 3:]
+        examples.append({"input_ids": ids, "labels": labels})
+    model = _tiny_llama()
+
+    padded = SFTCollator(pad_token_id=0)(examples)
+    packed = SFTCollator(pad_token_id=0, pack=True, row_len=128)(examples)
+    assert packed["input_ids"].shape[0] < len(examples) and packed["input_ids"].shape[1] <= 128
+    assert "attention_mask" not in packed
+
+    # Where each example landed in the packed batch: position ids restart at its first token.
+    spans, placed = [], []
+    for row in range(packed["input_ids"].shape[0]):
+        pos = packed["position_ids"][row].tolist()
+        starts = [i for i, p in enumerate(pos) if p == 0]
+        for s, e in zip(starts, starts[1:] + [None]):
+            n = next(j for j, ex in enumerate(examples) if j not in placed
+                     and packed["input_ids"][row, s:s + len(ex["input_ids"])].tolist() == ex["input_ids"])
+            placed.append(n)
+            spans.append((row, s, s + lengths[n]))
+    assert sorted(placed) == list(range(len(examples)))
+
+    # As in training: no KV cache (transformers reads packed sequences from position ids only then).
+    with torch.no_grad():
+        want = _per_sample_loss(model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
+                                      use_cache=False).logits, padded["labels"], [(i, 0, n) for i, n in enumerate(lengths)])
+        got = _per_sample_loss(model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
+                                     use_cache=False).logits, packed["labels"], spans)
+        # The control: the same rows without position ids attend across samples and lose equality.
+        leaked = _per_sample_loss(model(input_ids=packed["input_ids"], use_cache=False).logits, packed["labels"], spans)
+    assert [got[placed.index(i)] for i in range(len(examples))] == pytest.approx(want, rel=1e-5)
+    assert [leaked[placed.index(i)] for i in range(len(examples))] != pytest.approx(want, rel=1e-3)
+
+
+def test_first_fit_decreasing_respects_capacity():
+    from pipeline.packing import first_fit_decreasing
+
+    lengths = [90, 10, 60, 40, 30, 70, 5, 100]
+    bins = first_fit_decreasing(lengths, 100)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 100 for b in bins)
+    assert len(bins) == 5  # 405 tokens: at least 5 bins of 100
+
+
+def test_effective_batch_is_kept_across_process_counts(tmp_path):
+    from pipeline.config import load_params
+    from pipeline.train import batch_layout
+
+    cfg = load_params(compose_params(tmp_path, "train.batch_size=8", "train.grad_accum=4")).train
+    for nproc in (1, 2, 4, 8, 16, 32):
+        micro, accum = batch_layout(cfg, nproc)
+        assert micro * accum * nproc == 32 and micro <= 8
+    assert batch_layout(cfg, 2) == (8, 2)
+    cfg = load_params(compose_params(tmp_path, "train.batch_size=6", "train.grad_accum=1")).train
+    assert batch_layout(cfg, 2) == (3, 1)
+    with pytest.raises(SystemExit, match="cannot be split evenly across 4 processes"):
+        batch_layout(cfg, 4)
+
+
+def test_checkpoints_resume_only_the_same_interrupted_run(tmp_path):
+    from pipeline.train import checkpoint_to_resume, finish_checkpoints
+
+    ckpt = tmp_path / "checkpoints"
+    assert checkpoint_to_resume("A", True, ckpt) is None  # nothing there: a fresh run
+    for step in (4, 8):
+        (ckpt / f"checkpoint-{step}").mkdir()
+        (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (ckpt / "checkpoint-12").mkdir()  # cut short by the kill: no trainer_state.json yet
+    assert checkpoint_to_resume("A", True, ckpt) == str(ckpt / "checkpoint-8")
+    assert not (ckpt / "checkpoint-12").exists()
+    assert checkpoint_to_resume("B", True, ckpt) is None  # another config or data: start over
+    assert not list(ckpt.glob("checkpoint-*"))
+    (ckpt / "checkpoint-4").mkdir()
+    (ckpt / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    assert checkpoint_to_resume("B", False, ckpt) is None  # resume off
+    (ckpt / "checkpoint-4").mkdir()
+    (ckpt / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    finish_checkpoints(ckpt)
+    assert json.loads((ckpt / "run.json").read_text())["status"] == "finished"
+    assert checkpoint_to_resume("B", True, ckpt) is None  # a finished run is not resumed
+
+
+@pytest.fixture(scope="module")
+def train_inputs(crawled_workspace, tmp_path_factory):
+    """models/base (the tiny profile's) and data/sft with plain rows of the crawled questions."""
+    from pipeline.base_model import build
+    from pipeline.config import load_params
+    from pipeline.train import load_split
+
+    src = tmp_path_factory.mktemp("train_inputs")
+    params = load_params(crawled_workspace / "params.yaml")
+    build(params.model, params.seed, params.chat.system_prompt, src / "models/base")
+    (src / "data/sft").mkdir(parents=True)
+    for split, count in (("train", 192), ("val", 32)):
+        records = load_split(split, crawled_workspace / "data/dedup/split.jsonl")[:count]
+        with (src / f"data/sft/{split}.jsonl").open("w", encoding="utf-8") as f:
+            for rec in records:
+                row = {"id": rec["id"], "source_ids": [rec["id"]], "task": "plain",
+                       "messages": chat.record_to_messages(rec, params.chat.system_prompt)}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return src
+
+
+def _workspace(inputs, dest, *overrides):
+    shutil.copytree(inputs, dest)
+    compose_params(dest, *SHORT_RUN, *overrides)
+    return dest
+
+
+def _train(ws, nproc=1, check=True):
+    env = {**stage_env(), "DISTILLERY_NPROC": str(nproc)}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.train"], cwd=ws, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        pytest.fail(f"train exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+def _adapter(ws):
+    from safetensors.torch import load_file
+
+    return load_file(ws / "models/adapter/adapter_model.safetensors")
+
+
+def _metrics(ws):
+    return json.loads((ws / "metrics/train.json").read_text())
+
+
+def test_sigkill_resume_and_two_processes(train_inputs, tmp_path):
+    """Killed at a checkpoint and rerun, train ends with the adapter of an uninterrupted run
+    (max abs difference below 1e-6); two processes, DDP or FSDP, reach the eval loss of one
+    within 5%."""
+    whole = _workspace(train_inputs, tmp_path / "whole")
+    _train(whole)
+    reference = _metrics(whole)
+    assert reference["steps"] == 24 and reference["resumed_from_step"] == 0
+    assert reference["tokens_per_s"] > 0 and reference["peak_rss_mib"] > 0 and reference["trainable_params"] > 0
+    assert json.loads((whole / "models/checkpoints/run.json").read_text())["status"] == "finished"
+    assert not list((whole / "models/checkpoints").glob("checkpoint-*"))
+
+    killed = _workspace(train_inputs, tmp_path / "killed")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=killed, env=stage_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "models/checkpoints/checkpoint-8/trainer_state.json"
+    while not marker.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((killed / "models/checkpoints/run.json").read_text())["status"] == "running"
+    out = _train(killed)
+    assert "resuming the interrupted run from models/checkpoints/checkpoint-" in out
+    resumed = _metrics(killed)
+    assert resumed["resumed_from_step"] >= 8 and resumed["steps"] == 24
+    want, got = _adapter(whole), _adapter(killed)
+    assert want.keys() == got.keys()
+    worst = max(float((want[k] - got[k]).abs().max()) for k in want)
+    print(f"resumed vs uninterrupted adapter: max abs difference {worst:.3g}")
+    assert worst < 1e-6, worst
+    assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-6)
+
+    two = _workspace(train_inputs, tmp_path / "two")
+    out = _train(two, nproc=2)
+    assert "effective batch 8 = 4 per process x 2 process(es) x 1 accumulation step(s)" in out
+    pair = _metrics(two)
+    assert pair["processes"] == 2 and pair["effective_batch"] == 8 and pair["steps"] == 24
+    print(f"eval loss: 1 process {reference['eval_loss']:.4f}, 2 processes {pair['eval_loss']:.4f}")
+    assert pair["eval_loss"] == pytest.approx(reference["eval_loss"], rel=0.05)
+
+    sharded = _workspace(train_inputs, tmp_path / "fsdp", "train.distributed.strategy=fsdp")
+    _train(sharded, nproc=2)
+    assert _adapter(sharded).keys() == want.keys()  # gathered, not one shard
+    assert _metrics(sharded)["eval_loss"] == pytest.approx(reference["eval_loss"], rel=0.05)
+
+
+def test_qlora_trains_on_cpu_and_merges_onto_the_full_precision_base(train_inputs, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.train import load_tuned
+
+    ws = _workspace(train_inputs, tmp_path / "qlora", "train=qlora", "train.max_steps=8")
+    _train(ws)
+    metrics = _metrics(ws)
+    assert metrics["method"] == "qlora" and metrics["steps"] == 8
+    config = json.loads((ws / "models/adapter/adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+
+    merged = load_tuned(ws / "models/adapter", ws / "models/base")
+    linears = [m for m in merged.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in linears)
+    unmerged = load_tuned(ws / "models/adapter", ws / "models/base", merge=False)
+    base = AutoModelForCausalLM.from_pretrained(ws / "models/base", dtype=torch.float32)
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 250]])
+    with torch.no_grad():
+        a, b, c = (m(input_ids=ids).logits for m in (merged, unmerged, base))
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a, c, atol=1e-4)  # the adapter did change the model
+
+    # A 4-bit checkpoint as the base is refused, not merged into.
+    quantized = tmp_path / "quantized"
+    shutil.copytree(ws / "models/base", quantized)
+    cfg = json.loads((quantized / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (quantized / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="full-precision base only"):
+        load_tuned(ws / "models/adapter", quantized)
