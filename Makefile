@@ -34,7 +34,7 @@ repro: params ## Compose params.yaml, then `dvc repro` (runs only what changed)
 	$(BIN)/dvc repro
 
 train: params ## Train the adapter with GPUS processes (torchrun; gloo on CPU): make train GPUS=2
-	$(BIN)/dvc repro base_model
+	$(BIN)/dvc repro synth
 	DISTILLERY_NPROC=$(GPUS) $(BIN)/dvc repro --force --single-item train
 
 test: ## Run the test suite (what CI runs)

@@ -135,10 +135,14 @@ def checkpoint_to_resume(fingerprint: str, resume: bool, ckpt_dir: Path = CHECKP
 
 
 def finish_checkpoints(ckpt_dir: Path = CHECKPOINT_DIR) -> None:
-    """A finished run needs no checkpoints: only the run file stays, saying it finished."""
-    for child in ckpt_dir.glob("checkpoint-*"):
-        shutil.rmtree(child)
+    """A finished run needs no checkpoints: only the run file stays, saying it finished (the
+    Trainer's model card goes too)."""
     run_file = ckpt_dir / RUN_FILE
+    for child in ckpt_dir.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        elif child != run_file:
+            child.unlink()
     run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "status": "finished"}) + "\n")
 
 
