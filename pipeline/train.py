@@ -364,8 +364,13 @@ def train(params: Params, nproc: int, resume_from: str | None) -> dict:
         tokens_before = json.loads((Path(resume_from) / "trainer_state.json").read_text())["num_input_tokens_seen"]
     result = trainer.train(resume_from_checkpoint=resume_from)
     state = trainer.state
-    # The eval loss of the weights we keep: the best checkpoint's when select_best, else measured now.
-    eval_loss = state.best_metric if cfg.select_best and state.best_metric is not None else trainer.evaluate()["eval_loss"]
+    # The eval loss of the weights we keep: the best checkpoint's when select_best, else the last
+    # step's (evaluated at the end of training already, or measured now).
+    last = [log["eval_loss"] for log in state.log_history if "eval_loss" in log and log["step"] == state.global_step]
+    if cfg.select_best and state.best_metric is not None:
+        eval_loss = state.best_metric
+    else:
+        eval_loss = last[-1] if last else trainer.evaluate()["eval_loss"]
     live.close()
     trainable, total = trainer.model.get_nb_trainable_parameters()
     memory = peak_memory(trainer)

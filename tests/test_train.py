@@ -258,3 +258,18 @@ def test_qlora_trains_on_cpu_and_merges_onto_the_full_precision_base(train_input
     (quantized / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="full-precision base only"):
         load_tuned(ws / "models/adapter", quantized)
+
+
+def test_early_stopping_ends_with_the_best_checkpoint(train_inputs, tmp_path):
+    """With an improvement threshold no step can meet, training stops after the first
+    evaluation plus `patience` more, and keeps the checkpoint of lowest eval loss (DoRA, to
+    run that path too)."""
+    ws = _workspace(train_inputs, tmp_path / "early", "train.early_stopping.patience=2",
+                    "train.early_stopping.threshold=10.0", "train.lora.use_dora=true")
+    _train(ws)
+    metrics = _metrics(ws)
+    assert metrics["method"] == "dora"
+    assert metrics["early_stopped"] and metrics["steps"] == 12  # evaluations at 4, 8, 12 of 24
+    curve = [float(line.split("\t")[-1]) for line in
+             (ws / "reports/train/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]]
+    assert len(curve) == 3 and metrics["eval_loss"] == pytest.approx(min(curve))
