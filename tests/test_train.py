@@ -1,6 +1,7 @@
 """Training: packed batches keep samples independent; a run killed with SIGKILL resumes to the
-same adapter; two processes keep the effective batch and the eval loss; QLoRA trains on CPU
-and its adapter lands on the full-precision base."""
+same adapter; two processes keep the effective batch and the eval loss; QLoRA (with gradient
+checkpointing) trains on CPU and its adapter lands on the full-precision base; early stopping
+keeps the best checkpoint."""
 
 from __future__ import annotations
 
@@ -232,7 +233,8 @@ def test_qlora_trains_on_cpu_and_merges_onto_the_full_precision_base(train_input
 
     from pipeline.train import load_tuned
 
-    ws = _workspace(train_inputs, tmp_path / "qlora", "train=qlora", "train.max_steps=8")
+    ws = _workspace(train_inputs, tmp_path / "qlora", "train=qlora", "train.max_steps=8",
+                    "train.gradient_checkpointing=true")
     _train(ws)
     metrics = _metrics(ws)
     assert metrics["method"] == "qlora" and metrics["steps"] == 8
