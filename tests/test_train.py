@@ -224,6 +224,7 @@ def test_sigkill_resume_and_two_processes(train_inputs, tmp_path):
     sharded = _workspace(train_inputs, tmp_path / "fsdp", "train.distributed.strategy=fsdp")
     _train(sharded, nproc=2)
     assert _adapter(sharded).keys() == want.keys()  # gathered, not one shard
+    print(f"eval loss: FSDP over 2 processes {_metrics(sharded)['eval_loss']:.4f}")
     assert _metrics(sharded)["eval_loss"] == pytest.approx(reference["eval_loss"], rel=0.05)
 
 
