@@ -171,7 +171,10 @@ def language_matches(text: str, lang: str) -> bool:
     return cjk if lang.startswith("zh") else not cjk
 
 
-def _tool_call_error(call: dict, tools: list[dict]) -> str | None:
+def tool_call_error(call: dict, tools: list[dict]) -> str | None:
+    """What is wrong with a parsed call ({"name", "arguments"}) against the declared tools:
+    an unknown tool, arguments that are not an object, a missing, unknown, mistyped or empty
+    argument. None when it fits."""
     declared = {t["function"]["name"]: t["function"] for t in tools}
     if call["name"] not in declared:
         return f"unknown tool {call['name']!r}"
@@ -212,7 +215,7 @@ def validate_assistant(text: str, lang: str | None = None, tools: list[dict] | N
     if parsed["invalid_tool_calls"]:
         return "invalid_tool_call_json"
     for call in parsed["tool_calls"]:
-        error = _tool_call_error(call, tools or [])
+        error = tool_call_error(call, tools or [])
         if error:
             return f"tool_call_schema: {error}"
     if not parsed["tool_calls"] and not parsed["answer"]:
