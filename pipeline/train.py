@@ -322,6 +322,32 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
     )
 
 
+def run_train_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss of the whole run from the logged windows (each weighted by its
+    steps). The log history travels with the checkpoint, so a resumed run reports what an
+    uninterrupted one would (the Trainer's own figure covers the resumed part only)."""
+    total, previous = 0.0, 0
+    for log in log_history:
+        if "loss" in log:
+            total += log["loss"] * (log["step"] - previous)
+            previous = log["step"]
+    return total / previous if previous else None
+
+
+def save_adapter(trainer, tokenizer, adapter_dir: Path = ADAPTER_DIR) -> None:
+    """The adapter with its tokenizer and chat template. PEFT writes target_modules from a set,
+    in an order that changes with every process (string hashing is randomised): sorted here, so
+    that the same training gives the same bytes."""
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    trainer.save_model(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    config_path = adapter_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def peak_memory(trainer) -> dict:
     """Peak resident memory of the busiest process, and peak GPU memory on a GPU, in MiB."""
     import torch
@@ -375,12 +401,10 @@ def train(params: Params, nproc: int, resume_from: str | None) -> dict:
     trainable, total = trainer.model.get_nb_trainable_parameters()
     memory = peak_memory(trainer)
     if trainer.is_world_process_zero():
-        shutil.rmtree(ADAPTER_DIR, ignore_errors=True)
-        trainer.save_model(str(ADAPTER_DIR))
-        tokenizer.save_pretrained(str(ADAPTER_DIR))
+        save_adapter(trainer, tokenizer)
     runtime = result.metrics["train_runtime"]
     return {
-        "train_loss": result.training_loss,
+        "train_loss": run_train_loss(state.log_history) or result.training_loss,
         "eval_loss": eval_loss,
         "best_step": int(state.best_model_checkpoint.rsplit("-", 1)[1]) if state.best_model_checkpoint else state.global_step,
         "steps": state.global_step,

@@ -212,6 +212,12 @@ def test_sigkill_resume_and_two_processes(train_inputs, tmp_path):
     print(f"resumed vs uninterrupted adapter: max abs difference {worst:.3g}")
     assert worst < 1e-6, worst
     assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-6)
+    assert resumed["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-6)
+    # Byte for byte, config and model card included (PEFT's target_modules order is fixed).
+    files = sorted(p.name for p in (whole / "models/adapter").iterdir())
+    assert files == sorted(p.name for p in (killed / "models/adapter").iterdir())
+    assert all((whole / "models/adapter" / f).read_bytes() == (killed / "models/adapter" / f).read_bytes()
+               for f in files)
 
     two = _workspace(train_inputs, tmp_path / "two")
     out = _train(two, nproc=2)
