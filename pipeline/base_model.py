@@ -81,12 +81,12 @@ def configure_tokenizer(tokenizer):
     return tokenizer
 
 
-def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Path) -> None:
+def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Path, split_path: Path = SPLIT) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        train_sentencepiece(corpus_lines(SPLIT, system_prompt), cfg.vocab_size, Path(tmp))
+        train_sentencepiece(corpus_lines(split_path, system_prompt), cfg.vocab_size, Path(tmp))
         tokenizer = configure_tokenizer(LlamaTokenizer.from_pretrained(tmp, add_bos_token=False))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -129,11 +129,12 @@ def build_hf(hf_id: str, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_DIR) -> None:
+def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_DIR,
+          split_path: Path = SPLIT) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     if cfg.source == "tiny":
-        build_tiny(cfg.tiny, seed, system_prompt, out_dir)
+        build_tiny(cfg.tiny, seed, system_prompt, out_dir, split_path)
     else:
         build_hf(cfg.hf_id, out_dir)
 

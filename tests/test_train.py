@@ -144,7 +144,8 @@ def train_inputs(crawled_workspace, tmp_path_factory):
 
     src = tmp_path_factory.mktemp("train_inputs")
     params = load_params(crawled_workspace / "params.yaml")
-    build(params.model, params.seed, params.chat.system_prompt, src / "models/base")
+    build(params.model, params.seed, params.chat.system_prompt, src / "models/base",
+          crawled_workspace / "data/dedup/split.jsonl")
     (src / "data/sft").mkdir(parents=True)
     for split, count in (("train", 192), ("val", 32)):
         records = load_split(split, crawled_workspace / "data/dedup/split.jsonl")[:count]
