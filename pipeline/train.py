@@ -209,6 +209,12 @@ def load_base(cfg: TrainConfig, base_dir: Path = BASE_DIR):
         bnb_4bit_compute_dtype=getattr(torch, cfg.qlora.compute_dtype),
     )
     device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None
+    if device_map is None:
+        skip = cpu_unquantizable(base_dir)
+        if skip:
+            quant.llm_int8_skip_modules = [*skip, "lm_head"]
+            print(f"train: QLoRA on CPU keeps {', '.join(skip)} in full precision: their input width is not a "
+                  f"multiple of bitsandbytes' 4-bit block ({BNB_BLOCK}), which its CPU kernels need", flush=True)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, quantization_config=quant, device_map=device_map)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if device_map is None:
@@ -220,6 +226,23 @@ def load_base(cfg: TrainConfig, base_dir: Path = BASE_DIR):
                 if param.dtype != torch.uint8:
                     param.data = param.data.clone()
     return model
+
+
+BNB_BLOCK = 64  # bitsandbytes' 4-bit quantization block
+
+
+def cpu_unquantizable(base_dir: Path) -> list[str]:
+    """Names (last component) of the linear layers bitsandbytes cannot run in 4 bits on CPU:
+    its CPU kernel reshapes the block scales as [out, in // 64] and fails when 64 does not
+    divide `in` (the tiny model's MLP down projection). Real models' widths are multiples."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+    return sorted({name.rsplit(".", 1)[-1] for name, mod in skeleton.named_modules()
+                   if isinstance(mod, torch.nn.Linear) and mod.in_features % BNB_BLOCK and name != "lm_head"})
 
 
 def torch_dtype(name: str):

@@ -243,7 +243,9 @@ def test_qlora_trains_on_cpu_and_merges_onto_the_full_precision_base(train_input
 
     ws = _workspace(train_inputs, tmp_path / "qlora", "train=qlora", "train.max_steps=8",
                     "train.gradient_checkpointing=true")
-    _train(ws)
+    out = _train(ws)
+    # bitsandbytes' CPU kernels need input widths in multiples of 64: the tiny MLP's 352 is not.
+    assert "QLoRA on CPU keeps down_proj in full precision" in out
     metrics = _metrics(ws)
     assert metrics["method"] == "qlora" and metrics["steps"] == 8
     config = json.loads((ws / "models/adapter/adapter_config.json").read_text())
