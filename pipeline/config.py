@@ -432,10 +432,76 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    backend: str
+    """`vllm` (base and base + adapter in one engine, the adapter as a LoRARequest) or
+    `transformers` (generate; the adapter merged onto the base). DoRA adapters, which vLLM
+    cannot load, use transformers."""
     batch_size: int
-    num_generations: int
-    """How many test questions get a greedy generation saved for reading."""
+    """Held-out loss: conversations per forward pass."""
+    max_questions: int
+    """Test questions generated for (think rate, exam accuracy, judge); 0: all."""
+    max_tool_prompts: int
+    """Test search conversations generated for (tool-call metrics); 0: all."""
     max_new_tokens: int
+    temperature: float
+    """0: greedy (the default: base and tuned compared on equal terms)."""
+    top_p: float
+    dtype: str
+    max_model_len: int
+    """Prompt plus max_new_tokens; longer prompts are counted as skipped, not cut."""
+    gpu_memory_utilization: float
+    enforce_eager: bool
+    exam_sets: list[str]
+    """C-Eval / MMLU style files (CSV or JSONL) scored like the crawled exam; each must also
+    be in dedup.decontaminate_against, so that training never saw its questions."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("vllm", "transformers"):
+            raise ConfigError(f"backend: expected 'vllm' or 'transformers', got {self.backend!r}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature: must be >= 0, and top_p in (0, 1]")
+
+
+@dataclass
+class JudgeConfig:
+    """The judge model (any synthesis backend; requests cached in data/judge_cache) and how it
+    grades: single answers 1-10 against the reference, and base vs tuned in both orders."""
+
+    name: str
+    backend: str
+    model: str
+    dtype: str
+    max_model_len: int
+    gpu_memory_utilization: float
+    enforce_eager: bool
+    base_url: str | None
+    api_key_env: str | None
+    concurrency: int
+    timeout_s: float
+    max_retries: int
+    format: str
+    """`text`: the verdict as `Rating: [[n]]` / `Verdict: [[A]]` on the judge's last line
+    (MT-Bench style); `json`: a JSON object under a schema (structured outputs)."""
+    single_template: str
+    pairwise_template: str
+    max_items: int
+    """Test questions judged (the first by id among those both models answered); 0: all."""
+    max_tokens: int
+    temperature: float
+    seed: int
+    chunk_size: int
+
+    def __post_init__(self) -> None:
+        if self.format not in ("text", "json"):
+            raise ConfigError(f"format: expected 'text' or 'json', got {self.format!r}")
+        self.engine()  # the backend keys, checked as the teacher's are
+
+    def engine(self) -> TeacherConfig:
+        return TeacherConfig(name=self.name, backend=self.backend, model=self.model, dtype=self.dtype,
+                             max_model_len=self.max_model_len, gpu_memory_utilization=self.gpu_memory_utilization,
+                             enforce_eager=self.enforce_eager, emits_tags=False, base_url=self.base_url,
+                             api_key_env=self.api_key_env, concurrency=self.concurrency,
+                             timeout_s=self.timeout_s, max_retries=self.max_retries)
 
 
 @dataclass
@@ -455,6 +521,13 @@ class Params:
     synth: SynthConfig
     train: TrainConfig
     eval: EvalConfig
+    judge: JudgeConfig
+
+    def __post_init__(self) -> None:
+        missing = [p for p in self.eval.exam_sets if p not in self.dedup.decontaminate_against]
+        if missing:
+            raise ConfigError(f"eval.exam_sets: {', '.join(missing)} not in dedup.decontaminate_against; "
+                              "add it there so that dedup keeps its questions out of training")
 
 
 def _type_name(tp) -> str:

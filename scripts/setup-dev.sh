@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# `make setup-dev`: system packages that only the tests need (Debian/Ubuntu): redis-server.
+# `make setup-dev`: system packages that only the tests need (Debian/Ubuntu): redis-server, and
+# chromium (headless, renders reports/eval.html in tests/test_report.py).
 # Idempotent: returns at once when they are there.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup-dev: test packages present"
   exit 0

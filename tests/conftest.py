@@ -32,6 +32,21 @@ def run_stage(module: str, cwd: Path, check: bool = True, args: list[str] = ()) 
     return proc
 
 
+def openai_reply(handler, model: str, text: str) -> None:
+    """Answer an http.server request like an OpenAI-compatible chat completions endpoint (for
+    tests that script a teacher's or a judge's replies)."""
+    import json
+
+    body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}]}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def compose_params(dest: Path, *overrides: str) -> Path:
     """Compose the real conf/ into `dest`/params.yaml, with Hydra overrides."""
     from pipeline.params import compose

@@ -44,6 +44,8 @@ def test_gpu_profiles_compose_and_validate(tmp_path):
     assert (big.train.lora.r, big.train.lr, big.train.scheduler, big.train.warmup_ratio) == (
         16, pytest.approx(1e-4), "cosine", pytest.approx(0.1))
     assert big.train.gradient_checkpointing
+    assert gpu.judge.model == "Qwen/Qwen2.5-7B-Instruct" and gpu.judge.format == "text"
+    assert gpu.eval.dtype == "bfloat16"
     qlora = load_params(compose_params(tmp_path, "train=qlora", "train.lora.use_dora=true"))
     assert qlora.train.qlora.enabled and qlora.train.lora.use_dora and qlora.profile == "tiny"
 
@@ -54,8 +56,16 @@ def test_gpu_profiles_compose_and_validate(tmp_path):
     ("train.qlora.quant_type=int4", "train.qlora.quant_type: expected nf4 or fp4"),
     ("train.distributed.strategy=deepspeed", "train.distributed.strategy: expected ddp or fsdp"),
     ("train.select_best=false", "train.early_stopping.patience: early stopping needs select_best: true"),
+    ("eval.backend=openai", "eval.backend: expected 'vllm' or 'transformers'"),
+    ("judge.format=xml", "judge.format: expected 'text' or 'json'"),
+    ("judge=openai", ""),  # composes: the hosted judge's key comes from the environment
+    ("judge.backend=openai", "judge.base_url: required for the openai backend"),
+    ("eval.exam_sets=[evalsets/other.csv]", "eval.exam_sets: evalsets/other.csv not in dedup.decontaminate_against"),
 ])
 def test_bad_train_settings_are_named(tmp_path, override, message):
+    if not message:
+        load_params(compose_params(tmp_path, override))
+        return
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_params(compose_params(tmp_path, override))
 

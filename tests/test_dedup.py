@@ -123,7 +123,7 @@ def test_sample_data_planted_near_duplicates_found_and_splits_leak_free(crawled_
 def test_representative_rule_and_split_per_cluster(tmp_path):
     from pipeline.dedup import dedup
 
-    cfg = _cfg(tmp_path, "dedup.decontaminate_against=[]")
+    cfg = _cfg(tmp_path, "dedup.decontaminate_against=[]", "eval.exam_sets=[]")
     base = "Which element has atomic number 26? A. Iron B. Cobalt C. Nickel D. Copper Answer: A"
     records = [
         {"id": "a/1", "text": "Q: " + base, "explanation": "Iron is Fe."},

@@ -1,7 +1,8 @@
 """One end-to-end run of the real pipeline with real `dvc` in a temporary git repository:
 `dvc repro` builds everything on the tiny profile, a second `dvc repro` runs nothing,
-`dvc exp run -S lr=1e-5` reruns train and evaluate only, and a new dedup threshold reruns
-dedup and the stages below it, not crawl or prepare."""
+`dvc exp run -S lr=1e-5` reruns train and the stages below it only, a judge setting reruns
+the judge and the report only, and a new dedup threshold reruns dedup, not crawl or prepare,
+and leaves the stages below it out of date."""
 
 from __future__ import annotations
 
@@ -90,6 +91,31 @@ def _check_synth(repo: Path) -> None:
     assert loaded["train"].num_rows == len(rows) and "tools" in loaded["train"].column_names
 
 
+def _check_evaluation(repo: Path) -> None:
+    """Every metric computed for base and tuned; predictions, judgments, report and plots written."""
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert metrics["backend"] == "vllm" and metrics["tuned"]["loss"] < metrics["base"]["loss"]
+    # The tuned model learned its end-of-turn token: most greedy generations stop on their own.
+    assert metrics["tuned"]["stop_rate"] > 0.5 >= metrics["base"]["stop_rate"]
+    for model in ("base", "tuned"):
+        m = metrics[model]
+        assert 0 <= m["think"]["rate"] <= 1 and 0 <= m["tools"]["decision_accuracy"] <= 1
+        assert sum(m["tools"]["confusion"].values()) == metrics["prompts"]["tools"] > 0
+        assert m["exam"]["questions"] > 0 and 0 <= m["exam"]["accuracy"] <= 1 and m["exam"]["by_chapter"]
+        assert m["exam_sets"]["elements_exam"]["questions"] > 0
+    assert metrics["tuned"]["tools"]["call_attempts"] > 0  # it learned to call the tool (validity is scored)
+    rows = [json.loads(line) for line in (repo / "reports/eval/predictions.jsonl").read_text().splitlines()]
+    assert {r["set"] for r in rows} == {"questions", "tools", "exam:elements_exam"}
+    assert all(r["source_url"] for r in rows)  # lineage: back to the page or the eval-set line
+    judged = json.loads((repo / "metrics/judge.json").read_text())
+    assert judged["items"] == 16 and judged["requests"]["sent"] == 64
+    assert judged["single"]["tuned"]["rated"] + judged["single"]["tuned"]["unparsed"] == 16
+    assert "base-vs-tuned" in (repo / "reports/eval.html").read_text()
+    assert "| held-out loss |" in (repo / "reports/eval.md").read_text()
+    plots = json.loads(_run(repo, "dvc", "plots", "show", "--json"))
+    assert {"loss", "tool decisions (base)", "tool decisions (tuned)"} <= set(plots["data"])
+
+
 def test_repro_noop_and_experiment(tmp_path):
     repo = _project_copy(tmp_path / "repo")
     _run(repo, "git", "init", "-q", "-b", "main")
@@ -100,8 +126,9 @@ def test_repro_noop_and_experiment(tmp_path):
     first = _run(repo, "dvc", "repro")
     stages = _stages_run(first)
     assert set(stages[:3]) == {"crawl@elements_qa", "crawl@bank_gbk", "crawl@standards"}
-    assert stages[3:5] == ["prepare", "dedup"] and stages[-3:] == ["synth", "train", "evaluate"]
-    assert set(stages[5:-3]) == {"base_model", "search_index"}
+    assert stages[3:5] == ["prepare", "dedup"]
+    assert stages[-5:] == ["synth", "train", "evaluate", "judge", "report"]
+    assert set(stages[5:-5]) == {"base_model", "search_index"}
     for name, generate in GENERATORS.items():  # dvc repro crawled every sample site in full
         ids = {json.loads(line)["id"] for line in (repo / f"data/raw/{name}.jsonl").read_text().splitlines()}
         assert ids == {f"{name}/{i}" for i in generate(seed=0).valid}
@@ -109,17 +136,11 @@ def test_repro_noop_and_experiment(tmp_path):
     assert (repo / "models/adapter/tokenizer.json").exists()
     assert (repo / "reports/train/plots/metrics/train/loss.tsv").exists()
     assert (repo / "reports/train/plots/metrics/eval/loss.tsv").exists()
-    assert (repo / "reports/eval/generations.md").exists()
     _check_synth(repo)
-    metrics = json.loads((repo / "metrics/eval.json").read_text())
-    assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
-    # The tuned model learned its end-of-turn token: most greedy generations stop on their own.
-    assert metrics["tuned"]["stop_rate"] > 0.5 >= metrics["base"]["stop_rate"]
+    _check_evaluation(repo)
     trained = json.loads((repo / "metrics/train.json").read_text())
     assert trained["packing"] and trained["tokens_per_s"] > 0 and trained["peak_rss_mib"] > 0
     assert json.loads((repo / "models/checkpoints/run.json").read_text())["status"] == "finished"
-    generations = (repo / "reports/eval/generations.jsonl").read_text().splitlines()
-    assert len(generations) == 2 * 10
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-q", "-m", "first run")
 
@@ -127,22 +148,33 @@ def test_repro_noop_and_experiment(tmp_path):
     assert _stages_run(second) == []
     assert "didn't change" in second or "up to date" in second
 
+    # Judge settings rerun the judge (from its cache: 8 of the 16 questions) and the report only.
+    exp = _run(repo, "dvc", "exp", "run", "-S", "judge.max_items=8")
+    assert _stages_run(exp) == ["judge", "report"]
+    judged = json.loads((repo / "metrics/judge.json").read_text())
+    assert judged["items"] == 8 and judged["requests"]["sent"] == 0
     # The product card's form: a top-level lr that train.lr follows.
     exp = _run(repo, "dvc", "exp", "run", "-S", "lr=1e-5")
-    assert _stages_run(exp) == ["train", "evaluate"]
+    assert _stages_run(exp) == ["train", "evaluate", "judge", "report"]
     assert "Stage 'base_model' didn't change" in exp
-    # A new dedup threshold reruns dedup and what reads its output, never crawl or prepare.
-    exp = _run(repo, "dvc", "exp", "run", "-S", "dedup.threshold=0.6", "-S", "train.lr=2e-5")
-    assert set(_stages_run(exp)) == {"dedup", "base_model", "search_index", "synth", "train", "evaluate"}
-    assert "Stage 'prepare' didn't change" in exp
+    # A new dedup threshold reruns dedup, never crawl or prepare, and dvc then lists the stages
+    # that read dedup's output as changed (the first repro above ran everything below them).
+    exp = _run(repo, "dvc", "exp", "run", "-S", "dedup.threshold=0.6", "dedup")
+    assert _stages_run(exp) == ["dedup"] and "Stage 'prepare' didn't change" in exp
+    status = json.loads(_run(repo, "dvc", "status", "--json"))
+    assert {"base_model", "search_index", "synth", "evaluate"} <= set(status)
+    assert not {"prepare", "dedup"} & set(status)
 
     shown = json.loads(_run(repo, "dvc", "exp", "show", "--json"))
     baseline = next(row for row in shown if row["rev"] != "workspace")
     runs = [baseline["data"]] + [e["revs"][0]["data"] for e in baseline["experiments"] or []]
     lrs = sorted(r["params"]["params.yaml"]["data"]["train"]["lr"] for r in runs)
-    assert lrs == [pytest.approx(1e-5), pytest.approx(2e-5), pytest.approx(3e-3)]
-    for run in runs:
-        assert run["metrics"]["metrics/eval.json"]["data"]["tuned"]["loss"] > 0
+    assert lrs == [pytest.approx(1e-5), pytest.approx(3e-3), pytest.approx(3e-3), pytest.approx(3e-3)]
+    for run in runs:  # every evaluation and judge figure is in `dvc exp show`
+        tuned = run["metrics"]["metrics/eval.json"]["data"]["tuned"]
+        assert tuned["loss"] > 0 and "rate" in tuned["think"] and "decision_accuracy" in tuned["tools"]
+        assert "accuracy" in tuned["exam"] and "elements_exam" in tuned["exam_sets"]
+        assert "tuned_win_rate" in run["metrics"]["metrics/judge.json"]["data"]["pairwise"]
     # a lower threshold finds more near-duplicates, and exp show has the dedup figures of each run
     removed = {r["params"]["params.yaml"]["data"]["dedup"]["threshold"]:
                r["metrics"]["metrics/dedup.json"]["data"]["near_duplicates"] for r in runs}

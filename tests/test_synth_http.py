@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_params, run_stage, stage_env
+from conftest import ROOT, compose_params, openai_reply, run_stage, stage_env
 
 SENTINEL = "sk-distillery-sentinel-7f3a9c"
 
@@ -143,18 +143,6 @@ def test_http_backend_resume_after_sigkill_and_key_never_written(synth_workspace
         assert SENTINEL not in text
 
 
-def _reply(handler: http.server.BaseHTTPRequestHandler, model: str, text: str) -> None:
-    """Answer like an OpenAI-compatible chat completions endpoint."""
-    body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": text}}]}).encode()
-    handler.send_response(200)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
 class _ScriptedTeacher(http.server.BaseHTTPRequestHandler):
     """An OpenAI-compatible endpoint whose teacher writes malformed outputs, in turn: broken
     JSON where JSON was asked for (response_format), broken reasoning elsewhere."""
@@ -169,7 +157,7 @@ class _ScriptedTeacher(http.server.BaseHTTPRequestHandler):
         outputs = cls.json_outputs if "response_format" in body else cls.reasoning
         text = outputs[cls.calls % len(outputs)]
         cls.calls += 1
-        _reply(self, body["model"], text)
+        openai_reply(self, body["model"], text)
 
     def log_message(self, *args):
         pass
@@ -208,7 +196,7 @@ class _FlakyTeacher(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        _reply(self, body["model"], "Iron has 26 protons.")
+        openai_reply(self, body["model"], "Iron has 26 protons.")
 
     def log_message(self, *args):
         pass

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from conftest import compose_params, stage_env
+from conftest import compose_params, run_stage, stage_env
 from pipeline import chat
+from pipeline.search import SEARCH_TOOL
 
 # A short run on the tiny base: 24 optimizer steps of 8 rows, a checkpoint every 4.
 SHORT_RUN = ("train.max_steps=24", "train.eval_steps=4", "train.batch_size=8", "train.logging_steps=2",
@@ -154,6 +155,17 @@ def train_inputs(crawled_workspace, tmp_path_factory):
                 row = {"id": rec["id"], "source_ids": [rec["id"]], "task": "plain",
                        "messages": chat.record_to_messages(rec, params.chat.system_prompt)}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    # what evaluate reads besides: the split, the exam sets, and test search rows with labels
+    (src / "data/dedup").mkdir(parents=True)
+    shutil.copy(crawled_workspace / "data/dedup/split.jsonl", src / "data/dedup/split.jsonl")
+    shutil.copytree(crawled_workspace / "evalsets", src / "evalsets")
+    with (src / "data/sft/test.jsonl").open("w", encoding="utf-8") as f:
+        for n, rec in enumerate(load_split("test", crawled_workspace / "data/dedup/split.jsonl")[:4]):
+            messages = chat.record_to_messages(rec, params.chat.system_prompt)
+            facts = {"needs_search": n % 2 == 0, "query": rec["question"][:40]}
+            row = {"id": f"search/{rec['id']}", "source_ids": [rec["id"]], "urls": [rec["url"]], "task": "search",
+                   "messages": messages, "tools": [SEARCH_TOOL], "search": facts}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return src
 
 
@@ -285,3 +297,15 @@ def test_early_stopping_ends_with_the_best_checkpoint(train_inputs, tmp_path):
     curve = [float(line.split("\t")[-1]) for line in
              (ws / "reports/train/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]]
     assert len(curve) == 3 and metrics["eval_loss"] == pytest.approx(min(curve))
+
+    # vLLM cannot load DoRA adapters: evaluate says so and generates with transformers
+    compose_params(ws, *SHORT_RUN, "train.early_stopping.patience=2", "train.early_stopping.threshold=10.0",
+                   "train.lora.use_dora=true", "eval.max_questions=6", "eval.max_new_tokens=12")
+    out = run_stage("pipeline.evaluate", ws).stdout
+    assert "vLLM cannot load a DoRA adapter; generating with transformers" in out
+    evaluated = json.loads((ws / "metrics/eval.json").read_text())
+    assert evaluated["backend"] == "transformers"
+    assert evaluated["prompts"] == {"exam:elements_exam": 14, "questions": 6, "tools": 4}
+    assert sum(evaluated["tuned"]["tools"]["confusion"].values()) == 4
+    rows = (ws / "reports/eval/predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 2 * 24 and all(0 < json.loads(r)["new_tokens"] <= 12 for r in rows)

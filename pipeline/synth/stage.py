@@ -1,7 +1,7 @@
-"""Stage synth: the teacher writes think, search and qgen rows for the train and val splits.
+"""Stage synth: the teacher writes think, search and qgen rows for the train, val and test splits.
 
 Reads data/dedup/split.jsonl, the search index and params.yaml (teacher, synth, search,
-chat); writes data/sft/{train,val}.jsonl (OpenAI messages with tools declared, loadable by
+chat); writes data/sft/{train,val,test}.jsonl (OpenAI messages with tools declared, loadable by
 `datasets.load_dataset("json", ...)`), data/sft/rejects.jsonl (with reasons) and
 metrics/synth.json. Every request goes through the cache in data/synth_cache first; only
 the missing ones reach the teacher, chunk by chunk.
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline import chat
-from pipeline.config import Params, load_or_exit
+from pipeline.config import Params, TeacherConfig, load_or_exit
 from pipeline.digest import tree_sha256
 from pipeline.search import INDEX, SEARCH_TOOL, SearchIndex
 from pipeline.synth import tasks
@@ -33,6 +33,9 @@ SPLIT = Path("data/dedup/split.jsonl")
 SFT_DIR = Path("data/sft")
 CACHE = Path("data/synth_cache/requests.sqlite")
 METRICS = Path("metrics/synth.json")
+# Every split gets rows: train and val for training, test for evaluation (its search rows
+# carry the labels the tool-call metrics are scored against). Sources never cross splits.
+SPLITS = ("train", "val", "test")
 
 
 def model_identity(model: str) -> str:
@@ -46,12 +49,12 @@ def model_identity(model: str) -> str:
 
 class Teacher:
     """Requests in, outputs out, through the cache; the backend starts only when a request
-    is missing from the cache."""
+    is missing from the cache. The judge stage uses it too, with its own model and cache."""
 
-    def __init__(self, params: Params, cache: RequestCache) -> None:
-        self.cfg, self.seed, self.cache = params.teacher, params.synth.seed, cache
+    def __init__(self, cfg: TeacherConfig, seed: int, chunk_size: int, cache: RequestCache, stage: str = "synth") -> None:
+        self.cfg, self.seed, self.cache, self.stage = cfg, seed, cache, stage
         self.model = model_identity(self.cfg.model)
-        self.chunk_size = params.synth.chunk_size
+        self.chunk_size = chunk_size
         self.backend = None
         self.counts = collections.Counter()
 
@@ -68,7 +71,7 @@ class Teacher:
 
             if self.backend is None:
                 self.backend = make_backend(self.cfg, self.seed)
-            with tqdm(total=len(missing), desc=f"synth {what}", unit="req", file=sys.stderr) as bar:
+            with tqdm(total=len(missing), desc=f"{self.stage} {what}", unit="req", file=sys.stderr) as bar:
                 for i in range(0, len(missing), self.chunk_size):
                     chunk = missing[i:i + self.chunk_size]
                     results = self.backend.generate([unique[k] for k in chunk])
@@ -96,8 +99,8 @@ def _keep_share(row_id: str, share: float) -> bool:
 def synthesize(params: Params, records: list[dict], index, cache: RequestCache) -> tuple[list[dict], dict]:
     """All rows (valid and rejected) and the metrics."""
     cfg, system = params.synth, params.chat.system_prompt
-    teacher = Teacher(params, cache)
-    sources = [r for r in records if r["split"] in ("train", "val")]
+    teacher = Teacher(params.teacher, cfg.seed, cfg.chunk_size, cache)
+    sources = [r for r in records if r["split"] in SPLITS]
     questions = [r for r in sources if r["kind"] in ("mcq", "qa")]
     docs = [r for r in sources if r["kind"] == "doc"]
     rows: list[dict] = []
@@ -114,7 +117,7 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
         add("plain", rec, chat.record_to_messages(rec, system), None)
     if cfg.max_sources:  # the teacher sees at most this many sources per split and kind, spread over sites
         def spread(recs):
-            return [r for s in ("train", "val") for r in sorted(
+            return [r for s in SPLITS for r in sorted(
                 (x for x in recs if x["split"] == s), key=lambda x: hashlib.sha256(x["id"].encode()).digest())[:cfg.max_sources]]
         questions, docs = spread(questions), spread(docs)
     by_id = {r["id"]: r for r in sources}
@@ -181,12 +184,14 @@ def write_outputs(rows: list[dict], metrics: dict, params: Params, out_dir: Path
     mix = params.synth.mix
     train = [r for r in rows if r["valid"] and r["split"] == "train" and _keep_share(r["id"], mix.get(r["task"], 1.0))]
     val = [r for r in rows if r["valid"] and r["split"] == "val"]
-    for name, part in (("train", train), ("val", val), ("rejects", [r for r in rows if not r["valid"]])):
+    test = [r for r in rows if r["valid"] and r["split"] == "test"]
+    for name, part in (("train", train), ("val", val), ("test", test), ("rejects", [r for r in rows if not r["valid"]])):
         with (out_dir / f"{name}.jsonl").open("w", encoding="utf-8") as f:
             for row in sorted(part, key=lambda r: r["id"]):
                 f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
     metrics["train_rows"] = dict(sorted(collections.Counter(r["task"] for r in train).items()))
     metrics["val_rows"] = dict(sorted(collections.Counter(r["task"] for r in val).items()))
+    metrics["test_rows"] = dict(sorted(collections.Counter(r["task"] for r in test).items()))
 
 
 def main() -> None:
