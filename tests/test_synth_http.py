@@ -69,6 +69,10 @@ def _cached(ws: Path) -> int:
     con = sqlite3.connect(ws / "data/synth_cache/requests.sqlite")
     try:
         return con.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.OperationalError as exc:  # polled between the file's creation and its table's
+        if "no such table" in str(exc):
+            return 0
+        raise
     finally:
         con.close()
 

