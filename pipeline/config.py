@@ -65,8 +65,6 @@ class ModelConfig:
             raise ConfigError("tiny: required when source is 'tiny'")
         if self.source == "hf" and not self.hf_id:
             raise ConfigError("hf_id: required when source is 'hf'")
-        if self.source == "hf" and not self.hf_id:
-            raise ConfigError("hf_id: required when source is 'hf'")
 
 
 @dataclass

@@ -169,7 +169,7 @@ def quantize(full_dir: Path, out_dir: Path, merged_dir: Path, params: Params) ->
     for quant in cfg.quant:
         dst = out_dir / gguf_name(cfg.name, quant)
         start = time.perf_counter()
-        quantize_file(src, dst, quant, cfg.verify.threads)
+        quantize_file(src, dst, quant, os.cpu_count() or 1)
         write_modelfile(dst, params.chat.system_prompt, cfg, max_context(merged_dir))
         print(f"quantize: {src.name} -> {dst} ({quant}, {dst.stat().st_size / 2**20:.1f} MiB, "
               f"{time.perf_counter() - start:.1f} s)")

