@@ -146,9 +146,12 @@ def tokenizer_parity(ref: Reference, llm, texts: list[str]) -> tuple[dict, list[
             problems.append(f"{text[:60]!r}: {len(hf)} HF tokens vs {len(ll)} llama.cpp tokens, first "
                             f"difference at token {i}: HF {hf_at}, llama.cpp {ll_at}")
             continue
-        # and back: the text a user sees (special tokens hidden, think/tool tags kept) is the same
-        hf_text = ref.tokenizer.decode(hf, skip_special_tokens=True)
-        ll_text = llm.detokenize(hf, special=False).decode("utf-8", errors="replace")
+        # and back: the text a user sees (special tokens hidden, think/tool tags kept) is the same.
+        # Without the BOS: generated tokens never start with it, and llama.cpp drops a space
+        # after a leading BOS when it hides special tokens.
+        body = hf[1:] if hf[:1] == [ref.tokenizer.bos_token_id] else hf
+        hf_text = ref.tokenizer.decode(body, skip_special_tokens=True)
+        ll_text = llm.detokenize(body, special=False).decode("utf-8", errors="replace")
         if hf_text != ll_text:
             i = first_difference(list(hf_text), list(ll_text))
             problems.append(f"{text[:60]!r}: same tokens, but decoded differently at character {i}: "
