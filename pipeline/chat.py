@@ -229,3 +229,9 @@ def validate_assistant(text: str, lang: str | None = None, tools: list[dict] | N
     if lang and prose and not language_matches(prose, lang):
         return "wrong_language"
     return None
+
+
+if __name__ == "__main__":  # `python -m pipeline.chat`: the search agent (pipeline/agent.py)
+    from pipeline.agent import main
+
+    main()

