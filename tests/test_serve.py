@@ -1,12 +1,12 @@
 """Serving, for real, on free loopback ports (tiny profile, the `exported` workspace of conftest):
 
-- `python -m pipeline.serve` (what `make serve` runs): vLLM's OpenAI-compatible server with the
+- `make serve`: vLLM's OpenAI-compatible server with the
   base model and the adapter as a LoRA module; the official `openai` client gets completions
   from both, the adapter's differ from the base's, the prompt is our chat template's rendering,
   and the API key comes from the environment only;
 - our tool-call format through vLLM's hermes parser: structured `tool_calls`;
-- `python -m pipeline.serve --gguf` (what `make serve-gguf` runs): llama.cpp's server on the
-  exported GGUF, with the GGUF's own chat template.
+- `make serve-gguf`: llama.cpp's server on the exported GGUF, with the GGUF's own chat template;
+- the chat client (`python -m pipeline.chat`) through both.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import stage_env
+from conftest import ROOT, run_stage, stage_env
 from pipeline import chat
 from pipeline.search import SEARCH_TOOL
 
@@ -39,13 +39,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(ws: Path, args: list[str], log: Path, timeout_s: float = 600):
-    """Start `python -m pipeline.serve ARGS` and wait until /v1/models answers; returns (proc, url)."""
+def _start(ws: Path, target: str, log: Path, timeout_s: float = 600):
+    """`make TARGET PORT=<free port>` with the project's Makefile in workspace `ws`; waits until
+    /v1/models answers and returns (proc, url)."""
     port = _free_port()
     env = stage_env() | {"VLLM_API_KEY": KEY}
+    cmd = ["make", "-s", "-f", str(ROOT / "Makefile"), target, f"PORT={port}", f"BIN={Path(sys.executable).parent}"]
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--port", str(port), *args], cwd=ws,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -59,6 +60,26 @@ def _start(ws: Path, args: list[str], log: Path, timeout_s: float = 600):
             time.sleep(1)
     _stop(proc)
     pytest.fail(f"the server did not answer within {timeout_s} s:\n{log.read_text()[-6000:]}")
+
+
+def _cmdlines(pgid: int) -> list[str]:
+    """Command lines of the processes in a process group (make and the server it started)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                out.append((stat.parent / "cmdline").read_bytes().decode(errors="replace"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _chat_once(ws: Path, url: str) -> subprocess.CompletedProcess:
+    """The chat client against a real server: the tiny model's text is random, but the round
+    trip (tool declared, reply parsed, any search executed) must complete."""
+    env = stage_env() | {"VLLM_API_KEY": KEY}
+    return subprocess.run([sys.executable, "-m", "pipeline.chat", "--base-url", url, "--query", QUESTION[1]["content"]],
+                          cwd=ws, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _stop(proc) -> None:
@@ -75,7 +96,9 @@ def test_make_serve_answers_the_openai_client_with_the_adapter(exported, tmp_pat
     import openai
     from transformers import AutoTokenizer
 
-    proc, url = _start(exported, [], tmp_path / "vllm.log")
+    if not (exported / "data/search/index.sqlite").exists():
+        run_stage("pipeline.search", exported)  # for the chat client
+    proc, url = _start(exported, "serve", tmp_path / "vllm.log")
     try:
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
         assert {m.id for m in client.models.list()} == {"base", "distillery"}
@@ -100,8 +123,12 @@ def test_make_serve_answers_the_openai_client_with_the_adapter(exported, tmp_pat
         # The key is required, and it is on no command line.
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
-        assert KEY not in cmdline and "--lora-modules\0distillery=models/adapter" in cmdline
+        cmdlines = _cmdlines(proc.pid)
+        assert not any(KEY in c for c in cmdlines)
+        assert any("vllm.entrypoints.openai.api_server" in c and "--lora-modules\0distillery=models/adapter" in c
+                   for c in cmdlines)
+        chatted = _chat_once(exported, url)
+        assert chatted.returncode == 0, chatted.stderr
     finally:
         _stop(proc)
     assert KEY not in (tmp_path / "vllm.log").read_text()
@@ -130,13 +157,25 @@ def test_our_tool_calls_come_out_of_vllms_hermes_parser_structured(exported):
 
 def test_make_serve_gguf_answers_the_openai_client(exported, tmp_path):
     import openai
+    from transformers import AutoTokenizer
 
-    proc, url = _start(exported, ["--gguf"], tmp_path / "llama.log", timeout_s=120)
+    if not (exported / "data/search/index.sqlite").exists():
+        run_stage("pipeline.search", exported)  # for the chat client
+    proc, url = _start(exported, "serve-gguf", tmp_path / "llama.log", timeout_s=120)
     try:
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
         assert [m.id for m in client.models.list()] == ["distillery"]
         r = client.chat.completions.create(model="distillery", messages=QUESTION, max_tokens=8, temperature=0)
         assert r.choices[0].message.content is not None and r.usage.completion_tokens > 0
+        # The GGUF's own chat template (written by convert) renders the conversation, tools included.
+        tokenizer = AutoTokenizer.from_pretrained(exported / "models/base")
+        for tools in (None, [SEARCH_TOOL]):
+            r = client.chat.completions.create(model="distillery", messages=QUESTION, tools=tools, max_tokens=8,
+                                               temperature=0)
+            prompt = tokenizer(chat.render_prompt(tokenizer, QUESTION, tools=tools), add_special_tokens=False)
+            assert r.usage.prompt_tokens == len(prompt["input_ids"])
+        chatted = _chat_once(exported, url)
+        assert chatted.returncode == 0, chatted.stderr
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
     finally:
