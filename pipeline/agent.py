@@ -152,8 +152,13 @@ def main(argv: list[str] | None = None) -> None:
                 messages = list(system)
                 continue
             if line:
+                turn = len(messages)
                 messages.append({"role": "user", "content": line})
-                ask(client, model, messages, index, params, printer)
+                try:
+                    ask(client, model, messages, index, params, printer)
+                except openai.APIStatusError as exc:  # e.g. a conversation past the context: keep chatting
+                    del messages[turn:]
+                    printer.note(f"(the server answered {exc.status_code}: {exc.message}; /reset starts over)")
     except openai.APIConnectionError:
         sys.exit(f"error: no server at {base_url}; start one with `make serve` (or `make serve-gguf`)")
     except openai.APIStatusError as exc:

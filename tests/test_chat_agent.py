@@ -40,13 +40,24 @@ class Scripted:
 
     def __init__(self, replies: list[dict]) -> None:
         self.replies, self.requests = replies, []
+        self.fail_first = False  # answer the first request with HTTP 400
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.requests.append(body)
-                message = owner.replies[min(len(owner.requests), len(owner.replies)) - 1]
+                if owner.fail_first and len(owner.requests) == 1:
+                    error = json.dumps({"error": {"message": "This model's maximum context length is 512 tokens.",
+                                                  "type": "BadRequestError", "code": 400}}).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                answered = len(owner.requests) - owner.fail_first
+                message = owner.replies[min(answered, len(owner.replies)) - 1]
                 data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                    "choices": [{"index": 0, "finish_reason": "stop",
                                                 "message": {"role": "assistant", **message}}]}).encode()
@@ -134,6 +145,21 @@ def test_the_chat_loop_stops_asking_after_max_tool_rounds(agent_workspace):
     assert len(server.requests) == 3  # serve.max_tool_rounds=2 searches, then one more request
     assert proc.stdout.count("-> tool call: search") == 2
     assert "stopped: the model asked for more than serve.max_tool_rounds=2 searches" in proc.stdout
+
+
+def test_an_interactive_chat_goes_on_after_a_refused_request(agent_workspace):
+    """A server error on one turn (here: a context overflow) is shown; that turn is dropped and
+    the next question is sent without it."""
+    server = Scripted([ANSWER])
+    server.fail_first = True
+    try:
+        proc = _chat(agent_workspace, server.url, stdin="a very long question\nhydrogen?\n")
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "(the server answered 400: " in proc.stdout and "maximum context length" in proc.stdout
+    assert "Hydrogen has atomic number 1." in proc.stdout
+    assert [m["content"] for m in server.requests[-1]["messages"][1:]] == ["hydrogen?"]
 
 
 def test_the_chat_client_names_a_missing_server(agent_workspace):
