@@ -115,7 +115,7 @@ def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Pat
         pad_token_id=tokenizer.pad_token_id,
     )
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    chat.save_tokenizer(tokenizer, out_dir)
 
 
 def build_hf(hf_id: str, out_dir: Path) -> None:
@@ -134,7 +134,7 @@ def build_hf(hf_id: str, out_dir: Path) -> None:
     if tokenizer.eos_token_id not in eos:
         model.generation_config.eos_token_id = [tokenizer.eos_token_id, *eos]
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    chat.save_tokenizer(tokenizer, out_dir)
 
 
 def build_gguf(gguf_file: str | None, out_dir: Path) -> None:

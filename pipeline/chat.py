@@ -125,6 +125,15 @@ def encode(tokenizer, messages: list[dict], tools: list[dict] | None = None, max
     return {"input_ids": ids, "labels": labels, "truncated": truncated}
 
 
+def save_tokenizer(tokenizer, out_dir) -> None:
+    """`tokenizer.save_pretrained(out_dir)` without the options it was loaded with: transformers
+    writes `local_files_only` (true under HF_HUB_OFFLINE=1, false without) into
+    tokenizer_config.json, so the saved files, and every DVC hash after them, depended on the
+    shell the stage ran in."""
+    tokenizer.init_kwargs.pop("local_files_only", None)
+    tokenizer.save_pretrained(out_dir)
+
+
 def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
     """The text a model continues from: the conversation plus the assistant header."""
     return tokenizer.apply_chat_template(

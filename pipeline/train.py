@@ -363,7 +363,7 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path = ADAPTER_DIR) -> None:
     that the same training gives the same bytes."""
     shutil.rmtree(adapter_dir, ignore_errors=True)
     trainer.save_model(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    chat.save_tokenizer(tokenizer, str(adapter_dir))
     config_path = adapter_dir / "adapter_config.json"
     config = json.loads(config_path.read_text())
     if isinstance(config.get("target_modules"), list):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 from pipeline import chat
@@ -27,6 +28,9 @@ def test_tiny_base_model_is_byte_reproducible(crawled_workspace, tmp_path, monke
     build(params.model, params.seed, params.chat.system_prompt, ws / "b")
     assert _digest(ws / "a") == _digest(ws / "b")
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(_digest(ws / "a"))
+    # No loading option in the saved files: HF_HUB_OFFLINE=1 (set for the tests) or not, the
+    # same bytes (transformers wrote local_files_only: true/false into tokenizer_config.json).
+    assert "local_files_only" not in json.loads((ws / "a/tokenizer_config.json").read_text())
 
     tok = AutoTokenizer.from_pretrained(ws / "a")
     model = AutoModelForCausalLM.from_pretrained(ws / "a")

@@ -36,7 +36,7 @@ def added_tokens_decoder(tokenizer) -> dict:
 
 def save_tokenizer(tokenizer, base_dir: Path, out_dir: Path) -> None:
     tokenizer.chat_template = chat.INFERENCE_CHAT_TEMPLATE
-    tokenizer.save_pretrained(out_dir)
+    chat.save_tokenizer(tokenizer, out_dir)
     if (base_dir / "tokenizer.model").exists():
         shutil.copyfile(base_dir / "tokenizer.model", out_dir / "tokenizer.model")
     path = out_dir / "tokenizer_config.json"
