@@ -29,6 +29,9 @@ BASE_DIR = Path("models/base")
 METRICS = Path("metrics/base_model.json")
 # SentencePiece's fixed ids; <pad> is its own token so that padding never masks EOS.
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
+# The tokens base_model added to a pretrained vocabulary (chat and tag tokens): their embedding
+# rows are untrained, so train makes them trainable (train.lora.train_new_tokens).
+NEW_TOKENS = "distillery_new_tokens.json"
 
 
 def corpus_lines(split_path: Path, system_prompt: str) -> list[str]:
@@ -84,7 +87,7 @@ def configure_tokenizer(tokenizer):
     if tokenizer.pad_token is None or tokenizer.pad_token == chat.IM_END:
         tokenizer.add_special_tokens({"pad_token": PAD})
     tokenizer.eos_token = chat.IM_END
-    tokenizer.chat_template = chat.CHAT_TEMPLATE
+    tokenizer.chat_template = chat.template_for(tokenizer)
     return tokenizer
 
 
@@ -123,7 +126,10 @@ def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Pat
 def build_hf(hf_id: str, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = configure_tokenizer(AutoTokenizer.from_pretrained(hf_id))
+    tokenizer = AutoTokenizer.from_pretrained(hf_id)
+    before = len(tokenizer)
+    tokenizer = configure_tokenizer(tokenizer)
+    new_ids = list(range(before, len(tokenizer)))
     if (Path(hf_id) / "tokenizer.model").is_file():  # kept for llama.cpp's converter (export)
         shutil.copyfile(Path(hf_id) / "tokenizer.model", out_dir / "tokenizer.model")
     model = AutoModelForCausalLM.from_pretrained(hf_id, dtype="auto")
@@ -137,6 +143,15 @@ def build_hf(hf_id: str, out_dir: Path) -> None:
         model.generation_config.eos_token_id = [tokenizer.eos_token_id, *eos]
     model.save_pretrained(out_dir)
     chat.save_tokenizer(tokenizer, out_dir)
+    (out_dir / NEW_TOKENS).write_text(json.dumps(
+        {"ids": new_ids, "tokens": tokenizer.convert_ids_to_tokens(new_ids)}, ensure_ascii=False) + "\n")
+
+
+def new_token_ids(base_dir: Path = BASE_DIR) -> list[int]:
+    """Ids of the tokens base_model added to a pretrained vocabulary (none for the tiny model,
+    whose tokenizer is trained with them)."""
+    path = Path(base_dir) / NEW_TOKENS
+    return json.loads(path.read_text())["ids"] if path.exists() else []
 
 
 def build_gguf(gguf_file: str | None, out_dir: Path) -> dict:

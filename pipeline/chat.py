@@ -76,9 +76,29 @@ CHAT_TEMPLATE = (
 # transformers' Jinja knows: exported models (llama.cpp, llama-cpp-python, Ollama) carry this one.
 INFERENCE_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
 
+# Models whose tokenizer puts a BOS in front of every text (Gemma: `<bos>`) expect it in front of
+# a conversation too; apply_chat_template adds no special tokens, vLLM's chat endpoint and
+# llama-cpp-python's chat formatter add none after a template either. So for those tokenizers
+# the template itself starts with the BOS, as Gemma's own template does.
+BOS_PREFIX = "{{- bos_token }}"
 
-def record_to_messages(record: dict, system_prompt: str) -> list[dict]:
-    """A clean question record as a plain (no think, no tool) conversation."""
+
+def adds_bos(tokenizer) -> bool:
+    """Does the tokenizer put its BOS in front of a text (its own add_special_tokens policy)?"""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
+def template_for(tokenizer, inference: bool = False) -> str:
+    """The chat template for this tokenizer: ours, BOS first when the tokenizer adds one."""
+    template = INFERENCE_CHAT_TEMPLATE if inference else CHAT_TEMPLATE
+    return BOS_PREFIX + template if adds_bos(tokenizer) else template
+
+
+def record_to_messages(record: dict, system_prompt: str, think: bool = False) -> list[dict]:
+    """A clean question record as a plain (no tool) conversation. With `think` (the chat
+    setting think_from_explanation) a record's explanation becomes the reasoning, in a think
+    block before the answer; without, it follows the answer."""
     question = record["question"]
     options = record.get("options") or {}
     if options:
@@ -87,7 +107,10 @@ def record_to_messages(record: dict, system_prompt: str) -> list[dict]:
     if options and answer in options:
         answer = f"{answer}. {options[answer]}"
     if record.get("explanation"):
-        answer += "\n" + record["explanation"]
+        if think:
+            answer = f"{THINK_OPEN}\n{record['explanation']}\n{THINK_CLOSE}\n{answer}"
+        else:
+            answer += "\n" + record["explanation"]
     return [
         {"role": "system", "content": system_prompt},
         {"role": "user", "content": question},
@@ -115,7 +138,7 @@ def encode(tokenizer, messages: list[dict], tools: list[dict] | None = None, max
         tokenize=True,
         return_dict=True,
         return_assistant_tokens_mask=True,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=template_for(tokenizer),
     )
     ids = list(out["input_ids"])
     labels = [t if m else -100 for t, m in zip(ids, out["assistant_masks"], strict=True)]
@@ -137,7 +160,7 @@ def save_tokenizer(tokenizer, out_dir) -> None:
 def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
     """The text a model continues from: the conversation plus the assistant header."""
     return tokenizer.apply_chat_template(
-        messages, tools=tools, tokenize=False, add_generation_prompt=True, chat_template=CHAT_TEMPLATE
+        messages, tools=tools, tokenize=False, add_generation_prompt=True, chat_template=template_for(tokenizer)
     )
 
 

@@ -15,7 +15,7 @@ import re
 import sys
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -31,6 +31,10 @@ class ConfigError(ValueError):
 class ChatConfig:
     system_prompt: str
     """System message put before every conversation in train and evaluate."""
+    think_from_explanation: bool = False
+    """A crawled question's explanation becomes the reasoning of its plain row, in a think block
+    before the answer (else it follows the answer): every question row then teaches the
+    think-then-answer format, not only the ones the teacher wrote a trace for."""
 
 
 @dataclass
@@ -267,8 +271,17 @@ class TeacherConfig:
     concurrency: int
     timeout_s: float
     max_retries: int
+    prompt_format: str = "chat"
+    """`chat`: the request is a user turn in the model's chat template (instruction-tuned
+    teachers); `completion`: the prompt text as is, for a pretrained base model continuing a
+    few-shot prompt (the tokenizer's BOS policy applies)."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end a completion (excluded from the output), e.g. the blank line after a
+    few-shot answer."""
 
     def __post_init__(self) -> None:
+        if self.prompt_format not in ("chat", "completion"):
+            raise ConfigError(f"prompt_format: expected 'chat' or 'completion', got {self.prompt_format!r}")
         if self.backend not in ("vllm", "openai", "transformers"):
             raise ConfigError(f"backend: expected 'vllm', 'openai' or 'transformers', got {self.backend!r}")
         if self.backend == "openai" and not self.base_url:
@@ -291,6 +304,10 @@ class SynthTaskConfig:
     template: str
     """Prompt template file (conf/synth/prompts/...); its sha256 goes into every row's provenance."""
     sampling: SamplingConfig
+    templates_by_lang: dict[str, str] = field(default_factory=dict)
+    """Language (a record's `lang`) -> template file used instead of `template` for that
+    language's records: a few-shot prompt whose examples are in the question's language keeps
+    a weak teacher writing in it."""
 
 
 @dataclass
@@ -307,6 +324,10 @@ class SynthConfig:
     qgen: SynthTaskConfig
     mix: dict[str, float]
     """Share of each task's valid rows that go into the training set (plain, think, search, qgen)."""
+    search_labels: dict[str, bool] = field(default_factory=dict)
+    """Site name -> whether its questions need the document search. The data's own label, used
+    for those sites' search rows instead of the teacher's decision (which is still recorded);
+    questions generated from documents always need it. Sites not named: the teacher decides."""
 
     def __post_init__(self) -> None:
         for name, share in self.mix.items():
@@ -329,6 +350,15 @@ class LoraConfig:
     """Module names (q_proj, ...) or "all-linear": every linear layer but the output head."""
     use_dora: bool
     """DoRA (weight-decomposed LoRA): a learned magnitude per output channel on top of LoRA."""
+    train_new_tokens: bool = True
+    """Train the embedding rows (tied: also the output rows) of the chat and tag tokens base_model
+    added to a pretrained vocabulary (PEFT trainable tokens). Untrained, they start at the mean
+    embedding, where LoRA alone cannot make the model write them (gemma-3-270m after a LoRA-only
+    epoch: <think> and <|im_end|> ranked ~140,000th)."""
+    new_tokens_lr: float | None = None
+    """Learning rate of those embedding rows (null: train.lr). A few hundred steps at a LoRA
+    learning rate move them too little (gemma-3-270m after an epoch at 2e-4: still ranked
+    ~3,000-7,000th where they belong)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
@@ -645,6 +675,9 @@ class Params:
         if missing:
             raise ConfigError(f"eval.exam_sets: {', '.join(missing)} not in dedup.decontaminate_against; "
                               "add it there so that dedup keeps its questions out of training")
+        unknown = [s for s in self.synth.search_labels if s not in self.sites]
+        if unknown:
+            raise ConfigError(f"synth.search_labels: {', '.join(unknown)} not in sites ({', '.join(self.sites)})")
 
 
 def _type_name(tp) -> str:
@@ -709,7 +742,7 @@ def build(cls, data: dict, prefix: str = ""):
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
-            if f.default is not dataclasses.MISSING:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 continue
             raise ConfigError(f"missing key '{dotted}{name}'")
         kwargs[name] = _convert(data[name], hints[name], dotted + name)

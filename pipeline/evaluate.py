@@ -29,12 +29,14 @@ import csv
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 from pipeline import chat, scoring
 from pipeline.config import EvalConfig, Params, load_or_exit
 from pipeline.evalsets import EvalSetError, load_eval_set
-from pipeline.train import ADAPTER_DIR, BASE_DIR, SFT_DIR, encode_records, load_split, load_tuned
+from pipeline.train import (ADAPTER_DIR, BASE_DIR, SFT_DIR, adapter_trains_tokens, encode_records, load_split,
+                            load_tuned)
 
 METRICS = Path("metrics/eval.json")
 REPORT_DIR = Path("reports/eval")
@@ -70,8 +72,8 @@ def heldout_loss(model, tokenizer, examples: list[dict], batch_size: int) -> tup
 
 # --- what is asked ----------------------------------------------------------------------
 
-def question_item(rec: dict, system_prompt: str, set_name: str) -> dict:
-    prompt, reference = chat.prompt_and_reference(chat.record_to_messages(rec, system_prompt))
+def question_item(rec: dict, system_prompt: str, set_name: str, think: bool = False) -> dict:
+    prompt, reference = chat.prompt_and_reference(chat.record_to_messages(rec, system_prompt, think))
     return {"id": f"{set_name}/{rec['id']}", "set": set_name, "source_id": rec["id"], "url": rec.get("url"),
             "where": rec.get("where"), "messages": prompt, "tools": None, "question": prompt[-1]["content"],
             "reference": reference, "options": rec.get("options") or {}, "answer": rec.get("answer"),
@@ -91,7 +93,8 @@ def tool_item(row: dict) -> dict:
 def eval_items(params: Params, split_path: Path | None = None, sft_dir: Path = SFT_DIR) -> list[dict]:
     cfg, system = params.eval, params.chat.system_prompt
     questions = sorted(load_split("test", *([split_path] if split_path else [])), key=lambda r: r["id"])
-    items = [question_item(r, system, "questions") for r in questions[:cfg.max_questions or None]]
+    think = params.chat.think_from_explanation
+    items = [question_item(r, system, "questions", think) for r in questions[:cfg.max_questions or None]]
     test_rows = sft_dir / "test.jsonl"
     if not test_rows.exists():
         sys.exit(f"error: no {test_rows} (run the synth stage first: dvc repro synth)")
@@ -140,6 +143,45 @@ class VLLMGenerator:
         lora = LoRARequest("tuned", 1, str(ADAPTER_DIR.resolve())) if tuned else None
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                  lora_request=lora, use_tqdm=False)
+        return [(o.outputs[0].text, o.outputs[0].finish_reason == "stop", len(o.outputs[0].token_ids)) for o in outs]
+
+
+class VLLMMergedGenerator:
+    """Base and tuned as two vLLM engines, one after the other, the tuned one on the adapter
+    merged into a temporary checkpoint: for adapters vLLM cannot apply as a LoRA module (trained
+    token embeddings, train.lora.train_new_tokens). Same prompts, sampling and seed."""
+
+    def __init__(self, cfg: EvalConfig, seed: int, merged_dir: Path) -> None:
+        self.cfg, self.seed, self.merged_dir = cfg, seed, merged_dir
+        self.llm, self.tuned = None, None
+
+    def _engine(self, tuned: bool):
+        from vllm import LLM
+
+        if self.llm is None or self.tuned != tuned:
+            self.close()
+            self.llm = LLM(model=str(self.merged_dir if tuned else BASE_DIR), dtype=self.cfg.dtype,
+                           max_model_len=self.cfg.max_model_len, gpu_memory_utilization=self.cfg.gpu_memory_utilization,
+                           enforce_eager=self.cfg.enforce_eager, seed=self.seed, enable_chunked_prefill=False)
+            self.tuned = tuned
+        return self.llm
+
+    def close(self) -> None:
+        """Stop the engine (its process and memory) before the next one starts."""
+        import gc
+
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            gc.collect()
+
+    def generate(self, prompts: list[list[int]], tuned: bool) -> list[tuple[str, bool, int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                max_tokens=self.cfg.max_new_tokens, seed=self.seed)
+        outs = self._engine(tuned).generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [(o.outputs[0].text, o.outputs[0].finish_reason == "stop", len(o.outputs[0].token_ids)) for o in outs]
 
 
@@ -230,7 +272,8 @@ def evaluate(params: Params) -> tuple[dict, list[dict]]:
     items = eval_items(params)
 
     # held-out loss: transformers, the adapter merged onto the full-precision base (QLoRA too)
-    examples, _ = encode_records(tokenizer, test, params.chat.system_prompt, params.train.max_seq_len)
+    examples, _ = encode_records(tokenizer, test, params.chat.system_prompt, params.train.max_seq_len,
+                                 params.chat.think_from_explanation)
     model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
     base_loss, tokens = heldout_loss(model, tokenizer, examples, cfg.batch_size)
     model = load_tuned(ADAPTER_DIR, BASE_DIR)
@@ -243,12 +286,25 @@ def evaluate(params: Params) -> tuple[dict, list[dict]]:
     for i in sorted(set(range(len(items))) - set(fits)):
         skipped[items[i]["set"]] = skipped.get(items[i]["set"], 0) + 1
     backend = eval_backend(cfg)
-    generator = (VLLMGenerator(cfg, params.seed, params.train.lora.r) if backend == "vllm"
-                 else TransformersGenerator(cfg, params.seed))
+    with tempfile.TemporaryDirectory(prefix="merged-", dir=ADAPTER_DIR.parent) as tmp:
+        if backend == "vllm" and adapter_trains_tokens(ADAPTER_DIR):
+            print("evaluate: the adapter trains token embeddings, which vLLM cannot apply as a LoRA module: "
+                  "the tuned model is the adapter merged into the base, in a second engine", flush=True)
+            from pipeline.export.merge import merge
+
+            merge(BASE_DIR, ADAPTER_DIR, Path(tmp))
+            generator = VLLMMergedGenerator(cfg, params.seed, Path(tmp))
+        elif backend == "vllm":
+            generator = VLLMGenerator(cfg, params.seed, params.train.lora.r)
+        else:
+            generator = TransformersGenerator(cfg, params.seed)
+        outputs = {name: generator.generate([prompts[i] for i in fits], tuned=name == "tuned")
+                   for name in ("base", "tuned")}
+        if isinstance(generator, VLLMMergedGenerator):
+            generator.close()
     rows = []
     for model_name in ("base", "tuned"):
-        outputs = generator.generate([prompts[i] for i in fits], tuned=model_name == "tuned")
-        for i, (text, stopped, new_tokens) in zip(fits, outputs, strict=True):
+        for i, (text, stopped, new_tokens) in zip(fits, outputs[model_name], strict=True):
             item = items[i]
             rows.append({
                 "id": item["id"], "set": item["set"], "model": model_name, "source_id": item["source_id"],

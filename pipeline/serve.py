@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pipeline.config import Params, load_or_exit
 from pipeline.export import ADAPTER_DIR, BASE_DIR, FULL_DIR, MERGED_DIR, QUANT_DIR, gguf_name
+from pipeline.train import adapter_trains_tokens
 
 # vLLM accepts these LoRA ranks (--max-lora-rank); the server's must be >= the adapter's.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -53,6 +54,11 @@ def lora_rank(adapter_dir: Path) -> int:
 def vllm_command(params: Params, host: str, port: int, merged: bool = False,
                  base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPTER_DIR, merged_dir: Path = MERGED_DIR) -> list[str]:
     cfg = params.serve
+    if not merged and adapter_trains_tokens(_need(adapter_dir, "train")):
+        print(f"serve: {adapter_dir} trains token embeddings (train.lora.train_new_tokens), which vLLM cannot "
+              f"apply as a LoRA module: serving the merged model {merged_dir} as {cfg.adapter_name!r}",
+              file=sys.stderr, flush=True)
+        merged = True
     model_dir = _need(merged_dir, "merge") if merged else _need(base_dir, "base_model")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
            "--model", str(model_dir), "--served-model-name", cfg.adapter_name if merged else cfg.base_name,

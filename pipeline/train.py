@@ -76,11 +76,13 @@ def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], 
     return examples, counts
 
 
-def encode_records(tokenizer, records: list[dict], system_prompt: str, max_len: int) -> tuple[list[dict], int]:
-    """Tokenised examples (input_ids, labels) and how many were truncated."""
+def encode_records(tokenizer, records: list[dict], system_prompt: str, max_len: int,
+                   think: bool = False) -> tuple[list[dict], int]:
+    """Tokenised examples (input_ids, labels) and how many were truncated; `think`: the
+    explanation as a think block (chat.think_from_explanation), as the plain rows have it."""
     examples, truncated = [], 0
     for rec in records:
-        enc = chat.encode(tokenizer, chat.record_to_messages(rec, system_prompt), max_len=max_len)
+        enc = chat.encode(tokenizer, chat.record_to_messages(rec, system_prompt, think), max_len=max_len)
         truncated += enc.pop("truncated")
         examples.append(enc)
     return examples, truncated
@@ -253,6 +255,13 @@ def torch_dtype(name: str):
     return getattr(torch, name)
 
 
+def adapter_trains_tokens(adapter_dir: Path = ADAPTER_DIR) -> bool:
+    """Does the adapter carry trained token embeddings (train.lora.train_new_tokens)? vLLM cannot
+    apply those as a LoRA module: evaluate and serve use the adapter merged into the base."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return bool(config.get("trainable_token_indices"))
+
+
 def load_tuned(adapter_dir: Path = ADAPTER_DIR, base_dir: Path = BASE_DIR, merge: bool = True):
     """The tuned model: the adapter applied to the full-precision base (also after QLoRA, whose
     adapter was trained on a 4-bit copy), merged into its weights unless `merge` is False."""
@@ -282,6 +291,12 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
 
     on_gpu = torch.cuda.is_available()
     micro_batch, accum = batch_layout(cfg, nproc)
+    from pipeline.base_model import new_token_ids
+
+    source = getattr(model, "name_or_path", "")  # the directory the base was loaded from
+    new_tokens = new_token_ids(Path(source)) if cfg.lora.train_new_tokens and source else []
+    if new_tokens:
+        use_sparse_trainable_tokens()
     dtype = torch_dtype(cfg.dtype)
     fsdp = nproc > 1 and cfg.distributed.strategy == "fsdp"
     args = SFTConfig(
@@ -329,11 +344,14 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
         target_modules=cfg.lora.target_modules,
         use_dora=cfg.lora.use_dora,
         task_type="CAUSAL_LM",
+        trainable_token_indices=new_tokens or None,
     )
     callbacks = list(callbacks or [])
     if cfg.early_stopping.patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
-    return SFTTrainer(
+    trainer_cls = _label_logits_trainer(SFTTrainer)
+    trainer_cls.new_tokens_lr = cfg.lora.new_tokens_lr if new_tokens else None
+    return trainer_cls(
         model=model,
         args=args,
         data_collator=SFTCollator(tokenizer.pad_token_id, pack=cfg.packing, row_len=cfg.max_seq_len),
@@ -343,6 +361,122 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
         peft_config=lora,
         callbacks=callbacks,
     )
+
+
+def sparse_trainable_tokens_forward(layer, x, active_adapters, *args, **kwargs):
+    """PEFT's trainable-tokens forward without the dense copy of the weight matrix.
+
+    PEFT builds the whole embedding (and, tied, output) matrix with the trained rows copied in
+    on every call, so autograd also computes a dense gradient for it: for gemma-3-270m's
+    262k x 640 matrix that made a training step ~10x slower than LoRA alone. Here the frozen
+    matrix is used as is and only the trained rows are swapped in (embedding: the rows looked
+    up for those ids; output layer: the logits of those ids), which is the same function with
+    gradients for the trained rows only. Merged or disabled adapters, several active ones, and
+    layers other than Embedding / Linear go to PEFT's own code."""
+    import torch
+    import torch.nn.functional as F
+
+    base = layer.base_layer
+    if (layer.disable_adapters or not active_adapters or layer.merged or len(active_adapters) != 1
+            or not isinstance(base, (torch.nn.Embedding, torch.nn.Linear))):
+        return _PEFT_TRAINABLE_TOKENS_FORWARD(layer, x, active_adapters, *args, **kwargs)
+    name = active_adapters[0]
+    index = torch.tensor(layer.token_indices[name], device=base.weight.device)
+    rows = layer.trainable_tokens_delta[name].to(base.weight)
+    if isinstance(base, torch.nn.Embedding):
+        result = F.embedding(x, base.weight, padding_idx=base.padding_idx, max_norm=base.max_norm,
+                             norm_type=base.norm_type, scale_grad_by_freq=base.scale_grad_by_freq, sparse=base.sparse)
+        lookup = torch.full((base.weight.shape[0],), -1, dtype=torch.long, device=x.device)
+        lookup[index] = torch.arange(len(index), device=x.device)
+        slot = lookup[x]
+        hit = slot >= 0
+        if bool(hit.any()):
+            result = result.masked_scatter(hit.unsqueeze(-1), rows[slot[hit]].to(result.dtype))
+        scale = layer._get_embed_scale()
+        return result * scale.to(result.dtype) if scale is not None else result
+    result = F.linear(x, base.weight)  # a tied output layer: the trained rows are those ids' logits
+    return result.index_copy(-1, index, F.linear(x, rows).to(result.dtype))
+
+
+_PEFT_TRAINABLE_TOKENS_FORWARD = None
+
+
+def use_sparse_trainable_tokens() -> None:
+    """Install sparse_trainable_tokens_forward on PEFT's TrainableTokensLayer (idempotent)."""
+    global _PEFT_TRAINABLE_TOKENS_FORWARD
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    if _PEFT_TRAINABLE_TOKENS_FORWARD is None:
+        _PEFT_TRAINABLE_TOKENS_FORWARD = TrainableTokensLayer.forward_adapters
+        TrainableTokensLayer.forward_adapters = sparse_trainable_tokens_forward
+
+
+def label_logits_loss(model, inputs: dict, num_items_in_batch=None):
+    """Causal-LM loss computing the output layer only where a label follows.
+
+    The output layer of a small model with a large vocabulary (gemma-3-270m: 262k tokens, 168M of
+    its 268M parameters) costs more than the rest of the network, and most positions of a chat
+    row (system prompt, question, tool declaration and passages) have no label. The model's own
+    `logits_to_keep` (a tensor of sequence positions) limits the head to the union of the
+    batch's labelled positions; the loss is the same cross-entropy the model would compute over
+    all positions (a sum over labelled tokens divided by their number, or by the Trainer's
+    num_items_in_batch under gradient accumulation). Calling the (possibly DDP-wrapped) model
+    itself keeps gradient synchronisation intact."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    targets = labels[:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)
+    if keep.numel() == 0:  # nothing to learn in this batch: a zero loss that still has a graph
+        keep = torch.zeros(1, dtype=torch.long, device=labels.device)
+    kwargs = {k: v for k, v in inputs.items() if k != "labels"}
+    outputs = model(**kwargs, logits_to_keep=keep, use_cache=False)
+    logits = outputs.logits.float()
+    picked = targets[:, keep]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), picked.reshape(-1), ignore_index=-100, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else (picked != -100).sum()
+    if torch.is_tensor(count):
+        count = count.to(loss.device)
+    return loss / count if (picked != -100).any() else loss * 0.0, outputs
+
+
+def _label_logits_trainer(base):
+    class LabelLogitsSFTTrainer(base):
+        """TRL's SFTTrainer whose loss computes the output layer at labelled positions only
+        (label_logits_loss); TRL's per-token accuracy and entropy logs, which need every
+        position's logits, are not computed."""
+
+        new_tokens_lr: float | None = None
+
+        def create_optimizer(self):
+            """The Trainer's optimizer, with the trained token rows in a group of their own at
+            train.lora.new_tokens_lr (the schedule scales both groups alike)."""
+            if self.optimizer is None and self.new_tokens_lr is not None:
+                from transformers import Trainer
+
+                named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+                tokens = [p for n, p in named if "trainable_tokens_delta" in n]
+                if tokens:
+                    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+                    groups = [{"params": [p for n, p in named if "trainable_tokens_delta" not in n],
+                               "weight_decay": self.args.weight_decay},
+                              {"params": tokens, "weight_decay": 0.0, "lr": self.new_tokens_lr}]
+                    self.optimizer = optimizer_cls(groups, **kwargs)
+            return super().create_optimizer()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # As Trainer.compute_loss: normalised by num_items_in_batch only where the Trainer
+            # expects it (it then skips its own division by the accumulation steps), and scaled
+            # by the number of processes when tokens are averaged across them.
+            if not self.model_accepts_loss_kwargs:
+                num_items_in_batch = None
+            loss, outputs = label_logits_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
+
+    return LabelLogitsSFTTrainer
 
 
 def run_train_loss(log_history: list[dict]) -> float | None:

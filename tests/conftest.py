@@ -48,11 +48,14 @@ def openai_reply(handler, model: str, text: str) -> None:
 
 
 def compose_params(dest: Path, *overrides: str) -> Path:
-    """Compose the real conf/ into `dest`/params.yaml, with Hydra overrides."""
+    """Compose the real conf/ into `dest`/params.yaml, with Hydra overrides; the tiny profile
+    unless an override names another (the default profile, cpu, is for users' runs)."""
     from pipeline.params import compose
 
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / "params.yaml"
+    if not any(o.startswith("profile=") for o in overrides):
+        overrides = ("profile=tiny", *overrides)
     compose(list(overrides), out=out, conf_dir=ROOT / "conf")
     return out
 

@@ -125,3 +125,25 @@ def test_record_to_messages_mcq():
     msgs = chat.record_to_messages(rec, "sys")
     assert msgs[1]["content"] == "Symbol of Iron?\nA. Fe\nB. Ir"
     assert msgs[2]["content"] == "A. Fe\nIron is Fe."
+
+
+def test_a_tokenizer_that_adds_bos_gets_it_once_in_front_of_every_conversation(tiny_tokenizer, tmp_path):
+    """Gemma's tokenizer adds <bos> to every text, and Gemma expects it; apply_chat_template
+    adds no special tokens, so the template itself starts with the BOS for such tokenizers
+    (and only for them: the tiny tokenizer adds none)."""
+    from transformers import AutoTokenizer
+
+    from pipeline.base_model import configure_tokenizer
+
+    assert not chat.adds_bos(tiny_tokenizer) and tiny_tokenizer.chat_template == chat.CHAT_TEMPLATE
+    tiny_tokenizer.save_pretrained(tmp_path)
+    tok = configure_tokenizer(AutoTokenizer.from_pretrained(tmp_path, add_bos_token=True))
+    bos = tok.bos_token_id
+    assert chat.adds_bos(tok) and tok.chat_template == chat.BOS_PREFIX + chat.CHAT_TEMPLATE
+    enc = chat.encode(tok, CONVERSATION, tools=TOOLS)
+    assert enc["input_ids"][0] == bos and enc["input_ids"].count(bos) == 1 and enc["labels"][0] == -100
+    prompt = chat.render_prompt(tok, CONVERSATION[:2])
+    assert prompt.startswith(tok.bos_token)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert ids[0] == bos and ids.count(bos) == 1
+    assert chat.template_for(tok, inference=True) == chat.BOS_PREFIX + chat.INFERENCE_CHAT_TEMPLATE

@@ -7,11 +7,17 @@ import re
 import pytest
 import yaml
 
-from conftest import compose_params, run_stage
+from conftest import ROOT, compose_params, run_stage
 from pipeline.config import ConfigError, load_params
 
 
-def test_default_config_composes_to_the_tiny_profile(tmp_path):
+def test_default_profile_is_cpu_and_tests_pin_tiny(tmp_path):
+    from pipeline.params import compose
+
+    compose([], out=tmp_path / "default.yaml", conf_dir=ROOT / "conf")
+    default = load_params(tmp_path / "default.yaml")
+    assert default.profile == "cpu" and default.model.source == "gguf" and default.teacher.prompt_format == "completion"
+    assert default.chat.think_from_explanation and default.synth.search_labels
     params = load_params(compose_params(tmp_path))
     assert params.profile == "tiny"
     assert params.model.source == "tiny"

@@ -58,6 +58,11 @@ def _project_copy(dest: Path) -> Path:
             shutil.copy2(ROOT / name, dest / name)
     for stale in ("params.yaml", "dvc.lock"):
         (dest / stale).unlink(missing_ok=True)
+    # the tiny profile as the copy's default: `make params` and every `dvc exp run -S` compose it
+    config = dest / "conf/config.yaml"
+    text = config.read_text()
+    assert "\n  - profile: cpu\n" in text
+    config.write_text(text.replace("\n  - profile: cpu\n", "\n  - profile: tiny\n"))
     return dest
 
 

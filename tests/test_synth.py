@@ -124,3 +124,49 @@ def test_a_local_teacher_is_named_by_its_content_in_cache_keys(tmp_path):
     (model / "model.safetensors").write_bytes(b"weights v2")  # the base model was rebuilt
     req = Request((("user", "q"),), 1, 0.7, 0.95, 64, 1)
     assert req.key(model_identity(str(model))) != req.key(first)
+
+
+def test_completion_requests_and_stop_strings_are_part_of_the_key(tmp_path):
+    from pipeline.config import TeacherConfig
+    from pipeline.synth.backends import cut_at_stop
+
+    teacher = TeacherConfig(name="t", backend="vllm", model="m", dtype="float32", max_model_len=512,
+                            gpu_memory_utilization=0.3, enforce_eager=True, emits_tags=False, base_url=None,
+                            api_key_env=None, concurrency=1, timeout_s=1, max_retries=0,
+                            prompt_format="completion", stop=["\n\n"])
+    sampling = load_params(compose_params(tmp_path)).synth.think.sampling
+    chat_req = tasks.request("Question: x\nReasoning:", sampling, 0, task="think", source="a")
+    completion = tasks.request("Question: x\nReasoning:", sampling, 0, task="think", source="a", teacher=teacher)
+    assert completion.completion and completion.stop == ("\n\n",) and completion.prompt() == "Question: x\nReasoning:"
+    assert not chat_req.completion and chat_req.key("m") != completion.key("m")
+    # a chat request's key is what it always was: caches written before these fields stay valid
+    assert chat_req.key("m") == Request(chat_req.messages, chat_req.n, chat_req.temperature, chat_req.top_p,
+                                        chat_req.max_tokens, chat_req.seed).key("m")
+    assert cut_at_stop(" It has 26.\n\nQuestion: next", ("\n\n", "\nQuestion:")) == " It has 26."
+    assert cut_at_stop("no stop here", ("\n\n",)) == "no stop here"
+
+
+def test_site_labels_decide_search_and_templates_follow_the_language(tmp_path):
+    # a site's label wins over the teacher's decision (which is kept); the data's own label over both
+    messages, facts, reason = tasks.search_row(dict(EN, site="elements_qa"), '{"needs_search": true, "query": "iron"}',
+                                               None, 3, 300, SYSTEM, site_label=False)
+    assert reason is None and facts == {"teacher_decision": True, "label_source": "site", "needs_search": False}
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    facts = tasks.search_row(dict(EN, needs_search=False), '{"needs_search": true, "query": "iron"}',
+                             None, 3, 300, SYSTEM, site_label=True)[1]
+    assert facts["label_source"] == "data" and facts["needs_search"] is False
+    # the cpu profile: per-language think templates, the gold answer alone in the prompt
+    params = load_params(compose_params(tmp_path, "profile=cpu"))
+    templates = tasks.TemplateSet.load(params.synth.think, "synth.think")
+    zh, en = templates.pick("zh"), templates.pick("en")
+    assert zh.path.endswith("think.zh.txt") and en.path == params.synth.think.template
+    mcq = {"question": "Which metal is liquid?", "options": {"A": "iron", "B": "mercury"}, "answer": "B",
+           "explanation": "Mercury melts at -39 °C.", "lang": "en", "id": "x/1"}
+    prompt = tasks.think_request(mcq, en, params.synth.think.sampling, 0, params.teacher)
+    assert prompt.completion and prompt.prompt().endswith("A. iron\nB. mercury\nAnswer: B. mercury\nReasoning:")
+    assert "-39 °C" not in prompt.prompt().rsplit("Question:", 1)[1]
+    # think_from_explanation: the explanation is the reasoning of the plain row
+    plain = chat.record_to_messages(mcq, SYSTEM, think=True)[-1]["content"]
+    assert plain == "<think>\nMercury melts at -39 °C.\n</think>\nB. mercury"
+    messages, reason = tasks.think_row(mcq, " It is the liquid one.", False, SYSTEM, think_from_explanation=True)
+    assert reason is None and messages[-1]["content"] == "<think>\nIt is the liquid one.\n</think>\nB. mercury"

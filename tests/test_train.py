@@ -88,6 +88,87 @@ def test_packed_batch_gives_each_sample_its_unpacked_loss():
     assert [leaked[placed.index(i)] for i in range(len(examples))] != pytest.approx(want, rel=1e-3)
 
 
+def test_label_logits_loss_equals_the_full_loss_and_its_gradients():
+    """The output layer only at labelled positions: the same loss (mean, and the sum over
+    num_items_in_batch under accumulation) and the same gradients as the model's own loss."""
+    import torch
+
+    from pipeline.packing import SFTCollator
+    from pipeline.train import label_logits_loss
+
+    gen = torch.Generator().manual_seed(2)
+    examples = []
+    for n in (40, 17, 90, 33, 61):
+        ids = torch.randint(4, 300, (n,), generator=gen).tolist()
+        examples.append({"input_ids": ids, "labels": [-100] * (2 * n // 3) + ids[2 * n // 3:]})
+    batch = SFTCollator(pad_token_id=0, pack=True, row_len=128)(examples)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    model = _tiny_llama().train()
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    want = model(**batch, use_cache=False).loss
+    want_grads = grads(want)
+    got, out = label_logits_loss(model, batch)
+    assert out.logits.shape[1] < batch["input_ids"].shape[1]  # fewer positions through the head
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    for a, b in zip(grads(got), want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    summed, _ = label_logits_loss(model, batch, num_items_in_batch=torch.tensor(2 * labelled))
+    assert summed.item() == pytest.approx(want.item() / 2, rel=1e-5)
+
+
+def test_trained_new_tokens_give_peft_s_loss_and_gradients_without_the_dense_copy():
+    """train.lora.train_new_tokens: PEFT trainable tokens on a tied embedding / output layer.
+    Our sparse forward (pipeline.train.sparse_trainable_tokens_forward) gives PEFT's own loss
+    and gradients; the new tokens' rows get gradients, the frozen matrix none."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline import train
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                                         tie_word_embeddings=True))
+    new = [296, 297, 298, 299]
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], trainable_token_indices=new,
+                                             init_lora_weights=False))
+    with torch.no_grad():  # trained rows that differ from the originals
+        for module in model.modules():
+            if isinstance(module, TrainableTokensLayer) and not module.tied_adapter:
+                module.trainable_tokens_delta["default"].add_(torch.randn(len(new), 64))
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, 300, (2, 40), generator=gen)
+    ids[0, 5], ids[1, 7] = 297, 299  # new tokens in the input, and as labels
+    batch = {"input_ids": ids, "labels": ids.clone()}
+
+    def run():
+        model.zero_grad()
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    original = TrainableTokensLayer.forward_adapters
+    want_loss, want = run()
+    train.use_sparse_trainable_tokens()
+    try:
+        assert TrainableTokensLayer.forward_adapters is train.sparse_trainable_tokens_forward
+        got_loss, got = run()
+    finally:
+        TrainableTokensLayer.forward_adapters = original
+        train._PEFT_TRAINABLE_TOKENS_FORWARD = None
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    assert sorted(got) == sorted(want) and any("trainable_tokens_delta" in n for n in got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
+
+
 def test_first_fit_decreasing_respects_capacity():
     from pipeline.packing import first_fit_decreasing
 

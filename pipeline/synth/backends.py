@@ -48,8 +48,11 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
 
     def _too_long(self, req: Request) -> bool:
-        ids = self.tokenizer.apply_chat_template(req.chat(), add_generation_prompt=True, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        if req.completion:
+            ids = self.tokenizer(req.prompt())["input_ids"]
+        else:
+            ids = self.tokenizer.apply_chat_template(req.chat(), add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) else ids
         return len(ids) + req.max_tokens > self.max_model_len
 
     def generate(self, requests: list[Request]) -> list[Result]:
@@ -66,12 +69,23 @@ class VLLMEngine:
         if todo:
             params = [SamplingParams(
                 n=requests[i].n, temperature=requests[i].temperature, top_p=requests[i].top_p,
-                max_tokens=requests[i].max_tokens, seed=requests[i].seed,
+                max_tokens=requests[i].max_tokens, seed=requests[i].seed, stop=list(requests[i].stop) or None,
                 structured_outputs=StructuredOutputsParams(json=json.loads(requests[i].json_schema))
                 if requests[i].json_schema else None) for i in todo]
-            outs = self.llm.chat([requests[i].chat() for i in todo], params, use_tqdm=False)
-            for i, out in zip(todo, outs, strict=True):
-                results[i] = Result([o.text for o in out.outputs])
+            # one batch per prompt form: chat turns through the chat template, completion
+            # prompts as text (the tokenizer adds its BOS)
+            for completion in (False, True):
+                part = [k for k, i in enumerate(todo) if requests[i].completion == completion]
+                if not part:
+                    continue
+                if completion:
+                    outs = self.llm.generate([requests[todo[k]].prompt() for k in part], [params[k] for k in part],
+                                             use_tqdm=False)
+                else:
+                    outs = self.llm.chat([requests[todo[k]].chat() for k in part], [params[k] for k in part],
+                                         use_tqdm=False)
+                for k, out in zip(part, outs, strict=True):
+                    results[todo[k]] = Result([o.text for o in out.outputs])
         return results
 
 
@@ -94,9 +108,19 @@ class OpenAIHTTP:
         if req.json_schema:
             kwargs["response_format"] = {"type": "json_schema",
                                          "json_schema": {"name": "output", "schema": json.loads(req.json_schema)}}
+        if req.stop:
+            kwargs["stop"] = list(req.stop)
         delay = 1.0
         for attempt in range(self.cfg.max_retries + 1):
             try:
+                if req.completion:  # /v1/completions; the schema in vLLM's own request field
+                    if "response_format" in kwargs:
+                        kwargs["extra_body"] = {"structured_outputs": {"json": json.loads(req.json_schema)}}
+                        kwargs.pop("response_format")
+                    resp = self.client.completions.create(
+                        model=self.model_id, prompt=req.prompt(), n=req.n, temperature=req.temperature,
+                        top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
+                    return Result([c.text or "" for c in sorted(resp.choices, key=lambda c: c.index)])
                 resp = self.client.chat.completions.create(
                     model=self.model_id, messages=req.chat(), n=req.n, temperature=req.temperature,
                     top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
@@ -133,8 +157,11 @@ class TransformersGenerate:
 
         results = []
         for req in requests:
-            ids = self.tokenizer.apply_chat_template(req.chat(), add_generation_prompt=True, return_tensors="pt",
-                                                     return_dict=True)
+            if req.completion:
+                ids = self.tokenizer(req.prompt(), return_tensors="pt")
+            else:
+                ids = self.tokenizer.apply_chat_template(req.chat(), add_generation_prompt=True, return_tensors="pt",
+                                                         return_dict=True)
             if ids["input_ids"].shape[1] + req.max_tokens > self.max_model_len:
                 results.append(Result([], f"prompt_too_long: over max_model_len {self.max_model_len} with max_tokens"))
                 continue
@@ -146,8 +173,15 @@ class TransformersGenerate:
                                           top_p=req.top_p if sample else None, num_return_sequences=req.n,
                                           pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
             prompt_len = ids["input_ids"].shape[1]
-            results.append(Result([self.tokenizer.decode(o[prompt_len:], skip_special_tokens=True) for o in out]))
+            texts = [self.tokenizer.decode(o[prompt_len:], skip_special_tokens=True) for o in out]
+            results.append(Result([cut_at_stop(t, req.stop) for t in texts]))
         return results
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The text up to the first stop string (excluded), as vLLM and OpenAI servers return it."""
+    ends = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[:min(ends)] if ends else text
 
 
 def make_backend(cfg: TeacherConfig, seed: int):

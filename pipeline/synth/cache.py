@@ -30,11 +30,19 @@ class Request:
     seed: int
     json_schema: str | None = None
     """The schema as canonical JSON text (a str, so that a Request is hashable)."""
+    completion: bool = False
+    """Send the (single) user turn's text as a raw completion prompt, no chat template."""
+    stop: tuple[str, ...] = ()
+    """Strings that end the output."""
     tags: dict = field(default_factory=dict, compare=False, hash=False)
     """What the request is for (task, source ids): not part of the key."""
 
     def chat(self) -> list[dict]:
         return [{"role": r, "content": c} for r, c in self.messages]
+
+    def prompt(self) -> str:
+        """The completion prompt: the last turn's text."""
+        return self.messages[-1][1]
 
     def sampling(self) -> dict:
         return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
@@ -44,6 +52,10 @@ class Request:
                 "json_schema": self.json_schema}
         if self.json_schema:
             body["json_whitespace"] = "none"  # backends are asked for compact JSON
+        if self.completion:  # named only when used: chat requests keep the keys they always had
+            body["completion"] = True
+        if self.stop:
+            body["stop"] = list(self.stop)
         return hashlib.sha256(json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -70,7 +82,8 @@ class RequestCache:
             self.con.executemany(
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
                 [(k, model, json.dumps({"messages": r.messages, "sampling": r.sampling(), "seed": r.seed,
-                                        "json_schema": r.json_schema}, ensure_ascii=False),
+                                        "json_schema": r.json_schema, "completion": r.completion,
+                                        "stop": list(r.stop)}, ensure_ascii=False),
                   json.dumps(outs, ensure_ascii=False)) for k, r, outs in items])
 
     def __len__(self) -> int:

@@ -106,6 +106,8 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
     rows: list[dict] = []
 
     def add(task, rec, messages, reason, tpl=None, req=None, k=0, **extra):
+        if isinstance(tpl, tasks.TemplateSet):  # the template the request was rendered with
+            tpl = tpl.pick(rec.get("lang"))
         row = {"id": f"{task}/{rec['id']}" + (f"#{k}" if k else ""), "task": task, "split": rec["split"],
                "source_ids": rec.get("source_ids") or [rec["id"]], "urls": [rec.get("url")],
                "messages": messages, "tools": [SEARCH_TOOL] if task == "search" else [],
@@ -114,7 +116,7 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
         rows.append(row)
 
     for rec in questions:
-        add("plain", rec, chat.record_to_messages(rec, system), None)
+        add("plain", rec, chat.record_to_messages(rec, system, params.chat.think_from_explanation), None)
     if cfg.max_sources:  # the teacher sees at most this many sources per split and kind, spread over sites
         def spread(recs):
             return [r for s in SPLITS for r in sorted(
@@ -134,15 +136,18 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
                 yield rec, req, k, text
 
     # phase 1: think and qgen (qgen's questions feed the search task)
-    think_tpl, qgen_tpl, search_tpl = (tasks.Template.load(getattr(cfg, t).template, f"synth.{t}.template")
+    think_tpl, qgen_tpl, search_tpl = (tasks.TemplateSet.load(getattr(cfg, t), f"synth.{t}")
                                        for t in ("think", "qgen", "search"))
-    think_reqs = [tasks.think_request(r, think_tpl, cfg.think.sampling, cfg.seed) for r in questions] if cfg.think.enabled else []
-    qgen_reqs = ([tasks.qgen_request(d, qgen_tpl, cfg.qgen.sampling, cfg.seed, cfg.qgen_pairs) for d in docs]
+    tcfg = params.teacher
+    think_reqs = ([tasks.think_request(r, think_tpl.pick(r.get("lang")), cfg.think.sampling, cfg.seed, tcfg) for r in questions]
+                  if cfg.think.enabled else [])
+    qgen_reqs = ([tasks.qgen_request(d, qgen_tpl.pick(d.get("lang")), cfg.qgen.sampling, cfg.seed, cfg.qgen_pairs, teacher=tcfg) for d in docs]
                  if cfg.qgen.enabled else [])
     out = teacher.run(think_reqs + qgen_reqs, "think+qgen")
     generated: list[dict] = []
     for rec, req, k, text in answers("think", think_reqs, out, think_tpl):
-        messages, reason = tasks.think_row(rec, text, params.teacher.emits_tags, system)
+        messages, reason = tasks.think_row(rec, text, params.teacher.emits_tags, system,
+                                           params.chat.think_from_explanation)
         add("think", rec, messages, reason, think_tpl, req, k)
     for doc, req, _, text in answers("qgen", qgen_reqs, out, qgen_tpl):
         new, reasons = tasks.qgen_records(doc, text, cfg.qgen_pairs)
@@ -153,13 +158,14 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
             add("qgen", rec, chat.record_to_messages(rec, system), None, qgen_tpl, req)
 
     # phase 2: search decisions for the crawled questions and the generated ones
-    search_reqs = ([tasks.search_request(r, search_tpl, cfg.search.sampling, cfg.seed) for r in questions + generated]
+    search_reqs = ([tasks.search_request(r, search_tpl.pick(r.get("lang")), cfg.search.sampling, cfg.seed, tcfg) for r in questions + generated]
                    if cfg.search.enabled else [])
     out = teacher.run(search_reqs, "search")
     by_id.update({r["id"]: r for r in generated})
     for rec, req, k, text in answers("search", search_reqs, out, search_tpl):
         messages, facts, reason = tasks.search_row(rec, text, index, params.search.top_k,
-                                                   params.search.snippet_chars, system)
+                                                   params.search.snippet_chars, system,
+                                                   cfg.search_labels.get(rec.get("site")))
         add("search", rec, messages, reason, search_tpl, req, k, search=facts)
 
     valid = [r for r in rows if r["valid"]]
@@ -174,6 +180,9 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
         "search": {"calls": sum(r["search"]["needs_search"] for r in search_rows),
                    "no_calls": sum(not r["search"]["needs_search"] for r in search_rows),
                    "label_from_data": sum(r["search"]["label_source"] == "data" for r in search_rows),
+                   "label_from_site": sum(r["search"]["label_source"] == "site" for r in search_rows),
+                   "teacher_agrees": sum(r["search"]["teacher_decision"] == r["search"]["needs_search"]
+                                         for r in search_rows if r["search"]["label_source"] != "teacher"),
                    "label_from_teacher": sum(r["search"]["label_source"] == "teacher" for r in search_rows)},
     }
     return rows, metrics

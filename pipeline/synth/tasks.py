@@ -67,6 +67,23 @@ class Template:
                              f"(known: {', '.join('$' + k for k in values)})") from None
 
 
+@dataclass(frozen=True)
+class TemplateSet:
+    """A task's template, and per-language ones (synth.<task>.templates_by_lang)."""
+
+    default: Template
+    by_lang: dict
+
+    @classmethod
+    def load(cls, task_cfg, key: str) -> TemplateSet:
+        return cls(Template.load(task_cfg.template, f"{key}.template"),
+                   {lang: Template.load(path, f"{key}.templates_by_lang.{lang}")
+                    for lang, path in sorted(task_cfg.templates_by_lang.items())})
+
+    def pick(self, lang: str | None) -> Template:
+        return self.by_lang.get(lang, self.default)
+
+
 def question_text(rec: dict) -> str:
     return chat.record_to_messages(rec, "")[1]["content"]
 
@@ -75,25 +92,38 @@ def answer_text(rec: dict) -> str:
     return chat.record_to_messages(rec, "")[2]["content"]
 
 
+def gold_answer(rec: dict) -> str:
+    """The answer alone (an option with its letter), without the explanation."""
+    return chat.record_to_messages({**rec, "explanation": ""}, "")[2]["content"]
+
+
 def request_seed(seed: int, task: str, source: str) -> int:
     """Each request its own sampling seed, from synth.seed and what it is for: rows do not share
     a random stream, and a rerun (or a resumed run) samples exactly the same."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{task}/{source}".encode()).digest()[:4], "big") >> 1
 
 
-def request(text: str, sampling, seed: int, schema: dict | None = None, *, task: str, source: str) -> Request:
+def request(text: str, sampling, seed: int, schema: dict | None = None, *, task: str, source: str,
+            teacher=None) -> Request:
+    """One request; `teacher` (TeacherConfig) says whether it is a chat turn or a raw completion
+    prompt, and its stop strings."""
+    completion = teacher is not None and teacher.prompt_format == "completion"
     return Request(messages=(("user", text),), n=sampling.n, temperature=sampling.temperature,
                    top_p=sampling.top_p, max_tokens=sampling.max_tokens, seed=request_seed(seed, task, source),
                    json_schema=json.dumps(schema, sort_keys=True) if schema else None,
+                   completion=completion, stop=tuple(teacher.stop) if teacher is not None else (),
                    tags={"task": task, "source": source})
 
 
-def think_request(rec: dict, tpl: Template, sampling, seed: int) -> Request:
-    return request(tpl.render(question=question_text(rec), answer=answer_text(rec)), sampling, seed,
-                   task="think", source=rec["id"])
+def think_request(rec: dict, tpl: Template, sampling, seed: int, teacher=None) -> Request:
+    # $answer: the answer as the plain row gives it (explanation included); $gold: the answer alone
+    return request(tpl.render(question=question_text(rec), answer=answer_text(rec), gold=gold_answer(rec)),
+                   sampling, seed,
+                   task="think", source=rec["id"], teacher=teacher)
 
 
-def think_row(rec: dict, output: str, emits_tags: bool, system_prompt: str) -> tuple[list[dict], str | None]:
+def think_row(rec: dict, output: str, emits_tags: bool, system_prompt: str,
+              think_from_explanation: bool = False) -> tuple[list[dict], str | None]:
     """Messages of a think row and its reject reason (None when valid). The reasoning, the part
     the teacher wrote, must be in the question's language on its own."""
     if emits_tags:
@@ -105,7 +135,10 @@ def think_row(rec: dict, output: str, emits_tags: bool, system_prompt: str) -> t
         reasoning = output.strip()
         if not reasoning:
             return [], "empty_think"
-        content = f"{chat.THINK_OPEN}\n{reasoning}\n{chat.THINK_CLOSE}\n{answer_text(rec)}"
+        # the answer as the plain rows give it: with the explanation after it, unless the
+        # explanation is itself a reasoning there (then the teacher's reasoning replaces it)
+        answer = gold_answer(rec) if think_from_explanation else answer_text(rec)
+        content = f"{chat.THINK_OPEN}\n{reasoning}\n{chat.THINK_CLOSE}\n{answer}"
     reason = chat.validate_assistant(content, lang=rec.get("lang"))
     if reason is None and rec.get("lang") and not chat.language_matches(reasoning, rec["lang"]):
         reason = "wrong_language"
@@ -114,10 +147,12 @@ def think_row(rec: dict, output: str, emits_tags: bool, system_prompt: str) -> t
     return messages, reason
 
 
-def qgen_request(doc: dict, tpl: Template, sampling, seed: int, pairs: int, max_chars: int = 500) -> Request:
+def qgen_request(doc: dict, tpl: Template, sampling, seed: int, pairs: int, max_chars: int = 500,
+                 teacher=None) -> Request:
     text = doc["text"] if len(doc["text"]) <= max_chars else doc["text"][:max_chars] + "…"
-    return request(tpl.render(pairs=pairs, title=doc.get("title") or "", text=text), sampling, seed,
-                   qgen_schema(pairs), task="qgen", source=doc["id"])
+    return request(tpl.render(pairs=pairs, title=doc.get("title") or "", text=text,
+                              document=doc.get("chapter") or ""), sampling, seed,
+                   qgen_schema(pairs), task="qgen", source=doc["id"], teacher=teacher)
 
 
 def _clean(text: str) -> str:
@@ -153,9 +188,9 @@ def qgen_records(doc: dict, output: str, pairs: int) -> tuple[list[dict], list[s
     return records, reasons
 
 
-def search_request(rec: dict, tpl: Template, sampling, seed: int) -> Request:
+def search_request(rec: dict, tpl: Template, sampling, seed: int, teacher=None) -> Request:
     return request(tpl.render(question=question_text(rec)), sampling, seed, DECISION_SCHEMA,
-                   task="search", source=rec["id"])
+                   task="search", source=rec["id"], teacher=teacher)
 
 
 def tool_call_text(query: str) -> str:
@@ -165,7 +200,7 @@ def tool_call_text(query: str) -> str:
 
 
 def search_row(rec: dict, output: str, index, top_k: int, snippet_chars: int,
-               system_prompt: str) -> tuple[list[dict], dict, str | None]:
+               system_prompt: str, site_label: bool | None = None) -> tuple[list[dict], dict, str | None]:
     """Messages of a search row, facts about it (label, query, passages) and its reject reason."""
     try:
         decision = json.loads(output, strict=False)
@@ -174,8 +209,10 @@ def search_row(rec: dict, output: str, index, top_k: int, snippet_chars: int,
     if not isinstance(decision, dict) or not isinstance(decision.get("needs_search"), bool):
         return [], {}, "invalid_decision_json"
     teacher_says = decision["needs_search"]
-    label = rec.get("needs_search")
-    facts = {"teacher_decision": teacher_says, "label_source": "data" if label is not None else "teacher"}
+    label, source = rec.get("needs_search"), "data"
+    if label is None and site_label is not None:
+        label, source = site_label, "site"
+    facts = {"teacher_decision": teacher_says, "label_source": source if label is not None else "teacher"}
     needs = label if label is not None else teacher_says
     question = question_text(rec)
     messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
