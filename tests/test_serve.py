@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_stage, stage_env
+from conftest import ROOT, compose_params, run_stage, stage_env
 from pipeline import chat
 from pipeline.search import SEARCH_TOOL
 
@@ -180,3 +180,22 @@ def test_make_serve_gguf_answers_the_openai_client(exported, tmp_path):
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
     finally:
         _stop(proc)
+
+
+def test_an_adapter_with_trained_token_rows_is_served_merged(tmp_path):
+    """vLLM cannot apply trained token rows (train.lora.train_new_tokens) as a LoRA module:
+    make serve then serves the merged model under the adapter's name, and says so."""
+    from pipeline.config import load_params
+    from pipeline.serve import vllm_command
+
+    params = load_params(compose_params(tmp_path))
+    base, adapter, merged = tmp_path / "base", tmp_path / "adapter", tmp_path / "merged"
+    for d in (base, adapter, merged):
+        d.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 16, "trainable_token_indices": [5, 6]}))
+    cmd = vllm_command(params, "127.0.0.1", 8000, base_dir=base, adapter_dir=adapter, merged_dir=merged)
+    assert cmd[cmd.index("--model") + 1] == str(merged) and "--enable-lora" not in cmd
+    assert cmd[cmd.index("--served-model-name") + 1] == params.serve.adapter_name
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 16, "trainable_token_indices": None}))
+    cmd = vllm_command(params, "127.0.0.1", 8000, base_dir=base, adapter_dir=adapter, merged_dir=merged)
+    assert cmd[cmd.index("--model") + 1] == str(base) and "--enable-lora" in cmd
