@@ -1,8 +1,10 @@
 """Stage evaluate: base vs tuned on the held-out test split, and on external exam sets.
 
 Generations (eval.backend `vllm`: one engine serves the base model and, through a
-LoRARequest, base + adapter; `transformers`: generate, the adapter merged onto the
-full-precision base) with the same prompts and sampling (greedy by default) for both:
+LoRARequest, base + adapter; an adapter with trained token rows, which vLLM cannot apply as a
+LoRA module, is merged into a temporary copy served by a second engine; `transformers`:
+generate, the adapter merged onto the full-precision base) with the same prompts and sampling
+(greedy by default) for both:
 
 - questions: the test split's crawled questions (system + question, as in training);
   think rate and length on all, exam accuracy (multiple-choice, per chapter) on those with
