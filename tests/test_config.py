@@ -59,22 +59,14 @@ def test_gpu_profiles_compose_and_validate(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.scheduler=cosin", "train.scheduler: expected one of linear, cosine"),
     ("train.lora.target_modules=all", "train.lora.target_modules: expected a list of module names or 'all-linear'"),
-    ("train.qlora.quant_type=int4", "train.qlora.quant_type: expected nf4 or fp4"),
-    ("train.distributed.strategy=deepspeed", "train.distributed.strategy: expected ddp or fsdp"),
     ("train.select_best=false", "train.early_stopping.patience: early stopping needs select_best: true"),
-    ("eval.backend=openai", "eval.backend: expected 'vllm' or 'transformers'"),
-    ("judge.format=xml", "judge.format: expected 'text' or 'json'"),
     ("judge=openai", ""),  # composes: the hosted judge's key comes from the environment
     ("judge.backend=openai", "judge.base_url: required for the openai backend"),
     ("eval.exam_sets=[evalsets/other.csv]", "eval.exam_sets: evalsets/other.csv not in dedup.decontaminate_against"),
-    ("export.quant=[q4_k_m,q3]", "export.quant: unknown type 'q3'"),
     ("export.quant=[q8_0,q8_0]", "export.quant: a type is listed twice"),
-    ("export.outtype=q8", "export.outtype: expected one of f32, f16, bf16"),
     ("export.name=../x", "export.name: expected a file stem"),
     ("export.verify.min_quant_top1=1.5", "export.verify.min_quant_top1: expected a share in [0, 1]"),
-    ("serve.gguf=q3", "serve.gguf: expected one of f32, f16, bf16, q8_0"),
     ("serve.adapter_name=base", "serve.adapter_name: must differ from base_name ('base')"),
     ("serve.api_key_env=sk-123", "serve.api_key_env: expected the name of an environment variable"),
     ("serve.port=70000", "serve.port: expected 0..65535"),
@@ -85,6 +77,47 @@ def test_bad_train_settings_are_named(tmp_path, override, message):
         return
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_params(compose_params(tmp_path, override))
+
+
+GGUF_OUTTYPES = ("f32", "f16", "bf16")
+GGUF_QUANTS = ("q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("model.source=ggml", "model.source", ("tiny", "hf", "gguf")),
+    ("sites.standards.spider=pdf", "sites.standards.spider", ("qa", "bank", "doc")),
+    ("dedup.shingle=token", "dedup.shingle", ("auto", "char", "word")),
+    ("dedup.lsh_storage=disk", "dedup.lsh_storage", ("memory", "redis")),
+    ("++teacher.prompt_format=instruct", "teacher.prompt_format", ("chat", "completion")),
+    ("teacher.backend=ollama", "teacher.backend", ("vllm", "openai", "transformers")),
+    ("judge.backend=ollama", "judge.backend", ("vllm", "openai", "transformers")),
+    ("judge.format=xml", "judge.format", ("text", "json")),
+    ("eval.backend=openai", "eval.backend", ("vllm", "transformers")),
+    ("train.scheduler=cosin", "train.scheduler",
+     ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")),
+    ("train.dtype=fp8", "train.dtype", ("auto", *DTYPES)),
+    ("train.qlora.quant_type=int4", "train.qlora.quant_type", ("nf4", "fp4")),
+    ("train.qlora.compute_dtype=auto", "train.qlora.compute_dtype", DTYPES),
+    ("train.distributed.strategy=deepspeed", "train.distributed.strategy", ("ddp", "fsdp")),
+    ("export.outtype=q8", "export.outtype", GGUF_OUTTYPES),
+    ("export.quant=[q4_k_m,q3]", "export.quant[1]", GGUF_QUANTS),
+    ("serve.gguf=q3", "serve.gguf", GGUF_OUTTYPES + GGUF_QUANTS),
+    ("+synth.mix.thinking=0.5", "synth.mix.thinking", ("plain", "think", "search", "qgen")),
+])
+def test_wrong_choice_names_the_key_and_the_allowed_values(tmp_path, override, key, allowed):
+    # Choice keys are Literal-typed: the loader rejects a value outside the set, at any depth,
+    # in a list, or as a dict key (synth.mix), naming the key and every allowed value in order.
+    path = compose_params(tmp_path, override)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    listed = ", ".join(repr(a) for a in allowed)
+    if key.startswith("synth.mix."):  # a dict key: reported like any unknown key
+        expected = f"unknown key '{key}'; expected one of {listed}"
+    else:
+        bad = override.rpartition("=")[2].strip("[]").split(",")[-1]
+        expected = f"{key}: expected one of {listed}, got {bad!r}"
+    assert str(err.value) == f"{path}: {expected}"
 
 
 def _write_modified(tmp_path, edit) -> str:
@@ -118,7 +151,8 @@ def test_site_errors_are_named_with_their_path(tmp_path):
     def edit(d):
         d["sites"]["bank_gbk"]["spider"] = "crawler"
 
-    with pytest.raises(ConfigError, match=r"sites\.bank_gbk\.spider: expected 'qa', 'bank' or 'doc'"):
+    with pytest.raises(ConfigError,
+                       match=r"sites\.bank_gbk\.spider: expected one of 'qa', 'bank', 'doc', got 'crawler'"):
         load_params(_write_modified(tmp_path, edit))
 
     def edit_port(d):
