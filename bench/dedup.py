@@ -93,7 +93,7 @@ def _peak_rss_mib() -> float:
 
 
 def run_distillery(texts: list[str], cfg) -> set[tuple[int, int]]:
-    from pipeline.dedup import near_duplicate_clusters
+    from pipeline.minhash import near_duplicate_clusters
 
     found = near_duplicate_clusters(texts, cfg)
     return {(a, b) for g in found.groups for x, a in enumerate(g) for b in g[x + 1:]}

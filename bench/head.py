@@ -38,7 +38,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.packing import SFTCollator
-    from pipeline.train import encode_rows, label_logits_loss
+    from pipeline.records import encode_rows
+    from pipeline.train import label_logits_loss
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.base)

@@ -5,7 +5,7 @@ cost of a fully cached rerun.
     .venv/bin/python bench/synth.py --prompts 128 --max-tokens 64
 
 The same think prompts (from data/dedup/split.jsonl's train questions, the synth stage's
-template) go through pipeline.synth's VLLMEngine backend and its TransformersGenerate
+template) go through pipeline.engines' VLLMEngine and its TransformersEngine
 backend, with the teacher of params.yaml (the tiny profile: the tiny base model). Printed
 side by side: requests/s and generated tokens/s of each (engine start-up shown apart), then
 the synth stage's Teacher run twice over a fresh cache: the first time, and a rerun that
@@ -36,27 +36,27 @@ def main() -> None:
 
     from pipeline.config import load_params
     from pipeline.synth import tasks
-    from pipeline.synth.backends import TransformersGenerate, VLLMEngine
-    from pipeline.synth.cache import RequestCache
-    from pipeline.synth.stage import Teacher
+    from pipeline.engines import TransformersEngine, VLLMEngine
+    from pipeline.request_cache import RequestCache
+    from pipeline.teacher import Teacher, Template
 
     params = load_params(ROOT / "params.yaml")
     records = [json.loads(line) for line in (ROOT / "data/dedup/split.jsonl").read_text(encoding="utf-8").splitlines()]
     questions = [r for r in records if r["split"] == "train" and r["kind"] in ("mcq", "qa")][:args.prompts]
     sampling = dataclasses.replace(params.synth.think.sampling, max_tokens=args.max_tokens)
-    template = tasks.Template.load(str(ROOT / params.synth.think.template), "synth.think.template")
+    template = Template.load(str(ROOT / params.synth.think.template), "synth.think.template")
     requests = [tasks.think_request(r, template, sampling, params.synth.seed) for r in questions]
     teacher = dataclasses.replace(params.teacher, model=str(ROOT / params.teacher.model))
 
     started = time.perf_counter()
-    engine = VLLMEngine(teacher, params.synth.seed)
+    engine = VLLMEngine.for_teacher(teacher, params.synth.seed)
     vllm_start = time.perf_counter() - started
     started = time.perf_counter()
     vllm_out = engine.generate(requests)
     vllm_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    hf = TransformersGenerate(teacher, params.synth.seed)
+    hf = TransformersEngine.for_teacher(teacher, params.synth.seed)
     hf_start = time.perf_counter() - started
     started = time.perf_counter()
     hf_out = hf.generate(requests)
@@ -78,12 +78,12 @@ def main() -> None:
     # its start-up counted), then a rerun that finds every request cached and starts nothing
     with tempfile.TemporaryDirectory() as tmp:
         cache = RequestCache(Path(tmp) / "requests.sqlite")
-        first = Teacher(params, cache)
+        first = Teacher(teacher, params.synth.seed, params.synth.chunk_size, cache)
         first.backend = engine
         started = time.perf_counter()
         first.run(requests, "bench")
         first_s = time.perf_counter() - started + vllm_start
-        again = Teacher(params, cache)
+        again = Teacher(teacher, params.synth.seed, params.synth.chunk_size, cache)
         started = time.perf_counter()
         again.run(requests, "bench")
         again_s = time.perf_counter() - started

@@ -5,7 +5,7 @@ LoRA vs QLoRA on the same model, side by side in one run.
     .venv/bin/python bench/train.py --steps 20 --memory-steps 2
 
 Every variant runs in its own process (peak RSS is per process) through the train stage's own
-code (pipeline.train.load_base and build_trainer, pipeline.packing's collator):
+code (pipeline.models.load_base, pipeline.train.build_trainer, pipeline.packing's collator):
 
 - speed: a randomly initialised Llama (hidden 256, 4 layers) trained for the same steps on
   the same examples, batch 16, padded to each batch's longest example vs packed into rows of
@@ -80,7 +80,8 @@ def run_variant(variant: str, steps: int, workdir: Path) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.train import build_trainer, load_base
+    from pipeline.models import load_base
+    from pipeline.train import build_trainer
 
     memory_run = variant in ("lora", "qlora")
     shape = MEMORY_MODEL if memory_run else SPEED_MODEL

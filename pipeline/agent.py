@@ -24,7 +24,8 @@ import uuid
 
 from pipeline import chat
 from pipeline.config import Params, load_or_exit
-from pipeline.search import INDEX, SEARCH_TOOL, SearchIndex, format_results
+from pipeline.paths import INDEX
+from pipeline.search import SEARCH_TOOL, SearchIndex, format_results
 
 
 class Printer:

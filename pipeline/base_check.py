@@ -17,7 +17,9 @@ from __future__ import annotations
 import subprocess
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
+
+from pipeline.gguf_tools import CONVERTER, converter_command, converter_version
+from pipeline.parity import Reference, compare_logits, llama_logits, load_llama, tokenizer_parity
 
 MIN_RECONVERTED_TOP1 = 0.995
 MIN_SOURCE_TOP1 = 0.90
@@ -55,9 +57,7 @@ CHECK_STRINGS = [
 
 
 def _llama(path: Path, n_ctx: int):
-    from pipeline.export.verify import load_llama
-
-    return load_llama(path, SimpleNamespace(n_ctx=n_ctx, threads=2))
+    return load_llama(path, n_ctx, threads=2)
 
 
 def _top1(agreement: dict) -> float:
@@ -71,9 +71,6 @@ def check(hf_dir: Path, source: Path, tokenizer_dir: Path | None = None, text: s
     best HF logits lie within `tie_tolerance` counts as agreeing whichever of them llama.cpp picks.
     Returns the report, with `failures` (empty when every check holds)."""
     from transformers import AutoTokenizer
-
-    from pipeline.export.gguf import CONVERTER, converter_command, converter_version
-    from pipeline.export.verify import Reference, compare_logits, llama_logits, tokenizer_parity
 
     ref = Reference.load(hf_dir)
     if tokenizer_dir is not None:

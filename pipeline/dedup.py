@@ -1,9 +1,9 @@
 """Stage dedup: exact and near-duplicate removal, leak-free splits, decontamination.
 
 1. Exact duplicates: records whose normal form (case-folded word characters) is equal.
-2. Near-duplicates: MinHash signatures (pipeline/minhash.py, vectorised, all cores) into a
-   datasketch MinHashLSH index (in memory or in Redis); candidate pairs verified by exact
-   Jaccard on the shingle sets; clusters by union-find.
+2. Near-duplicates (pipeline/minhash.py's near_duplicate_clusters): MinHash signatures
+   (vectorised, all cores) into a datasketch MinHashLSH index (in memory or in Redis);
+   candidate pairs verified by exact Jaccard on the shingle sets; clusters by union-find.
 3. One representative per cluster, by this rule: a record with an explanation before one
    without (more to learn from), then the shortest canonical text (copying sites add marks,
    rarely remove words), then the smallest id. The others are removed, each with the reason
@@ -26,116 +26,16 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from pipeline import minhash
 from pipeline.config import DedupConfig, load_or_exit
 from pipeline.evalsets import EvalSetError, load_eval_set
+from pipeline.paths import CLEAN, DEDUP_DIR, DEDUP_METRICS, DEDUP_REPORT
 
-CLEAN = Path("data/clean/clean.jsonl")
-OUT_DIR = Path("data/dedup")
-METRICS = Path("metrics/dedup.json")
-REPORT = Path("reports/dedup_clusters.md")
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Clusters:
-    """What the near-duplicate search found over a list of texts."""
-
-    groups: list[list[int]]
-    """Sets of two or more indices that are (transitively) duplicates, members ascending."""
-    exact_pairs: int
-    candidate_pairs: int
-    verified_pairs: int
-    bands: int
-    rows: int
-    shingle_modes: dict[str, int] = field(default_factory=dict)
-
-
-def shingling(cfg: DedupConfig) -> minhash.Shingling:
-    return minhash.Shingling(mode=cfg.shingle, char_ngram=cfg.char_ngram, word_ngram=cfg.word_ngram)
-
-
-def storage_config(cfg: DedupConfig) -> dict | None:
-    if cfg.lsh_storage == "memory":
-        return None
-    return {
-        "type": "redis",
-        "basename": cfg.redis.basename.encode(),
-        "redis": {"host": cfg.redis.host, "port": cfg.redis.port, "db": cfg.redis.db,
-                  # datasketch reads it from the environment: it never reaches params or logs
-                  "password": {"env": "REDIS_PASSWORD", "default": None}},
-    }
-
-
-def clear_redis_index(cfg: DedupConfig) -> int:
-    """Delete the keys under the index's basename (left by a run that crashed, or by this one)."""
-    import redis
-
-    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
-                         password=os.environ.get("REDIS_PASSWORD"))
-    try:
-        keys = list(client.scan_iter(match=cfg.redis.basename.encode() + b"*", count=10_000))
-        for i in range(0, len(keys), 10_000):
-            client.delete(*keys[i:i + 10_000])
-    except redis.exceptions.ConnectionError as exc:
-        sys.exit(f"error: dedup.lsh_storage is redis but {cfg.redis.host}:{cfg.redis.port} does not "
-                 f"answer ({exc}); start redis-server or set dedup.lsh_storage: memory")
-    finally:
-        client.close()
-    return len(keys)
-
-
-def near_duplicate_clusters(texts: list[str], cfg: DedupConfig) -> Clusters:
-    """Exact groups first; then MinHash LSH over one text per exact group, verified pairs joined."""
-    sh = shingling(cfg)
-    sketches = minhash.sketches(texts, sh, cfg.num_perm, cfg.seed, cfg.workers)
-    uf = minhash.UnionFind(len(texts))
-    first_of: dict[bytes, int] = {}
-    exact_pairs = 0
-    for i, key in enumerate(sketches.exact_keys):
-        if key in first_of:
-            uf.union(first_of[key], i)
-            exact_pairs += 1
-        else:
-            first_of[key] = i
-    unique = sorted(first_of.values())
-    unique_texts = [texts[i] for i in unique]
-    sigs = sketches.signatures[unique]
-    bands_rows = (cfg.bands, cfg.rows) if cfg.bands else None
-    weights = (1.0 - cfg.false_negative_weight, cfg.false_negative_weight)
-    if cfg.lsh_storage == "redis":
-        clear_redis_index(cfg)
-    lsh = minhash.lsh_index(cfg.threshold, cfg.num_perm, weights, bands_rows, storage_config(cfg))
-    empty = np.all(sigs == np.uint32(0xFFFFFFFF), axis=1)  # no word characters: exact match only
-    try:
-        pairs = minhash.candidate_pairs(lsh, sigs, np.flatnonzero(~empty), cfg.seed)
-    finally:
-        if cfg.lsh_storage == "redis":
-            clear_redis_index(cfg)
-    verified = 0
-    cache: dict[int, np.ndarray] = {}
-
-    def shingles(k: int) -> np.ndarray:
-        if k not in cache:
-            cache[k] = minhash.shingle_set(unique_texts[k], sh)
-        return cache[k]
-
-    for a, b in sorted(pairs):
-        if not cfg.verify or minhash.jaccard(shingles(a), shingles(b)) >= cfg.threshold:
-            verified += 1
-            uf.union(unique[a], unique[b])
-    n_char = int(sketches.char_mode.sum())
-    return Clusters(groups=list(uf.groups()), exact_pairs=exact_pairs, candidate_pairs=len(pairs),
-                    verified_pairs=verified, bands=lsh.b, rows=lsh.r,
-                    shingle_modes={"char": n_char, "word": len(texts) - n_char})
 
 
 def representative_key(rec: dict) -> tuple:
@@ -168,8 +68,8 @@ def dedup(records: list[dict], external: list[dict], cfg: DedupConfig) -> tuple[
     started = time.perf_counter()
     n = len(records)
     entries = records + external
-    found = near_duplicate_clusters([e["text"] for e in entries], cfg)
-    sh = shingling(cfg)
+    found = minhash.near_duplicate_clusters([e["text"] for e in entries], cfg)
+    sh = minhash.shingling(cfg)
 
     kept = {r["id"]: dict(r, cluster_id=r["id"], split=split_of(r["text"], cfg), duplicates=[]) for r in records}
     removed: list[dict] = []
@@ -284,12 +184,12 @@ def main() -> None:
     with CLEAN.open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     kept, removed, metrics, report = dedup(records, load_external(cfg), cfg)
-    write_jsonl(OUT_DIR / "split.jsonl", kept)
-    write_jsonl(OUT_DIR / "removed.jsonl", removed)
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps({k: v for k, v in metrics.items() if k != "seconds"}, indent=2) + "\n")
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(render_report(metrics, report, cfg), encoding="utf-8")
+    write_jsonl(DEDUP_DIR / "split.jsonl", kept)
+    write_jsonl(DEDUP_DIR / "removed.jsonl", removed)
+    DEDUP_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    DEDUP_METRICS.write_text(json.dumps({k: v for k, v in metrics.items() if k != "seconds"}, indent=2) + "\n")
+    DEDUP_REPORT.parent.mkdir(parents=True, exist_ok=True)
+    DEDUP_REPORT.write_text(render_report(metrics, report, cfg), encoding="utf-8")
     print(f"dedup: kept {metrics['kept']} of {metrics['input']} ({metrics['exact_duplicates']} exact, "
           f"{metrics['near_duplicates']} near-duplicates, {metrics['decontaminated']} decontaminated) "
           f"in {metrics['seconds']} s; splits {metrics['splits']}")

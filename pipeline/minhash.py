@@ -8,21 +8,27 @@ memory or in Redis. What differs is how they are computed: shingles are hashed w
 over whole documents (one xxhash call per word, none per character), and the permutations
 are applied to a block of documents at once, with one `minimum.reduceat` per block, in
 worker processes. No `MinHash.update` per shingle.
+
+`near_duplicate_clusters` is the whole search as the dedup stage runs it: exact groups, LSH
+candidates (the index in memory or in Redis), verified pairs, union-find clusters.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
 
+from pipeline.config import DedupConfig
+from pipeline.text import is_cjk
+
 _WORD = re.compile(r"\w+")
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 
 _M64 = np.uint64(0xFF51AFD7ED558CCD)
 _M64B = np.uint64(0xC4CEB9FE1A85EC53)
@@ -43,15 +49,6 @@ class Shingling:
     """`char` (character n-grams), `word` (word n-grams) or `auto`: char for CJK text, else word."""
     char_ngram: int = 5
     word_ngram: int = 3
-
-
-def is_cjk(text: str, min_share: float = 0.3, sample: int = 256) -> bool:
-    """True when CJK characters are at least `min_share` of the word characters among the
-    first `sample` characters (a document's script is settled by its start, and this test
-    would otherwise cost as much as shingling)."""
-    head = text[:sample]
-    word_chars = sum(len(w) for w in _WORD.findall(head))
-    return word_chars > 0 and len(_CJK.findall(head)) >= min_share * word_chars
 
 
 def shingle_mode(text: str, shingling: Shingling) -> str:
@@ -286,3 +283,98 @@ class UnionFind:
         for x in range(len(self.parent)):
             members.setdefault(self.find(x), []).append(x)
         return (m for m in members.values() if len(m) > 1)
+
+
+# --- the near-duplicate search, as the dedup stage runs it -------------------------------
+
+@dataclass
+class Clusters:
+    """What the near-duplicate search found over a list of texts."""
+
+    groups: list[list[int]]
+    """Sets of two or more indices that are (transitively) duplicates, members ascending."""
+    exact_pairs: int
+    candidate_pairs: int
+    verified_pairs: int
+    bands: int
+    rows: int
+    shingle_modes: dict[str, int] = field(default_factory=dict)
+
+
+def shingling(cfg: DedupConfig) -> Shingling:
+    return Shingling(mode=cfg.shingle, char_ngram=cfg.char_ngram, word_ngram=cfg.word_ngram)
+
+
+def storage_config(cfg: DedupConfig) -> dict | None:
+    if cfg.lsh_storage == "memory":
+        return None
+    return {
+        "type": "redis",
+        "basename": cfg.redis.basename.encode(),
+        "redis": {"host": cfg.redis.host, "port": cfg.redis.port, "db": cfg.redis.db,
+                  # datasketch reads it from the environment: it never reaches params or logs
+                  "password": {"env": "REDIS_PASSWORD", "default": None}},
+    }
+
+
+def clear_redis_index(cfg: DedupConfig) -> int:
+    """Delete the keys under the index's basename (left by a run that crashed, or by this one)."""
+    import redis
+
+    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
+                         password=os.environ.get("REDIS_PASSWORD"))
+    try:
+        keys = list(client.scan_iter(match=cfg.redis.basename.encode() + b"*", count=10_000))
+        for i in range(0, len(keys), 10_000):
+            client.delete(*keys[i:i + 10_000])
+    except redis.exceptions.ConnectionError as exc:
+        sys.exit(f"error: dedup.lsh_storage is redis but {cfg.redis.host}:{cfg.redis.port} does not "
+                 f"answer ({exc}); start redis-server or set dedup.lsh_storage: memory")
+    finally:
+        client.close()
+    return len(keys)
+
+
+def near_duplicate_clusters(texts: list[str], cfg: DedupConfig) -> Clusters:
+    """Exact groups first; then MinHash LSH over one text per exact group, verified pairs joined."""
+    sh = shingling(cfg)
+    sketched = sketches(texts, sh, cfg.num_perm, cfg.seed, cfg.workers)
+    uf = UnionFind(len(texts))
+    first_of: dict[bytes, int] = {}
+    exact_pairs = 0
+    for i, key in enumerate(sketched.exact_keys):
+        if key in first_of:
+            uf.union(first_of[key], i)
+            exact_pairs += 1
+        else:
+            first_of[key] = i
+    unique = sorted(first_of.values())
+    unique_texts = [texts[i] for i in unique]
+    sigs = sketched.signatures[unique]
+    bands_rows = (cfg.bands, cfg.rows) if cfg.bands else None
+    weights = (1.0 - cfg.false_negative_weight, cfg.false_negative_weight)
+    if cfg.lsh_storage == "redis":
+        clear_redis_index(cfg)
+    lsh = lsh_index(cfg.threshold, cfg.num_perm, weights, bands_rows, storage_config(cfg))
+    empty = np.all(sigs == np.uint32(0xFFFFFFFF), axis=1)  # no word characters: exact match only
+    try:
+        pairs = candidate_pairs(lsh, sigs, np.flatnonzero(~empty), cfg.seed)
+    finally:
+        if cfg.lsh_storage == "redis":
+            clear_redis_index(cfg)
+    verified = 0
+    cache: dict[int, np.ndarray] = {}
+
+    def shingles(k: int) -> np.ndarray:
+        if k not in cache:
+            cache[k] = shingle_set(unique_texts[k], sh)
+        return cache[k]
+
+    for a, b in sorted(pairs):
+        if not cfg.verify or jaccard(shingles(a), shingles(b)) >= cfg.threshold:
+            verified += 1
+            uf.union(unique[a], unique[b])
+    n_char = int(sketched.char_mode.sum())
+    return Clusters(groups=list(uf.groups()), exact_pairs=exact_pairs, candidate_pairs=len(pairs),
+                    verified_pairs=verified, bands=lsh.b, rows=lsh.r,
+                    shingle_modes={"char": n_char, "word": len(texts) - n_char})

@@ -16,47 +16,12 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import sys
-import unicodedata
 from pathlib import Path
 
 from pipeline.config import PrepareConfig, load_or_exit
-
-RAW_DIR = Path("data/raw")
-CLEAN_DIR = Path("data/clean")
-METRICS = Path("metrics/prepare.json")
-
-_SPACE = re.compile(r"[ \t\u00a0\u3000]+")
-_BLANK_LINES = re.compile(r"\n\s*\n+")
-# NFKC turns Chinese full-width punctuation into ASCII; next to CJK text, it goes back.
-_CJK = "\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef"
-_HALF_TO_FULL = {",": "，", "?": "？", "!": "！", ":": "：", ";": "；", "(": "（", ")": "）"}
-_CJK_PUNCT = re.compile(rf"(?<=[{_CJK}])\s?([,?!:;()])|([,?!:;()])\s?(?=[{_CJK}])")
-
-
-def normalise(text: str | None) -> str:
-    """NFKC, unified newlines, runs of spaces collapsed, blank lines squeezed, stripped."""
-    if not text:
-        return ""
-    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = _SPACE.sub(" ", text)
-    text = "\n".join(line.strip() for line in text.split("\n"))
-    return _BLANK_LINES.sub("\n\n", text).strip()
-
-
-def restore_cjk_punctuation(text: str) -> str:
-    return _CJK_PUNCT.sub(lambda m: _HALF_TO_FULL[m.group(1) or m.group(2)], text)
-
-
-def canonical_text(record: dict) -> str:
-    if record["kind"] == "doc":
-        return record["text"]
-    parts = [record["question"]]
-    parts += [f"{k}. {v}" for k, v in record["options"].items()]
-    parts.append(f"Answer: {record['answer']}")
-    return "\n".join(parts)
-
+from pipeline.paths import CLEAN_DIR, PREPARE_METRICS, RAW_DIR
+from pipeline.text import canonical_text, normalise, restore_cjk_punctuation
 
 def clean_record(raw: dict, cfg: PrepareConfig) -> tuple[dict | None, str | None]:
     """Return (record, None) or (None, reject reason)."""
@@ -148,8 +113,8 @@ def prepare(cfg: PrepareConfig, sites: list[str], raw_dir: Path = RAW_DIR, out_d
 def main() -> None:
     params = load_or_exit()
     metrics = prepare(params.prepare, list(params.sites))
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    PREPARE_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    PREPARE_METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(f"prepare: kept {metrics['kept']} of {metrics['input']}, rejected {metrics['rejected']}")
 
 

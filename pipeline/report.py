@@ -25,15 +25,9 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-EVAL_METRICS = Path("metrics/eval.json")
-JUDGE_METRICS = Path("metrics/judge.json")
-TRAIN_METRICS = Path("metrics/train.json")
-TRAIN_CURVE = Path("reports/train/plots/metrics/train/loss.tsv")
-EVAL_CURVE = Path("reports/train/plots/metrics/eval/loss.tsv")
-PREDICTIONS = Path("reports/eval/predictions.jsonl")
-JUDGMENTS = Path("reports/judge/judgments.jsonl")
-REPORT_MD = Path("reports/eval.md")
-REPORT_HTML = Path("reports/eval.html")
+from pipeline.paths import (EVAL_CURVE, EVAL_METRICS, JUDGE_METRICS, JUDGMENTS, PREDICTIONS, REPORT_HTML, REPORT_MD,
+                            TRAIN_CURVE, TRAIN_METRICS)
+
 MAX_CURVE_ROWS = 20  # per curve in the Markdown table; the SVG draws every point
 
 # (row label, path inside a model's entry of eval.json, decimals)

@@ -1,9 +1,9 @@
-"""The request cache: every teacher request keyed by the sha256 of (model id, full prompt,
-sampling parameters, seed, output schema), its outputs in SQLite.
+"""Generation requests and their cache: every teacher (or judge) request keyed by the sha256 of
+(model id, full prompt, sampling parameters, seed, output schema), its outputs in SQLite.
 
-The database is a persisted DVC output (data/synth_cache/requests.sqlite): it survives
-`dvc repro`, travels with `dvc push`, and a rerun (or a run after a crash) sends only the
-requests it does not hold. Writes are committed chunk by chunk (SQLite's rollback journal:
+The databases are persisted DVC outputs (data/synth_cache/requests.sqlite, and the judge's in
+data/judge_cache): they survive `dvc repro`, travel with `dvc push`, and a rerun (or a run after
+a crash) sends only the requests it does not hold. Writes are committed chunk by chunk (SQLite's rollback journal:
 a chunk killed half-written is rolled back when the file is next opened).
 """
 
@@ -34,6 +34,8 @@ class Request:
     """Send the (single) user turn's text as a raw completion prompt, no chat template."""
     stop: tuple[str, ...] = ()
     """Strings that end the output."""
+    prompt_ids: tuple[int, ...] | None = None
+    """The whole prompt as token ids, already rendered (evaluate's prompts); `messages` unused."""
     tags: dict = field(default_factory=dict, compare=False, hash=False)
     """What the request is for (task, source ids): not part of the key."""
 
@@ -56,6 +58,8 @@ class Request:
             body["completion"] = True
         if self.stop:
             body["stop"] = list(self.stop)
+        if self.prompt_ids is not None:
+            body["prompt_ids"] = list(self.prompt_ids)
         return hashlib.sha256(json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
 
 

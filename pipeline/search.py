@@ -1,5 +1,5 @@
-"""Local search over the crawled corpus: the `search` tool that synthesis fills tool responses
-with (and that the chat loop will execute).
+"""Local search over the crawled corpus: the `search` tool whose results synthesis writes into
+the training data's tool responses and the chat client (pipeline/agent.py) returns to the model.
 
 The index is SQLite FTS5 with bm25 ranking. FTS5's unicode61 tokenizer splits on spaces and
 punctuation, which leaves a Chinese sentence as one token; so CJK runs are indexed (and
@@ -7,23 +7,20 @@ queried) as overlapping character bigrams, the classic way to index unsegmented 
 What is indexed: every document section, and the questions of the train split with their
 answers. Val and test questions are not: a search must never hand the model a held-out answer.
 
-    python -m pipeline.search                 # stage: build data/search/index.sqlite
+The search_index stage (pipeline/search_index.py) builds the index with `build_index`.
+
     python -m pipeline.search --query "..."   # ask the built index
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sqlite3
-import sys
 from pathlib import Path
 
 from pipeline.config import SearchConfig, load_or_exit
-
-SPLIT = Path("data/dedup/split.jsonl")
-INDEX = Path("data/search/index.sqlite")
+from pipeline.paths import INDEX
 
 SEARCH_TOOL = {
     "type": "function",
@@ -124,20 +121,15 @@ def format_results(results: list[dict], snippet_chars: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Build or query the local search index.")
-    parser.add_argument("--query", help="search the built index and print the tool response")
+    parser = argparse.ArgumentParser(description="Query the local search index (built by dvc repro search_index).")
+    parser.add_argument("--query", required=True, help="what to search for; prints the tool response")
     args = parser.parse_args()
     cfg: SearchConfig = load_or_exit().search
-    if args.query:
+    try:
         index = SearchIndex()
-        print(format_results(index.search(args.query, cfg.top_k), cfg.snippet_chars))
-        return
-    if not SPLIT.exists():
-        sys.exit(f"error: no {SPLIT} (run dedup first: dvc repro dedup)")
-    with SPLIT.open(encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    n = build_index(records, INDEX)
-    print(f"search: indexed {n} passages -> {INDEX}")
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(format_results(index.search(args.query, cfg.top_k), cfg.snippet_chars))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Params, load_or_exit
-from pipeline.export import ADAPTER_DIR, BASE_DIR, FULL_DIR, MERGED_DIR, QUANT_DIR, gguf_name
-from pipeline.train import adapter_trains_tokens
-
-# vLLM accepts these LoRA ranks (--max-lora-rank); the server's must be >= the adapter's.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+from pipeline.gguf_tools import gguf_name
+from pipeline.models import adapter_trains_tokens, vllm_lora_rank
+from pipeline.paths import ADAPTER_DIR, BASE_DIR, FULL_DIR, MERGED_DIR, QUANT_DIR
 
 
 def _need(path: Path, stage: str) -> Path:
@@ -44,11 +42,10 @@ def lora_rank(adapter_dir: Path) -> int:
     if config.get("use_dora"):
         raise SystemExit(f"error: {adapter_dir} is a DoRA adapter, which vLLM cannot load as a LoRA module; "
                          "serve the merged model instead: make serve MERGED=1 (after `dvc repro merge`)")
-    rank = int(config["r"])
-    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
-    if not fitting:
-        raise SystemExit(f"error: {adapter_dir}: LoRA rank {rank} is above vLLM's largest ({VLLM_LORA_RANKS[-1]})")
-    return fitting[0]
+    try:
+        return vllm_lora_rank(int(config["r"]))
+    except ValueError as exc:
+        raise SystemExit(f"error: {adapter_dir}: {exc}") from None
 
 
 def vllm_command(params: Params, host: str, port: int, merged: bool = False,

@@ -33,59 +33,12 @@ from pathlib import Path
 from pipeline import chat
 from pipeline.config import Params, TrainConfig, load_or_exit
 from pipeline.digest import tree_sha256
+from pipeline.models import load_base, new_token_ids, torch_dtype
 from pipeline.packing import SFTCollator
+from pipeline.paths import ADAPTER_DIR, BASE_DIR, CHECKPOINT_DIR, SFT_DIR, TRAIN_LIVE_DIR, TRAIN_METRICS
+from pipeline.records import encode_rows, load_sft
 
-SPLIT = Path("data/dedup/split.jsonl")
-SFT_DIR = Path("data/sft")
-BASE_DIR = Path("models/base")
-ADAPTER_DIR = Path("models/adapter")
-CHECKPOINT_DIR = Path("models/checkpoints")
 RUN_FILE = "run.json"
-LIVE_DIR = Path("reports/train")
-METRICS = Path("metrics/train.json")
-
-
-def load_split(split: str, split_path: Path = SPLIT) -> list[dict]:
-    """The question records (mcq, qa) of one split; document sections feed search, not SFT."""
-    with split_path.open(encoding="utf-8") as f:
-        records = [json.loads(line) for line in f]
-    return [r for r in records if r["split"] == split and r["kind"] in ("mcq", "qa")]
-
-
-def load_sft(split: str, sft_dir: Path = SFT_DIR) -> list[dict]:
-    """The valid SFT rows of one split (train or val), as the synth stage wrote them."""
-    path = sft_dir / f"{split}.jsonl"
-    if not path.exists():
-        sys.exit(f"error: no {path} (run the synth stage first: dvc repro synth)")
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], collections.Counter]:
-    """Tokenised SFT rows (messages with their declared tools), and counts per task of the rows
-    truncated to `max_len` and of those dropped because truncation left no assistant token."""
-    examples, counts = [], collections.Counter()
-    for row in rows:
-        enc = chat.encode(tokenizer, row["messages"], tools=row.get("tools") or None, max_len=max_len)
-        if enc.pop("truncated"):
-            counts[f"truncated/{row['task']}"] += 1
-            if all(label == -100 for label in enc["labels"]):
-                counts[f"no_labels/{row['task']}"] += 1
-                continue
-        examples.append(enc)
-    return examples, counts
-
-
-def encode_records(tokenizer, records: list[dict], system_prompt: str, max_len: int,
-                   think: bool = False) -> tuple[list[dict], int]:
-    """Tokenised examples (input_ids, labels) and how many were truncated; `think`: the
-    explanation as a think block (chat.think_from_explanation), as the plain rows have it."""
-    examples, truncated = [], 0
-    for rec in records:
-        enc = chat.encode(tokenizer, chat.record_to_messages(rec, system_prompt, think), max_len=max_len)
-        truncated += enc.pop("truncated")
-        examples.append(enc)
-    return examples, truncated
 
 
 def batch_layout(cfg: TrainConfig, nproc: int) -> tuple[int, int]:
@@ -194,88 +147,6 @@ def live_callback(live_dir: Path):
     return DVCLiveLoss()
 
 
-def load_base(cfg: TrainConfig, base_dir: Path = BASE_DIR):
-    """The base model to train on: full precision, or 4-bit for QLoRA (bitsandbytes)."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    dtype = torch_dtype(cfg.dtype)
-    if not cfg.qlora.enabled:
-        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
-    from peft import prepare_model_for_kbit_training
-
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=cfg.qlora.quant_type,
-        bnb_4bit_use_double_quant=cfg.qlora.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, cfg.qlora.compute_dtype),
-    )
-    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None
-    if device_map is None:
-        skip = cpu_unquantizable(base_dir)
-        if skip:
-            quant.llm_int8_skip_modules = [*skip, "lm_head"]
-            print(f"train: QLoRA on CPU keeps {', '.join(skip)} in full precision: their input width is not a "
-                  f"multiple of bitsandbytes' 4-bit block ({BNB_BLOCK}), which its CPU kernels need", flush=True)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, quantization_config=quant, device_map=device_map)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    if device_map is None:
-        # On CPU the parameters left unquantized (embeddings, norms, head) are views into the
-        # checkpoint's memory map, which keeps the pages of the whole full-precision file resident
-        # after quantization read them. Owning copies let the map go.
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.dtype != torch.uint8:
-                    param.data = param.data.clone()
-    return model
-
-
-BNB_BLOCK = 64  # bitsandbytes' 4-bit quantization block
-
-
-def cpu_unquantizable(base_dir: Path) -> list[str]:
-    """Names (last component) of the linear layers bitsandbytes cannot run in 4 bits on CPU:
-    its CPU kernel reshapes the block scales as [out, in // 64] and fails when 64 does not
-    divide `in` (the tiny model's MLP down projection). Real models' widths are multiples."""
-    import torch
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
-    return sorted({name.rsplit(".", 1)[-1] for name, mod in skeleton.named_modules()
-                   if isinstance(mod, torch.nn.Linear) and mod.in_features % BNB_BLOCK and name != "lm_head"})
-
-
-def torch_dtype(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, name)
-
-
-def adapter_trains_tokens(adapter_dir: Path = ADAPTER_DIR) -> bool:
-    """Does the adapter carry trained token embeddings (train.lora.train_new_tokens)? vLLM cannot
-    apply those as a LoRA module: evaluate and serve use the adapter merged into the base."""
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    return bool(config.get("trainable_token_indices"))
-
-
-def load_tuned(adapter_dir: Path = ADAPTER_DIR, base_dir: Path = BASE_DIR, merge: bool = True):
-    """The tuned model: the adapter applied to the full-precision base (also after QLoRA, whose
-    adapter was trained on a 4-bit copy), merged into its weights unless `merge` is False."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if getattr(AutoConfig.from_pretrained(base_dir), "quantization_config", None):
-        raise ValueError(f"{base_dir} is a quantized checkpoint; the adapter is applied to a full-precision base only")
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, adapter_dir)
-    return model.merge_and_unload() if merge else model
-
-
 def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cfg: TrainConfig,
                   output_dir: Path = CHECKPOINT_DIR, callbacks: list | None = None, nproc: int = 1):
     """TRL's SFTTrainer with a LoRA adapter on `model`, over our pre-tokenised examples.
@@ -291,8 +162,6 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
 
     on_gpu = torch.cuda.is_available()
     micro_batch, accum = batch_layout(cfg, nproc)
-    from pipeline.base_model import new_token_ids
-
     source = getattr(model, "name_or_path", "")  # the directory the base was loaded from
     new_tokens = new_token_ids(Path(source)) if cfg.lora.train_new_tokens and source else []
     if new_tokens:
@@ -535,7 +404,7 @@ def train(params: Params, nproc: int, resume_from: str | None) -> dict:
     if not train_ex or not val_ex:
         sys.exit(f"error: {SFT_DIR} has {len(train_ex)} train and {len(val_ex)} val rows; both must be non-empty")
 
-    live = live_callback(LIVE_DIR)
+    live = live_callback(TRAIN_LIVE_DIR)
     trainer = build_trainer(model, tokenizer, train_ex, val_ex, cfg, callbacks=[live], nproc=nproc)
     micro_batch, accum = trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps
     if trainer.is_world_process_zero():
@@ -600,8 +469,8 @@ def main() -> None:
     metrics = train(params, nproc, os.environ.get("DISTILLERY_RESUME_FROM") or None)
     if int(os.environ.get("RANK", "0")) == 0:
         finish_checkpoints()
-        METRICS.parent.mkdir(parents=True, exist_ok=True)
-        METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        TRAIN_METRICS.parent.mkdir(parents=True, exist_ok=True)
+        TRAIN_METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         print(f"train: eval loss {metrics['eval_loss']:.4f} after {metrics['steps']} steps, "
               f"{metrics['tokens_per_s']:.0f} tokens/s -> {ADAPTER_DIR}")
 

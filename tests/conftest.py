@@ -114,7 +114,7 @@ def exported(crawled_workspace, tmp_path_factory) -> Path:
     AutoTokenizer.from_pretrained(ws / "models/base").save_pretrained(ws / "models/adapter")
 
     run_stage("pipeline.export.merge", ws)
-    run_stage("pipeline.export.gguf", ws, args=["convert"])
-    run_stage("pipeline.export.gguf", ws, args=["quantize"])
+    run_stage("pipeline.export.convert", ws)
+    run_stage("pipeline.export.quantize", ws)
     run_stage("pipeline.export.verify", ws)
     return ws

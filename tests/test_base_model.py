@@ -80,7 +80,7 @@ def test_a_materialised_base_is_checked_against_its_source_gguf(crawled_workspac
     from pipeline.base_check import CHECK_TEXT, check
     from pipeline.base_model import build
     from pipeline.config import load_params
-    from pipeline.export.gguf import converter_command, quantize_file
+    from pipeline.gguf_tools import converter_command, quantize_file
 
     monkeypatch.chdir(crawled_workspace)
     params = load_params()

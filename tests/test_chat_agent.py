@@ -30,7 +30,7 @@ def agent_workspace(crawled_workspace, tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("agent")
     shutil.copytree(crawled_workspace / "data/dedup", ws / "data/dedup")
     compose_params(ws, "serve.max_tool_rounds=2")
-    run_stage("pipeline.search", ws)
+    run_stage("pipeline.search_index", ws)
     return ws
 
 

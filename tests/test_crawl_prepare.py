@@ -88,7 +88,7 @@ def test_prepare_names_a_malformed_line_and_keeps_the_rest(tmp_path, crawled_wor
 
 
 def test_normalise_nfkc_and_whitespace():
-    from pipeline.prepare import normalise, restore_cjk_punctuation
+    from pipeline.text import normalise, restore_cjk_punctuation
 
     assert normalise("  Ｆｅ\u3000is\t iron？ \r\n\r\n\r\nnext ") == "Fe is iron?\n\nnext"
     text = "硫（S）的元素符号是S，原子序数是多少？"

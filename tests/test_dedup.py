@@ -206,7 +206,7 @@ def redis_server(tmp_path):
 
 
 def test_redis_backed_index_gives_the_same_clusters_as_memory(redis_server, crawled_workspace, tmp_path):
-    from pipeline.dedup import near_duplicate_clusters
+    from pipeline.minhash import near_duplicate_clusters
 
     port, client = redis_server
     client.set(b"distillery-dedup_stale", b"left by a crashed run")

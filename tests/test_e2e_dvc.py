@@ -1,6 +1,7 @@
 """One end-to-end run of the real pipeline with real `dvc` in a temporary git repository:
 `dvc repro` builds everything on the tiny profile, a second `dvc repro` runs nothing,
 `make push` to a local remote and `make pull` into a fresh clone bring every output over,
+an edit to library code reruns the stages that import it and no other,
 `dvc exp run -S lr=1e-5` reruns train and the stages below it only, a judge setting reruns
 the judge and the report only, and a new dedup threshold reruns dedup, not crawl or prepare,
 and leaves the stages below it out of date."""
@@ -175,6 +176,25 @@ def _check_remote(repo: Path, tmp_path: Path) -> None:
     shutil.rmtree(clone)
 
 
+def _check_library_edit(repo: Path) -> None:
+    """A change to library code reruns the stages that import it, found by what `dvc repro`
+    runs: pipeline/teacher.py is imported by synth and judge, by no stage above synth. Synth
+    reruns from its request cache with the same rows, so nothing between it and the judge runs;
+    the judge reruns from its cache (its metrics count the cached requests, so the report too)."""
+    teacher = repo / "pipeline/teacher.py"
+    text = teacher.read_text()
+    assert "def request_seed(" in text
+    teacher.write_text(text.replace("def request_seed(seed: int, task: str, source: str) -> int:\n",
+                                    "def request_seed(seed: int, task: str, source: str) -> int:\n"
+                                    "    # edited by the end-to-end test\n", 1))
+    sft = {p.name: p.read_bytes() for p in (repo / "data/sft").iterdir()}
+    out = _run(repo, "dvc", "repro")
+    assert _stages_run(out) == ["synth", "judge", "report"]
+    assert {p.name: p.read_bytes() for p in (repo / "data/sft").iterdir()} == sft
+    assert json.loads((repo / "metrics/synth.json").read_text())["requests"]["sent"] == 0
+    _run(repo, "git", "commit", "-q", "-am", "library edit")
+
+
 def test_repro_noop_and_experiment(tmp_path):
     repo = _project_copy(tmp_path / "repo")
     _run(repo, "git", "init", "-q", "-b", "main")
@@ -212,6 +232,7 @@ def test_repro_noop_and_experiment(tmp_path):
     assert "didn't change" in second or "up to date" in second
 
     _check_remote(repo, tmp_path)
+    _check_library_edit(repo)
 
     # Another quantization reruns quantize and verify_export only: no merge, no conversion.
     exp = _run(repo, "dvc", "exp", "run", "-S", "export.quant=[q8_0]")

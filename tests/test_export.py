@@ -67,7 +67,7 @@ def test_a_broken_tokenizer_fails_verification_naming_the_difference(exported, t
     compose_params(ws, "export.quant=[]")
     english = [line for line in corpus_lines(ws / "data/dedup/split.jsonl", "") if line.isascii()]
     train_sentencepiece(english, 1200, ws / "models/merged")  # overwrites tokenizer.model only
-    run_stage("pipeline.export.gguf", ws, args=["convert"])
+    run_stage("pipeline.export.convert", ws)
     proc = run_stage("pipeline.export.verify", ws, check=False)
     assert proc.returncode != 0
     assert "export verification failed" in proc.stderr and "tokenizer parity:" in proc.stderr

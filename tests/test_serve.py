@@ -97,7 +97,7 @@ def test_make_serve_answers_the_openai_client_with_the_adapter(exported, tmp_pat
     from transformers import AutoTokenizer
 
     if not (exported / "data/search/index.sqlite").exists():
-        run_stage("pipeline.search", exported)  # for the chat client
+        run_stage("pipeline.search_index", exported)  # for the chat client
     proc, url = _start(exported, "serve", tmp_path / "vllm.log")
     try:
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
@@ -160,7 +160,7 @@ def test_make_serve_gguf_answers_the_openai_client(exported, tmp_path):
     from transformers import AutoTokenizer
 
     if not (exported / "data/search/index.sqlite").exists():
-        run_stage("pipeline.search", exported)  # for the chat client
+        run_stage("pipeline.search_index", exported)  # for the chat client
     proc, url = _start(exported, "serve-gguf", tmp_path / "llama.log", timeout_s=120)
     try:
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)

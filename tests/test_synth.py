@@ -13,7 +13,7 @@ from pipeline import chat
 from pipeline.config import load_params
 from pipeline.search import SEARCH_TOOL, SearchIndex, build_index, format_results
 from pipeline.synth import tasks
-from pipeline.synth.cache import Request, RequestCache
+from pipeline.request_cache import Request, RequestCache
 
 SYSTEM = "You are a careful domain expert."
 EN = {"id": "s/q1", "kind": "qa", "question": "What is the atomic number of Iron?", "options": {},
@@ -112,7 +112,7 @@ def test_every_teacher_config_composes_and_validates(teacher, tmp_path):
 
 
 def test_a_local_teacher_is_named_by_its_content_in_cache_keys(tmp_path):
-    from pipeline.synth.stage import model_identity
+    from pipeline.teacher import model_identity
 
     assert model_identity("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B") == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
     model = tmp_path / "base"
@@ -128,7 +128,7 @@ def test_a_local_teacher_is_named_by_its_content_in_cache_keys(tmp_path):
 
 def test_completion_requests_and_stop_strings_are_part_of_the_key(tmp_path):
     from pipeline.config import TeacherConfig
-    from pipeline.synth.backends import cut_at_stop
+    from pipeline.engines import cut_at_stop
 
     teacher = TeacherConfig(name="t", backend="vllm", model="m", dtype="float32", max_model_len=512,
                             gpu_memory_utilization=0.3, enforce_eager=True, emits_tags=False, base_url=None,

@@ -45,7 +45,7 @@ def synth_workspace(crawled_workspace, tmp_path_factory) -> Path:
         shutil.copytree((ROOT if sub.startswith("conf") else crawled_workspace) / sub, ws / sub)
     shutil.copy(crawled_workspace / "params.yaml", ws / "params.yaml")
     run_stage("pipeline.base_model", ws)
-    run_stage("pipeline.search", ws)
+    run_stage("pipeline.search_index", ws)
     return ws
 
 
@@ -208,8 +208,8 @@ class _FlakyTeacher(http.server.BaseHTTPRequestHandler):
 
 def test_http_backend_retries_with_backoff_then_gives_up_with_a_reason():
     from pipeline.config import TeacherConfig
-    from pipeline.synth.backends import OpenAIHTTP
-    from pipeline.synth.cache import Request
+    from pipeline.engines import OpenAIHTTP
+    from pipeline.request_cache import Request
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyTeacher)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -231,12 +231,12 @@ def test_http_backend_retries_with_backoff_then_gives_up_with_a_reason():
 
 def test_transformers_backend_samples_n_and_refuses_an_overlong_prompt(synth_workspace):
     from pipeline.config import load_params
-    from pipeline.synth.backends import TransformersGenerate
-    from pipeline.synth.cache import Request
+    from pipeline.engines import TransformersEngine
+    from pipeline.request_cache import Request
 
     cfg = dataclasses.replace(load_params(synth_workspace / "params.yaml").teacher, backend="transformers",
                               model=str(synth_workspace / "models/base"))
-    backend = TransformersGenerate(cfg, seed=0)
+    backend = TransformersEngine.for_teacher(cfg, seed=0)
     ok = Request((("user", "What is the atomic number of Iron?"),), 2, 0.8, 0.95, 8, 5)
     too_long = Request((("user", "iron " * 600),), 1, 0.0, 1.0, 8, 5)
     first, refused = backend.generate([ok, too_long])

@@ -222,7 +222,7 @@ def train_inputs(crawled_workspace, tmp_path_factory):
     """models/base (the tiny profile's) and data/sft with plain rows of the crawled questions."""
     from pipeline.base_model import build
     from pipeline.config import load_params
-    from pipeline.train import load_split
+    from pipeline.records import load_split
 
     src = tmp_path_factory.mktemp("train_inputs")
     params = load_params(crawled_workspace / "params.yaml")
@@ -332,7 +332,7 @@ def test_qlora_trains_on_cpu_and_merges_onto_the_full_precision_base(train_input
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.train import load_tuned
+    from pipeline.models import load_tuned
 
     ws = _workspace(train_inputs, tmp_path / "qlora", "train=qlora", "train.max_steps=8",
                     "train.gradient_checkpointing=true")

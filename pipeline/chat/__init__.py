@@ -1,6 +1,7 @@
 """The one chat format: template, tags, record -> messages, tokenisation with label masks,
-and parsing of model output. Training, evaluation (and later synthesis, serving and export)
-all go through this module, so the format cannot drift between them.
+and parsing of model output. Synthesis, training, evaluation, serving and export all go
+through this module, so the format cannot drift between them. `python -m pipeline.chat` is the
+chat client (pipeline/chat/__main__.py runs pipeline/agent.py).
 
 The template is ChatML-shaped:
 
@@ -200,7 +201,7 @@ def language_matches(text: str, lang: str) -> bool:
     """Chinese (`zh*`) text must be at least 30% CJK among its word characters (the test dedup
     uses to pick character shingles, over the whole text); other languages less. Text without
     word characters matches nothing."""
-    from pipeline.minhash import is_cjk
+    from pipeline.text import is_cjk
 
     if not re.search(r"\w", text):
         return False
@@ -261,9 +262,3 @@ def validate_assistant(text: str, lang: str | None = None, tools: list[dict] | N
     if lang and prose and not language_matches(prose, lang):
         return "wrong_language"
     return None
-
-
-if __name__ == "__main__":  # `python -m pipeline.chat`: the search agent (pipeline/agent.py)
-    from pipeline.agent import main
-
-    main()

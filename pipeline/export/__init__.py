@@ -1,4 +1,4 @@
-"""Export: the tuned model as files people ship.
+"""Export: the tuned model as files people ship, one DVC stage per module.
 
     merge          models/merged        the adapter merged into the full-precision base: a HF
                                         checkpoint with tokenizer (tokenizer.model included),
@@ -8,22 +8,10 @@
     quantize       models/gguf/quant    llama.cpp's quantizer (through llama-cpp-python) for each
                                         type in export.quant, a Modelfile next to each
     verify_export  metrics/export.json  every GGUF loaded in llama.cpp and compared with the
-                                        merged HF model: tokens, logits, template, eos, stopping,
-                                        sizes, speed
+                                        merged HF model (export/verify.py): tokens, logits,
+                                        template, eos, stopping, format, sizes, speed
 
 Each step is its own DVC stage, so changing export.quant reruns quantize and verify_export only.
+The tools they share are library modules: pipeline/models.py (merge), pipeline/gguf_tools.py
+(converter, quantizer, Modelfile) and pipeline/parity.py (HF vs llama.cpp).
 """
-
-from pathlib import Path
-
-BASE_DIR = Path("models/base")
-ADAPTER_DIR = Path("models/adapter")
-MERGED_DIR = Path("models/merged")
-FULL_DIR = Path("models/gguf/full")
-QUANT_DIR = Path("models/gguf/quant")
-METRICS = Path("metrics/export.json")
-
-
-def gguf_name(name: str, kind: str) -> str:
-    """models/gguf/*/<name>-<kind>.gguf: kind is the outtype (f32, f16, bf16) or the quant type."""
-    return f"{name}-{kind}.gguf"

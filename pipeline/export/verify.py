@@ -28,17 +28,17 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from pipeline import chat
+from pipeline import chat, scoring
 from pipeline.config import ExportVerifyConfig, Params, load_or_exit
-from pipeline.export import FULL_DIR, MERGED_DIR, METRICS, QUANT_DIR, gguf_name
+from pipeline.gguf_tools import gguf_name
+from pipeline.parity import (Reference, compare_logits, first_difference, llama_logits, llama_piece, load_llama,
+                             tokenizer_parity)
+from pipeline.paths import EXPORT_METRICS, FULL_DIR, MERGED_DIR, QUANT_DIR, SFT_TEST, SPLIT
+from pipeline.records import load_split
 from pipeline.search import SEARCH_TOOL
-
-SPLIT = Path("data/dedup/split.jsonl")
-SFT_TEST = Path("data/sft/test.jsonl")
 
 # Fixed strings for tokenizer parity: scripts, digits, whitespace runs and every tag.
 PARITY_STRINGS = [
@@ -69,116 +69,6 @@ def parity_conversation(system_prompt: str) -> list[dict]:
         {"role": "assistant", "content": f"{chat.THINK_OPEN}\nThe passage says 1538 °C.\n{chat.THINK_CLOSE}\n"
                                          "Iron melts at 1538 °C."},
     ]
-
-
-@dataclass
-class Reference:
-    """The merged HF model and its tokenizer: what every GGUF is compared with."""
-
-    tokenizer: object
-    model: object
-    eot_id: int
-    _cache: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, merged_dir: Path) -> Reference:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-        model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-        return cls(tokenizer, model, tokenizer.convert_tokens_to_ids(chat.IM_END))
-
-    def encode(self, text: str) -> list[int]:
-        # add_special_tokens: the tokenizer's own BOS/EOS policy; a text rendered by a template
-        # that starts with the BOS (Gemma's) has it already
-        return list(self.tokenizer(text, add_special_tokens=not self.has_bos(text))["input_ids"])
-
-    def has_bos(self, text: str) -> bool:
-        bos = self.tokenizer.bos_token
-        return bool(bos) and chat.adds_bos(self.tokenizer) and text.startswith(bos)
-
-    def logits(self, ids: list[int]):
-        import torch
-
-        key = tuple(ids)
-        if key not in self._cache:
-            with torch.no_grad():
-                self._cache[key] = self.model(torch.tensor([ids])).logits[0].float().numpy()
-        return self._cache[key]
-
-    def piece(self, idx: int) -> str:
-        return self.tokenizer.convert_ids_to_tokens(idx)
-
-
-def load_llama(path: Path, cfg: ExportVerifyConfig):
-    import llama_cpp
-
-    # KV cache in f32 like the HF model: the file is under test, not llama.cpp's f16 cache default
-    # (which alone moves gemma-3-270m's top-1 on near-ties).
-    return llama_cpp.Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_batch=cfg.n_ctx, n_threads=cfg.threads,
-                           logits_all=True, verbose=False, seed=0,
-                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
-
-
-def llama_piece(llm, idx: int) -> str:
-    return llm.detokenize([idx], special=True).decode("utf-8", errors="replace")
-
-
-def llama_logits(llm, ids: list[int]):
-    import numpy as np
-
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], dtype=np.float32)
-
-
-def first_difference(a: list[int], b: list[int]) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return min(len(a), len(b))
-
-
-def tokenizer_parity(ref: Reference, llm, texts: list[str]) -> tuple[dict, list[str]]:
-    """llama.cpp's ids (add_special: its BOS/EOS policy; special tokens parsed) vs transformers'."""
-    problems = []
-    for text in texts:
-        hf = ref.encode(text)
-        ll = llm.tokenize(text.encode("utf-8"), add_bos=not ref.has_bos(text), special=True)
-        if hf != ll:
-            i = first_difference(hf, ll)
-            hf_at = f"{hf[i]} {ref.piece(hf[i])!r}" if i < len(hf) else "end"
-            ll_at = f"{ll[i]} {llama_piece(llm, ll[i])!r}" if i < len(ll) else "end"
-            problems.append(f"{text[:60]!r}: {len(hf)} HF tokens vs {len(ll)} llama.cpp tokens, first "
-                            f"difference at token {i}: HF {hf_at}, llama.cpp {ll_at}")
-            continue
-        # and back: the text a user sees (special tokens hidden, think/tool tags kept) is the same.
-        # Without the BOS: generated tokens never start with it, and llama.cpp drops a space
-        # after a leading BOS when it hides special tokens.
-        body = hf[1:] if hf[:1] == [ref.tokenizer.bos_token_id] else hf
-        hf_text = ref.tokenizer.decode(body, skip_special_tokens=True)
-        ll_text = llm.detokenize(body, special=False).decode("utf-8", errors="replace")
-        if hf_text != ll_text:
-            i = first_difference(list(hf_text), list(ll_text))
-            problems.append(f"{text[:60]!r}: same tokens, but decoded differently at character {i}: "
-                            f"HF {hf_text[max(0, i - 15):i + 15]!r}, llama.cpp {ll_text[max(0, i - 15):i + 15]!r}")
-    return {"strings": len(texts), "identical": len(texts) - len(problems)}, problems
-
-
-def compare_logits(hf, ll, tie_tolerance: float) -> dict:
-    """Top-1 agreement over positions; a disagreement where HF's logit for llama.cpp's choice is
-    within tie_tolerance of HF's best is a tie, not an error."""
-    import numpy as np
-
-    vocab = min(hf.shape[-1], ll.shape[-1])  # converters may pad the vocabulary
-    hf, ll = hf[:, :vocab], ll[:, :vocab]
-    top_hf, top_ll = hf.argmax(-1), ll.argmax(-1)
-    rows = np.arange(len(hf))
-    agree = top_hf == top_ll
-    tie = ~agree & (hf[rows, top_hf] - hf[rows, top_ll] <= tie_tolerance)
-    return {"positions": int(len(hf)), "agree": int(agree.sum()), "ties": int(tie.sum()),
-            "max_abs_diff": float(np.abs(hf - ll).max()) if len(hf) else 0.0}
 
 
 def greedy_llama(llm, vocab, prompt: list[int], max_new: int, n_ctx: int) -> tuple[list[int], bool]:
@@ -281,8 +171,6 @@ def output_format(outputs: list[str], kinds: list[str]) -> dict:
     """The format of greedy answers, as evaluate scores it: a think block on question prompts;
     on prompts with the search tool declared, a call or an answer, and whether the calls are
     valid (JSON, the declared tool, schema-conformant arguments)."""
-    from pipeline import scoring
-
     questions = [o for o, k in zip(outputs, kinds, strict=True) if k == "question"]
     tools = [o for o, k in zip(outputs, kinds, strict=True) if k == "tools"]
     calls = valid = 0
@@ -303,7 +191,7 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
 
     result: dict = {"file": str(path), "size_mib": round(path.stat().st_size / 2**20, 3)}
     try:
-        llm = load_llama(path, cfg)
+        llm = load_llama(path, cfg.n_ctx, cfg.threads)
     except Exception as exc:  # llama.cpp refuses the file: nothing else can be checked
         result["loads"] = False
         return result, [f"llama.cpp could not load it: {exc}"]
@@ -369,8 +257,6 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
 
 def verify_prompts(ref: Reference, params: Params, split_path: Path = SPLIT) -> tuple[list[list[int]], list[list[dict]], int]:
     """The first export.verify.prompts test questions (by id) as chat prompts that fit n_ctx."""
-    from pipeline.train import load_split
-
     cfg = params.export.verify
     records = sorted(load_split("test", split_path), key=lambda r: r["id"])
     prompts, conversations, skipped = [], [], 0
@@ -419,7 +305,7 @@ def gguf_files(params: Params, full_dir: Path = FULL_DIR, quant_dir: Path = QUAN
 
 
 def verify(params: Params, merged_dir: Path = MERGED_DIR, files: list[tuple[str, Path]] | None = None,
-           split_path: Path = SPLIT, metrics_path: Path = METRICS) -> dict:
+           split_path: Path = SPLIT, metrics_path: Path = EXPORT_METRICS) -> dict:
     import torch
 
     cfg = params.export.verify
@@ -483,7 +369,7 @@ def main() -> None:
     params = load_or_exit()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report = verify(params)
-    print(f"verify_export: {len(report['gguf'])} GGUF files against {MERGED_DIR} -> {METRICS}\n{summary(report)}")
+    print(f"verify_export: {len(report['gguf'])} GGUF files against {MERGED_DIR} -> {EXPORT_METRICS}\n{summary(report)}")
     if report["failures"]:
         sys.exit("error: export verification failed:\n  " + "\n  ".join(report["failures"]))
 

@@ -22,70 +22,18 @@ import time
 from pathlib import Path
 
 from pipeline import chat
-from pipeline.config import Params, TeacherConfig, load_or_exit
-from pipeline.digest import tree_sha256
-from pipeline.search import INDEX, SEARCH_TOOL, SearchIndex
+from pipeline.config import Params, load_or_exit
+from pipeline.paths import INDEX, SFT_DIR, SPLIT, SYNTH_CACHE, SYNTH_METRICS
+from pipeline.request_cache import Request, RequestCache
+from pipeline.search import SEARCH_TOOL, SearchIndex
 from pipeline.synth import tasks
-from pipeline.synth.backends import make_backend
-from pipeline.synth.cache import Request, RequestCache
-
-SPLIT = Path("data/dedup/split.jsonl")
-SFT_DIR = Path("data/sft")
-CACHE = Path("data/synth_cache/requests.sqlite")
-METRICS = Path("metrics/synth.json")
+from pipeline.teacher import Teacher, Template
 # Every split gets rows: train and val for training, test for evaluation (its search rows
 # carry the labels the tool-call metrics are scored against). Sources never cross splits.
 SPLITS = ("train", "val", "test")
 
 
-def model_identity(model: str) -> str:
-    """What the cache keys name the teacher by. A hub id names itself; a local directory (the
-    tiny and cpu profiles' teacher is models/base) is named by its content, so that a rebuilt
-    model never gets the old model's cached outputs."""
-    if not Path(model).is_dir():
-        return model
-    return f"{model}@sha256:{tree_sha256(model)}"
-
-
-class Teacher:
-    """Requests in, outputs out, through the cache; the backend starts only when a request
-    is missing from the cache. The judge stage uses it too, with its own model and cache."""
-
-    def __init__(self, cfg: TeacherConfig, seed: int, chunk_size: int, cache: RequestCache, stage: str = "synth") -> None:
-        self.cfg, self.seed, self.cache, self.stage = cfg, seed, cache, stage
-        self.model = model_identity(self.cfg.model)
-        self.chunk_size = chunk_size
-        self.backend = None
-        self.counts = collections.Counter()
-
-    def run(self, requests: list[Request], what: str) -> dict[str, list[str] | str]:
-        """key -> outputs, or key -> error text for a request the backend could not serve."""
-        keys = [r.key(self.model) for r in requests]
-        unique = dict(zip(keys, requests, strict=True))
-        found: dict[str, list[str] | str] = dict(self.cache.get_many(list(unique)))
-        missing = [k for k in unique if k not in found]
-        self.counts["requests"] += len(unique)
-        self.counts["cached"] += len(unique) - len(missing)
-        if missing:
-            from tqdm import tqdm
-
-            if self.backend is None:
-                self.backend = make_backend(self.cfg, self.seed)
-            with tqdm(total=len(missing), desc=f"{self.stage} {what}", unit="req", file=sys.stderr) as bar:
-                for i in range(0, len(missing), self.chunk_size):
-                    chunk = missing[i:i + self.chunk_size]
-                    results = self.backend.generate([unique[k] for k in chunk])
-                    self.counts["sent"] += len(chunk)
-                    done = [(k, unique[k], r.outputs) for k, r in zip(chunk, results, strict=True) if r.error is None]
-                    self.cache.put_many(self.model, done)
-                    for k, r in zip(chunk, results, strict=True):
-                        found[k] = r.outputs if r.error is None else r.error
-                        self.counts["errors"] += r.error is not None
-                    bar.update(len(chunk))
-        return found
-
-
-def _provenance(params: Params, model: str, tpl: tasks.Template, req: Request) -> dict:
+def _provenance(params: Params, model: str, tpl: Template, req: Request) -> dict:
     t = params.teacher
     return {"teacher": t.name, "model": model, "backend": t.backend, "template": tpl.path,
             "template_sha256": tpl.sha256, "sampling": req.sampling(), "seed": req.seed,
@@ -211,7 +159,7 @@ def main() -> None:
     with SPLIT.open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     started = time.perf_counter()
-    cache = RequestCache(CACHE)
+    cache = RequestCache(SYNTH_CACHE)
     index = SearchIndex(INDEX)
     try:
         rows, metrics = synthesize(params, records, index, cache)
@@ -219,8 +167,8 @@ def main() -> None:
         index.close()
         cache.close()
     write_outputs(rows, metrics, params)
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    SYNTH_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    SYNTH_METRICS.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     req = metrics["requests"]
     print(f"synth: {req['requests']} requests ({req['cached']} cached, {req['sent']} sent, {req['errors']} failed) "
           f"in {time.perf_counter() - started:.1f} s; train rows {metrics['train_rows']}, "

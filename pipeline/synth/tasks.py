@@ -14,16 +14,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import string
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline import chat
+from pipeline.request_cache import Request
 from pipeline.search import SEARCH_TOOL, format_results
-from pipeline.synth.cache import Request
+from pipeline.teacher import Template, request_seed
 
 DECISION_SCHEMA = {
     "type": "object",
@@ -43,28 +41,6 @@ def qgen_schema(pairs: int) -> dict:
         "required": ["pairs"],
         "additionalProperties": False,
     }
-
-
-@dataclass(frozen=True)
-class Template:
-    path: str
-    text: str
-    sha256: str
-
-    @classmethod
-    def load(cls, path: str, key: str) -> Template:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise SystemExit(f"error: {key}: cannot read the prompt template {path} ({exc.strerror})") from None
-        return cls(path, data.decode("utf-8"), hashlib.sha256(data).hexdigest())
-
-    def render(self, **values) -> str:
-        try:
-            return string.Template(self.text).substitute(**values)
-        except KeyError as exc:
-            raise SystemExit(f"error: {self.path}: unknown placeholder ${exc.args[0]} "
-                             f"(known: {', '.join('$' + k for k in values)})") from None
 
 
 @dataclass(frozen=True)
@@ -95,12 +71,6 @@ def answer_text(rec: dict) -> str:
 def gold_answer(rec: dict) -> str:
     """The answer alone (an option with its letter), without the explanation."""
     return chat.record_to_messages({**rec, "explanation": ""}, "")[2]["content"]
-
-
-def request_seed(seed: int, task: str, source: str) -> int:
-    """Each request its own sampling seed, from synth.seed and what it is for: rows do not share
-    a random stream, and a rerun (or a resumed run) samples exactly the same."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{task}/{source}".encode()).digest()[:4], "big") >> 1
 
 
 def request(text: str, sampling, seed: int, schema: dict | None = None, *, task: str, source: str,

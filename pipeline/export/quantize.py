@@ -1,0 +1,53 @@
+"""Stage quantize: llama.cpp's quantizer, as llama-cpp-python exposes it (llama_model_quantize),
+makes models/gguf/quant/<export.name>-<type>.gguf from the convert stage's file for every type
+in export.quant, each with an Ollama Modelfile next to it.
+
+    python -m pipeline.export.quantize    # dvc repro quantize
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pipeline.config import Params, load_or_exit
+from pipeline.gguf_tools import gguf_name, max_context, quantize_file, write_modelfile
+from pipeline.paths import FULL_DIR, MERGED_DIR, QUANT_DIR
+
+
+def full_gguf(params: Params, full_dir: Path = FULL_DIR) -> Path:
+    path = full_dir / gguf_name(params.export.name, params.export.outtype)
+    if not path.exists():
+        raise SystemExit(f"error: {path} not found; run `dvc repro convert` first")
+    return path
+
+
+def quantize(full_dir: Path, out_dir: Path, merged_dir: Path, params: Params) -> list[Path]:
+    cfg = params.export
+    src = full_gguf(params, full_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    outs = []
+    for quant in cfg.quant:
+        dst = out_dir / gguf_name(cfg.name, quant)
+        start = time.perf_counter()
+        quantize_file(src, dst, quant, os.cpu_count() or 1)
+        write_modelfile(dst, params.chat.system_prompt, cfg, max_context(merged_dir))
+        print(f"quantize: {src.name} -> {dst} ({quant}, {dst.stat().st_size / 2**20:.1f} MiB, "
+              f"{time.perf_counter() - start:.1f} s)")
+        outs.append(dst)
+    if not outs:
+        print("quantize: export.quant is empty; nothing to do")
+    return outs
+
+
+def main() -> None:
+    params = load_or_exit()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quantize(FULL_DIR, QUANT_DIR, MERGED_DIR, params)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Reading the records that flow between stages, and turning them into token ids.
+
+- split records (dedup's data/dedup/split.jsonl): `load_split` gives one split's questions;
+- SFT rows (synth's data/sft/*.jsonl): `load_sft`, and `encode_rows` tokenises them with their
+  declared tools;
+- a crawled question as a conversation (`encode_records`): what the held-out loss is measured on.
+
+Tokenisation goes through pipeline.chat, the one template, so train and evaluate see the same ids.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+from pathlib import Path
+
+from pipeline import chat
+from pipeline.paths import SFT_DIR, SPLIT
+
+
+def load_split(split: str, split_path: Path = SPLIT) -> list[dict]:
+    """The question records (mcq, qa) of one split; document sections feed search, not SFT."""
+    with split_path.open(encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    return [r for r in records if r["split"] == split and r["kind"] in ("mcq", "qa")]
+
+
+def load_sft(split: str, sft_dir: Path = SFT_DIR) -> list[dict]:
+    """The valid SFT rows of one split (train, val or test), as the synth stage wrote them."""
+    path = sft_dir / f"{split}.jsonl"
+    if not path.exists():
+        sys.exit(f"error: no {path} (run the synth stage first: dvc repro synth)")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], collections.Counter]:
+    """Tokenised SFT rows (messages with their declared tools), and counts per task of the rows
+    truncated to `max_len` and of those dropped because truncation left no assistant token."""
+    examples, counts = [], collections.Counter()
+    for row in rows:
+        enc = chat.encode(tokenizer, row["messages"], tools=row.get("tools") or None, max_len=max_len)
+        if enc.pop("truncated"):
+            counts[f"truncated/{row['task']}"] += 1
+            if all(label == -100 for label in enc["labels"]):
+                counts[f"no_labels/{row['task']}"] += 1
+                continue
+        examples.append(enc)
+    return examples, counts
+
+
+def encode_records(tokenizer, records: list[dict], system_prompt: str, max_len: int,
+                   think: bool = False) -> tuple[list[dict], int]:
+    """Tokenised examples (input_ids, labels) and how many were truncated; `think`: the
+    explanation as a think block (chat.think_from_explanation), as the plain rows have it."""
+    examples, truncated = [], 0
+    for rec in records:
+        enc = chat.encode(tokenizer, chat.record_to_messages(rec, system_prompt, think), max_len=max_len)
+        truncated += enc.pop("truncated")
+        examples.append(enc)
+    return examples, truncated

@@ -1,0 +1,29 @@
+"""Stage search_index: the local search index (pipeline/search.py) over the deduplicated corpus,
+data/search/index.sqlite: every document section, and the train split's questions with their
+answers (never a val or test answer).
+
+    python -m pipeline.search_index       # dvc repro search_index
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from pipeline.config import load_or_exit
+from pipeline.paths import INDEX, SPLIT
+from pipeline.search import build_index
+
+
+def main() -> None:
+    load_or_exit()  # params.yaml must be valid, as for every stage
+    if not SPLIT.exists():
+        sys.exit(f"error: no {SPLIT} (run dedup first: dvc repro dedup)")
+    with SPLIT.open(encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    n = build_index(records, INDEX)
+    print(f"search_index: indexed {n} passages -> {INDEX}")
+
+
+if __name__ == "__main__":
+    main()
