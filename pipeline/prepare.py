@@ -3,8 +3,9 @@
 Normalisation is Unicode NFKC plus whitespace collapsing, applied to every text field
 (in Chinese records, punctuation next to CJK text stays full-width, as is the convention);
 `text` is the canonical string later stages compare (question, options and answer of a
-question; the body of a document section). Duplicates, exact or near, and the train/val/test
-split are the dedup stage's work.
+question; the body of a document section). The fetch date stays in data/raw (VOLATILE_FIELDS):
+a re-crawl of unchanged pages gives the same data/clean. Duplicates, exact or near, and the
+train/val/test split are the dedup stage's work.
 
 Outputs: data/clean/clean.jsonl (kept, sorted by id), data/clean/rejects.jsonl
 (id, where: the item's URL or file:line, reason) and metrics/prepare.json.
@@ -23,9 +24,16 @@ from pipeline.config import PrepareConfig, load_or_exit
 from pipeline.paths import CLEAN_DIR, PREPARE_METRICS, RAW_DIR
 from pipeline.text import canonical_text, normalise, restore_cjk_punctuation
 
+# What changes when an unchanged page is fetched again (the server's Date header). It stays in
+# data/raw, reachable from every later record through its id and url; copied further, a re-crawl
+# of the same pages would change data/clean and rerun everything below it, training included.
+VOLATILE_FIELDS = ("fetched_at",)
+
+
 def clean_record(raw: dict, cfg: PrepareConfig) -> tuple[dict | None, str | None]:
-    """Return (record, None) or (None, reject reason)."""
-    rec = dict(raw)
+    """Return (record, None) or (None, reject reason). The record is the raw item, normalised,
+    without VOLATILE_FIELDS."""
+    rec = {k: v for k, v in raw.items() if k not in VOLATILE_FIELDS}
     norm = normalise
     if str(raw.get("lang", "")).startswith("zh"):
         def norm(text):

@@ -1,7 +1,8 @@
 """One end-to-end run of the real pipeline with real `dvc` in a temporary git repository:
 `dvc repro` builds everything on the tiny profile, a second `dvc repro` runs nothing,
 `make push` to a local remote and `make pull` into a fresh clone bring every output over,
-an edit to library code reruns the stages that import it and no other,
+an edit to library code reruns the stages that import it and no other, a re-crawl with a
+fresh HTTP cache reruns the crawls and prepare only,
 `dvc exp run -S lr=1e-5` reruns train and the stages below it only, a judge setting reruns
 the judge and the report only, and a new dedup threshold reruns dedup, not crawl or prepare,
 and leaves the stages below it out of date."""
@@ -195,6 +196,27 @@ def _check_library_edit(repo: Path) -> None:
     _run(repo, "git", "commit", "-q", "-am", "library edit")
 
 
+def _check_recrawl(repo: Path) -> None:
+    """A re-crawl of the unchanged sample pages with a fresh HTTP cache (so a new fetch date in
+    data/raw) reruns the crawls and prepare, and nothing after prepare: the date stays in data/raw."""
+    import hashlib
+
+    def digest(folder: str) -> str:
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted((repo / folder).glob("*.jsonl")))).hexdigest()
+
+    raw, clean = digest("data/raw"), digest("data/clean")
+    for name in GENERATORS:
+        shutil.rmtree(repo / "data/httpcache" / name)
+    out = _run(repo, "dvc", "repro")
+    stages = _stages_run(out)
+    assert set(stages) == {"crawl@elements_qa", "crawl@bank_gbk", "crawl@standards", "prepare"}
+    assert stages[-1] == "prepare" and "Stage 'dedup' didn't change" in out
+    assert digest("data/raw") != raw and digest("data/clean") == clean
+    crawled = json.loads((repo / "metrics/crawl/standards.json").read_text())
+    assert crawled["pages_fetched"] > 0 and crawled["pages_from_cache"] == 0
+    _run(repo, "git", "commit", "-q", "-am", "re-crawl")
+
+
 def test_repro_noop_and_experiment(tmp_path):
     repo = _project_copy(tmp_path / "repo")
     _run(repo, "git", "init", "-q", "-b", "main")
@@ -233,6 +255,7 @@ def test_repro_noop_and_experiment(tmp_path):
 
     _check_remote(repo, tmp_path)
     _check_library_edit(repo)
+    _check_recrawl(repo)
 
     # Another quantization reruns quantize and verify_export only: no merge, no conversion.
     exp = _run(repo, "dvc", "exp", "run", "-S", "export.quant=[q8_0]")
