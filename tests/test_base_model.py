@@ -113,3 +113,57 @@ def test_a_materialised_base_is_checked_against_its_source_gguf(crawled_workspac
     assert other["source"]["top1_agreement"] < 0.5
     assert [f.split(":")[0] for f in other["failures"]] == ["source base-q8_0.gguf"]
     assert "is below 0.9" in other["failures"][0] and "the dequantized weights are wrong" in other["failures"][0]
+
+
+def _small_llama(tie: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.initialization import no_init_weights
+
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=3, tie_word_embeddings=tie)
+    with no_init_weights():
+        model = LlamaForCausalLM(config)
+    model.tie_weights()
+    return model
+
+
+def test_initialisation_is_integer_arithmetic_with_pinned_bytes():
+    """models/base must be the same bytes on any CPU: the tiny model's weights are sums of PCG64's
+    uniforms (no torch sampler, no log or cosine, whose vectorised versions depend on the
+    instruction set), so they equal the numpy expression below and a digest pinned here, with the
+    spread of transformers' N(0, 0.02^2) init; the rows added to a pretrained vocabulary are the
+    exact mean of the others, whatever the row order."""
+    import numpy as np
+    import torch
+
+    from pipeline.base_model import exact_row_mean, init_added_rows, init_weights_portably
+
+    model = _small_llama(tie=True)
+    init_weights_portably(model, seed=7, std=0.02)
+    rng = np.random.Generator(np.random.PCG64(7))
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            assert torch.all(param == 1.0)
+        else:
+            want = ((sum(rng.random(param.shape) for _ in range(12)) - 6.0) * 0.02).astype(np.float32)
+            if name == "model.embed_tokens.weight":
+                want[3] = 0.0  # the padding row
+            assert np.array_equal(param.detach().numpy(), want), name
+        digest.update(param.detach().numpy().tobytes())
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert abs(float(model.model.layers[0].mlp.up_proj.weight.std()) - 0.02) < 0.001
+    assert digest.hexdigest() == "93184f5316aacd083bca35994f7886869f5afbdb9442198fd8de614b8d4e88b4"
+
+    weight = torch.from_numpy(rng.standard_normal((5000, 16)).astype(np.float32))
+    mean = exact_row_mean(weight)
+    assert torch.equal(mean, exact_row_mean(weight[torch.randperm(5000)]))
+    assert torch.allclose(mean, weight.double().mean(0).float(), rtol=0, atol=1e-7)
+    for tie in (True, False):
+        model = _small_llama(tie)
+        init_weights_portably(model, seed=0, std=0.02)
+        embed, head = model.model.embed_tokens.weight.detach().clone(), model.lm_head.weight.detach().clone()
+        init_added_rows(model, 305)
+        assert torch.equal(model.model.embed_tokens.weight[:300], embed)
+        assert all(torch.equal(row, exact_row_mean(embed)) for row in model.model.embed_tokens.weight[300:])
+        assert all(torch.equal(row, exact_row_mean(head)) for row in model.lm_head.weight[300:])
