@@ -121,7 +121,8 @@ def format_results(results: list[dict], snippet_chars: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Query the local search index (built by dvc repro search_index).")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.search",
+                                     description="Query the local search index (built by dvc repro search_index).")
     parser.add_argument("--query", required=True, help="what to search for; prints the tool response")
     args = parser.parse_args()
     cfg: SearchConfig = load_or_exit().search
