@@ -107,7 +107,7 @@ def init_added_rows(model, vocab_size: int) -> None:
     """Grow the embedding (and an untied output layer) to `vocab_size` rows, the new rows set to the
     exact mean of the pretrained ones. transformers' mean_resizing samples them from a normal
     around that mean with a 1e-9-scaled covariance (a Cholesky factor and torch's sampler: bits
-    that differ between CPUs), so models/base differed between machines; the mean it samples
+    that differ between runs and CPUs), so models/base differed from run to run; the mean it samples
     around is what we keep. train then learns these rows (train.lora.train_new_tokens)."""
     import torch
 
