@@ -25,7 +25,7 @@ import uuid
 from pipeline import chat
 from pipeline.config import Params, load_or_exit
 from pipeline.paths import INDEX
-from pipeline.search import SEARCH_TOOL, SearchIndex, format_results
+from pipeline.search import SEARCH_TOOL, SearchIndex, execute_call
 
 
 class Printer:
@@ -75,11 +75,7 @@ def read_reply(message) -> tuple[str | None, list[dict], list[str], str]:
 
 def execute(call: dict, index: SearchIndex, params: Params) -> str:
     """The tool response for one call: search results, or what is wrong with the call."""
-    error = chat.tool_call_error({"name": call["name"], "arguments": call["arguments"]}, [SEARCH_TOOL])
-    if error:
-        return f"Error: {error}."
-    results = index.search(call["arguments"]["query"], params.search.top_k)
-    return format_results(results, params.search.snippet_chars)
+    return execute_call(call, index, params.search.top_k, params.search.snippet_chars)
 
 
 def ask(client, model: str, messages: list[dict], index: SearchIndex, params: Params, printer: Printer) -> str:

@@ -449,6 +449,24 @@ class TrainConfig:
 
 
 @dataclass
+class McConfig:
+    """Multiple-choice accuracy by log-likelihood (pipeline.likelihood), lm-evaluation-harness style."""
+
+    shots: int
+    """k of the k-shot runs (each set is also scored zero-shot): the first k multiple-choice
+    records of the train split."""
+    framings: list[Literal["plain", "chat"]]
+    """`plain`: "Question: ... A. ... Answer:" (lm-evaluation-harness's MMLU prompt); `chat`: the
+    question in the chat template, the answer scored where the assistant's answer starts."""
+
+    def __post_init__(self) -> None:
+        if self.shots < 1:
+            raise ConfigError(f"shots: expected 1 or more (zero-shot always runs), got {self.shots}")
+        if not self.framings or len(set(self.framings)) != len(self.framings):
+            raise ConfigError(f"framings: expected one or both of 'plain', 'chat', each once, got {self.framings}")
+
+
+@dataclass
 class EvalConfig:
     backend: Literal["vllm", "transformers"]
     """`vllm` (base and base + adapter in one engine, the adapter as a LoRARequest) or
@@ -472,10 +490,16 @@ class EvalConfig:
     exam_sets: list[str]
     """C-Eval / MMLU style files (CSV or JSONL) scored like the crawled exam; each must also
     be in dedup.decontaminate_against, so that training never saw its questions."""
+    max_tool_rounds: int
+    """Search prompts: the model's search calls executed on the index and their results sent
+    back, at most this many times, before its final answer is scored."""
+    mc: McConfig
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("temperature: must be >= 0, and top_p in (0, 1]")
+        if self.max_tool_rounds < 0:
+            raise ConfigError(f"max_tool_rounds: expected 0 or more, got {self.max_tool_rounds}")
 
 
 @dataclass
@@ -502,6 +526,9 @@ class JudgeConfig:
     pairwise_template: str
     max_items: int
     """Test questions judged (the first by id among those both models answered); 0: all."""
+    min_control: float
+    """The judge is informative (its grades reported as results) only when its control accuracy
+    and its position consistency on control pairs both reach this."""
     max_tokens: int
     temperature: float
     seed: int
@@ -509,6 +536,8 @@ class JudgeConfig:
 
     def __post_init__(self) -> None:
         self.engine()  # the backend keys (base_url, api_key_env), checked as the teacher's are
+        if not 0 <= self.min_control <= 1:
+            raise ConfigError(f"min_control: expected a share between 0 and 1, got {self.min_control}")
 
     def engine(self) -> TeacherConfig:
         return TeacherConfig(name=self.name, backend=self.backend, model=self.model, dtype=self.dtype,

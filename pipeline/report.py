@@ -1,10 +1,20 @@
 """Stage report: one page that says whether tuning helped, and where it did not.
 
-- Base vs tuned on every number evaluate and judge wrote (metrics/eval.json, metrics/judge.json),
+- First the answer, with its uncertainty: knowledge (multiple-choice accuracy by
+  log-likelihood, per set, framing and shots) and behaviour (think, end of turn, search
+  decisions and answers, free-form answers), base and tuned each as a rate with its count and
+  Wilson 95% interval, the paired difference with its 95% interval and p-value, and in words
+  which differences are significant (p < 0.05, each test on its own: no correction for the
+  number of tests, so about one in twenty true non-differences reads as significant).
+- The judge only if it passed its controls (metrics/judge.json `informative`); otherwise the
+  page says it is uninformative and shows no ranking by it (no ratings, no pairwise verdicts,
+  no worst-by-rating order).
+- Then every other number evaluate and judge wrote (metrics/eval.json, metrics/judge.json),
   with the signed delta tuned - base; exam accuracy by chapter; the tool-decision confusion
-  matrices; the judge's pairwise verdicts. A null (no data) reads "n/a", never a crash.
-- The worst tuned predictions (lowest judge rating first, then wrong answers) with question,
-  reference and output: averages hide what a reader spots in five examples.
+  matrices. A null (no data) reads "n/a", never a crash.
+- The worst tuned predictions (lowest judge rating first where the judge is informative, then
+  wrong answers) with question, reference and output: averages hide what a reader spots in five
+  examples.
 - The training loss curves dvclive wrote (reports/train/plots/metrics/{train,eval}/loss.tsv).
 
 Writes reports/eval.md and reports/eval.html. The HTML is one self-contained file (inline CSS
@@ -41,7 +51,7 @@ METRIC_ROWS = [
     ("search-decision accuracy", ("tools", "decision_accuracy"), 3),
     ("argument match", ("tools", "argument_match"), 3),
     ("query similarity", ("tools", "query_similarity"), 3),
-    ("exam accuracy", ("exam", "accuracy"), 3),
+    ("exam accuracy (generation)", ("exam", "accuracy"), 3),
 ]
 PAIRWISE_ROWS = [("pairs", "pairs", 0), ("tuned wins", "tuned_wins", 0), ("base wins", "base_wins", 0),
                  ("ties", "ties", 0), ("inconsistent (order flipped the verdict)", "inconsistent", 0),
@@ -111,13 +121,171 @@ def exam_sets(eval_metrics: dict) -> list[str]:
     return sorted({name for model in ("base", "tuned") for name in dig(eval_metrics, model, "exam_sets") or {}})
 
 
+def pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def rate_cell(value, n, ci, k=None) -> str:
+    """"25.8% (8/31) [13.7, 43.3]": the rate, its count and its 95% interval, in percent."""
+    if value is None or not n:
+        return "n/a"
+    k = round(value * n) if k is None else k
+    interval = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+    return f"{pct(value)} ({k}/{n}){interval}"
+
+
+def delta_cells(comparison: dict | None) -> list[str]:
+    """[difference with its interval, p-value, verdict in words] of a paired comparison."""
+    if not comparison:
+        return ["n/a", "n/a", "nothing to compare"]
+    low, high = comparison["ci95"]
+    delta = f"{100 * comparison['delta']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+    if not comparison["significant"]:
+        verdict = "not significant"
+    else:
+        verdict = "tuned better" if comparison["delta"] > 0 else "tuned worse"
+    return [delta, f"{comparison['p_value']:.3g}", verdict]
+
+
+def _mc_setting(name: str) -> tuple[str, int]:
+    return name, int(name.removesuffix("shot"))
+
+
+def mc_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | None, str]]:
+    """(label, base entry, tuned entry, comparison key) for each log-likelihood setting and
+    continuation, in set, framing, shots order; entries are {value, n, ci}."""
+    rows = []
+    base_mc, tuned_mc = dig(eval_metrics, "base", "mc") or {}, dig(eval_metrics, "tuned", "mc") or {}
+    for set_name in sorted(set(base_mc) | set(tuned_mc)):
+        framings = sorted(set(base_mc.get(set_name) or {}) | set(tuned_mc.get(set_name) or {}))
+        for framing in framings:
+            settings = set(dig(base_mc, set_name, framing) or {}) | set(dig(tuned_mc, set_name, framing) or {})
+            for shots in sorted(settings, key=lambda x: _mc_setting(x)[1]):
+                for figure, ci_key, words in (("acc", "ci95", "letters"), ("acc_norm", "acc_norm_ci95", "texts")):
+                    entries = []
+                    for model_mc in (base_mc, tuned_mc):
+                        entry = dig(model_mc, set_name, framing, shots)
+                        entries.append(None if entry is None else
+                                       {"value": entry.get(figure), "n": entry.get("n"), "ci": entry.get(ci_key)})
+                    rows.append((f"{set_name}, {framing}, {shots}, {words} ({figure})", *entries,
+                                 f"mc.{set_name}.{framing}.{shots}.{figure}"))
+    return rows
+
+
+def _entry(value, n, ci, k=None) -> dict:
+    return {"value": value, "n": n, "ci": ci, "k": k}
+
+
+def behaviour_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | None, str]]:
+    """(label, base entry, tuned entry, comparison key) of the generation figures."""
+    def per_model(fn):
+        out = []
+        for model in ("base", "tuned"):
+            m = eval_metrics.get(model)
+            try:
+                out.append(fn(m) if isinstance(m, dict) else None)
+            except (KeyError, TypeError):
+                out.append(None)
+        return out
+
+    def from_rate(d):
+        return _entry(d["rate"], d["n"], d["ci95"], d["k"])
+
+    sets = sorted(set(dig(eval_metrics, "base", "think", "by_set") or {}) |
+                  set(dig(eval_metrics, "tuned", "think", "by_set") or {}))
+    rows = []
+    for s in sets:
+        rows.append((f"think rate: {s}", *per_model(lambda m: from_rate(m["think"]["by_set"][s])), f"think.{s}"))
+    for s in sets:
+        rows.append((f"ends its turn: {s}", *per_model(lambda m: from_rate(m["stop_by_set"][s])), f"stop.{s}"))
+    rows.append(("search decision accuracy (call / no call vs label)",
+                 *per_model(lambda m: _entry(m["tools"]["decision_accuracy"], m["tools"]["n"],
+                                             m["tools"]["decision_accuracy_ci95"])), "tools.decision_accuracy"))
+    rows.append(("tool-call validity (of the calls made; unpaired)",
+                 *per_model(lambda m: _entry(m["tools"]["validity"], m["tools"]["call_attempts"],
+                                             m["tools"]["validity_ci95"], m["tools"]["valid_attempts"])),
+                 "tools.validity"))
+    rows.append(("search prompts: final answer contains the reference",
+                 *per_model(lambda m: _entry(m["search_answer"]["accuracy"], m["search_answer"]["n"],
+                                             m["search_answer"]["ci95"], m["search_answer"]["k"])), "search_answer"))
+    for s in sets:
+        for figure in ("contains", "exact"):
+            rows.append((f"free-form answer {'contains the reference' if figure == 'contains' else 'exact match'}: {s}",
+                         *per_model(lambda m, f=figure: _entry(m["free_form"][s][f], m["free_form"][s]["n"],
+                                                              m["free_form"][s][f"{f}_ci95"])),
+                         f"free_form.{s}.{figure}"))
+    rows.append(("exam accuracy by generation (the option the answer names)",
+                 *per_model(lambda m: _entry(m["exam"]["accuracy"], m["exam"]["questions"], m["exam"].get("ci95"))),
+                 "exam_generation"))
+    for name in exam_sets(eval_metrics):
+        rows.append((f"exam accuracy by generation: {name}",
+                     *per_model(lambda m, x=name: _entry(m["exam_sets"][x]["accuracy"], m["exam_sets"][x]["questions"],
+                                                         m["exam_sets"][x].get("ci95"))),
+                     f"exam_generation.{name}"))
+    return rows
+
+
+def comparison_table(title: str, rows, comparisons: dict) -> Table:
+    header = ["figure", "base", "tuned", "tuned - base, points [95% CI]", "p", "difference"]
+    body = []
+    for label, base, tuned, key in rows:
+        cells = [rate_cell(e["value"], e["n"], e["ci"], e.get("k")) if e else "n/a" for e in (base, tuned)]
+        body.append([label, *cells, *delta_cells(comparisons.get(key))])
+    return Table(title, header, body)
+
+
+def significance_sentences(rows, comparisons: dict) -> list[str]:
+    better, worse, same = [], [], []
+    for label, _, _, key in rows:
+        c = comparisons.get(key)
+        if not c:
+            continue
+        text = f"{label} ({100 * c['delta']:+.1f} points, p = {c['p_value']:.2g})"
+        (better if c["significant"] and c["delta"] > 0 else worse if c["significant"] else same).append(text)
+    out = []
+    if better:
+        out.append("Significantly better after tuning (p < 0.05): " + "; ".join(better) + ".")
+    if worse:
+        out.append("Significantly worse after tuning (p < 0.05): " + "; ".join(worse) + ".")
+    if same:
+        out.append(f"No significant difference on the other {len(same)} figures compared.")
+    return out or ["No figure could be compared (no items answered by both models)."]
+
+
+def headline_blocks(eval_metrics: dict) -> list[tuple[str, object]]:
+    """What the reader came for: did tuning help, on what, and how sure is that."""
+    comparisons = eval_metrics.get("comparison") or {}
+    knowledge, behaviour = mc_rows(eval_metrics), behaviour_rows(eval_metrics)
+    blocks: list[tuple[str, object]] = [("h2", "Did tuning help? Knowledge and behaviour, with 95% intervals")]
+    blocks += [("p", text) for text in significance_sentences(knowledge + behaviour, comparisons)]
+    blocks.append(("p", "Each rate: share (count) [Wilson 95% interval], in percent. Tuned - base: the paired "
+                        "difference on the same items (Newcombe's interval; McNemar's exact test; validity, a share "
+                        "of the calls each model chose to make, unpaired: Fisher). Each test stands alone (no "
+                        "correction for the number of tests)."))
+    if knowledge:
+        blocks.append(("table", comparison_table(
+            "Knowledge: multiple-choice accuracy by log-likelihood (option letters: acc; option texts, "
+            "length-normalised: acc_norm)", knowledge, comparisons)))
+    else:
+        blocks.append(("p", "No multiple-choice items were scored by log-likelihood."))
+    blocks.append(("table", comparison_table("Behaviour and answers (generation)", behaviour, comparisons)))
+    return blocks
+
+
+def judge_informative(judge: dict | None) -> bool:
+    return bool(judge) and judge.get("informative") is True
+
+
 def metric_table(eval_metrics: dict, judge: dict | None) -> Table:
-    specs = METRIC_ROWS + [(f"exam accuracy: {name}", ("exam_sets", name, "accuracy"), 3)
+    specs = METRIC_ROWS + [(f"exam accuracy (generation): {name}", ("exam_sets", name, "accuracy"), 3)
                            for name in exam_sets(eval_metrics)]
     values = [(label, dig(eval_metrics, "base", *path), dig(eval_metrics, "tuned", *path), d)
               for label, path, d in specs]
-    values.append(("judge mean rating (1-10)", dig(judge, "single", "base", "mean"),
-                   dig(judge, "single", "tuned", "mean"), 2))
+    if judge_informative(judge):
+        values.append(("judge: share graded correct", dig(judge, "single", "base", "correct", "rate"),
+                       dig(judge, "single", "tuned", "correct", "rate"), 3))
+        values.append(("judge mean rating (1-10)", dig(judge, "single", "base", "mean"),
+                       dig(judge, "single", "tuned", "mean"), 2))
     rows = [[label, fmt(b, d), fmt(t, d), fmt_delta(b, t, d)] for label, b, t, d in values]
     return Table("", ["metric", "base", "tuned", "delta"], rows, "base-vs-tuned")
 
@@ -244,6 +412,35 @@ def svg_loss_chart(curves: dict[str, list[tuple[float, float]]], width: int = 72
     return "\n".join(out + ["</svg>"])
 
 
+def judge_blocks(judge: dict | None) -> list[tuple[str, object]]:
+    blocks: list[tuple[str, object]] = [("h2", "Judge")]
+    if judge is None:
+        return blocks + [("p", f"The judge did not run ({JUDGE_METRICS} is missing): no ratings, no pairwise verdicts.")]
+    j, req, c = judge.get("judge") or {}, judge.get("requests") or {}, judge.get("controls") or {}
+    blocks.append(("p", (f"Judge {fmt(j.get('name'))} ({fmt(j.get('model'))}, {fmt(j.get('backend'))}); "
+                         f"{fmt(req.get('requests'), 0)} requests, {fmt(req.get('cached'), 0)} cached, "
+                         f"{fmt(req.get('errors'), 0)} errors.")))
+    controls = (f"on its control items it graded {rate_cell(c.get('accuracy'), c.get('n'), c.get('ci95'), c.get('k'))} "
+                "as expected (the reference answer correct; another question's reference and an empty answer "
+                f"wrong), and {rate_cell(c.get('position_consistency'), c.get('pairs'), c.get('position_consistency_ci95'))} "
+                "of the reference-vs-wrong pairs the same way in both orders; both must reach "
+                f"{fmt(c.get('min_control'), 2)}.")
+    if not judge_informative(judge):
+        return blocks + [("p", "The judge is uninformative: " + controls + " Its grades, ratings and pairwise "
+                               "verdicts are not results, and nothing on this page is ranked by them. Use a stronger "
+                               "judge (conf/judge/*.yaml) to get them.")]
+    counts = "; ".join(f"{m}: {fmt(dig(judge, 'single', m, 'rated'), 0)} rated, "
+                       f"{fmt(dig(judge, 'single', m, 'unparsed'), 0)} unparsed" for m in ("base", "tuned"))
+    correct = [rate_cell(dig(judge, "single", m, "correct", "rate"), dig(judge, "single", m, "correct", "n"),
+                         dig(judge, "single", m, "correct", "ci95"), dig(judge, "single", m, "correct", "k"))
+               for m in ("base", "tuned")]
+    comparison = dig(judge, "comparison", "correct")
+    blocks.append(("p", "The judge is informative: " + controls + f" Graded correct: base {correct[0]}, tuned "
+                        f"{correct[1]}; tuned - base {delta_cells(comparison)[0]} points "
+                        f"({delta_cells(comparison)[2]}). Single ratings: {counts}."))
+    return blocks + [("table", pairwise_table(judge))]
+
+
 def build_blocks(eval_metrics: dict, judge: dict | None, train: dict | None,
                  curves: dict[str, list[tuple[float, float]]], worst: list[dict]) -> list[tuple[str, object]]:
     """The report as a list of (kind, payload) blocks that both renderers walk:
@@ -257,19 +454,10 @@ def build_blocks(eval_metrics: dict, judge: dict | None, train: dict | None,
                + "; skipped as too long: "
                + (", ".join(f"{k} {v}" for k, v in (eval_metrics.get("skipped_too_long") or {}).items()) or "none")
                + ".")),
-        ("table", metric_table(eval_metrics, judge)),
-        ("h2", "Judge"),
     ]
-    if judge is None:
-        blocks.append(("p", f"The judge did not run ({JUDGE_METRICS} is missing): no ratings, no pairwise verdicts."))
-    else:
-        j, req = judge.get("judge") or {}, judge.get("requests") or {}
-        counts = "; ".join(f"{m}: {fmt(dig(judge, 'single', m, 'rated'), 0)} rated, "
-                           f"{fmt(dig(judge, 'single', m, 'unparsed'), 0)} unparsed" for m in ("base", "tuned"))
-        blocks += [("p", (f"Judge {fmt(j.get('name'))} ({fmt(j.get('model'))}, {fmt(j.get('backend'))}); "
-                          f"{fmt(req.get('requests'), 0)} requests, {fmt(req.get('cached'), 0)} cached, "
-                          f"{fmt(req.get('errors'), 0)} errors. Single ratings: {counts}.")),
-                   ("table", pairwise_table(judge))]
+    blocks += headline_blocks(eval_metrics)
+    blocks += judge_blocks(judge)
+    blocks += [("h2", "Every figure, base vs tuned"), ("table", metric_table(eval_metrics, judge))]
     blocks += [("h2", "Exam accuracy by chapter")]
     blocks += [("table", t) for t in chapter_tables(eval_metrics)] or [("p", "No exam scores by chapter.")]
     blocks += [("h2", "Tool-call decisions (label x decision)")]
@@ -357,7 +545,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {EVAL_METRICS} is missing; run `dvc repro evaluate` first")
     judge = read_json(JUDGE_METRICS)
     curves = {"train": read_curve(TRAIN_CURVE), "eval": read_curve(EVAL_CURVE)}
-    worst = worst_examples(read_jsonl(PREDICTIONS), read_jsonl(JUDGMENTS), args.worst)
+    judgments = read_jsonl(JUDGMENTS) if judge_informative(judge) else []  # no ranking by an uninformative judge
+    worst = worst_examples(read_jsonl(PREDICTIONS), judgments, args.worst)
     blocks = build_blocks(eval_metrics, judge, read_json(TRAIN_METRICS), curves, worst)
     REPORT_MD.parent.mkdir(parents=True, exist_ok=True)
     REPORT_MD.write_text(render_markdown(blocks), encoding="utf-8")

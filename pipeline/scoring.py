@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import collections
 import re
+import unicodedata
 
-from pipeline import chat
+from pipeline import chat, stats
 
 LETTERS = "ABCDEFGH"
 
@@ -40,13 +41,16 @@ def think_stats(outputs: list[str]) -> dict:
             "mean_chars": sum(lengths) / len(lengths) if lengths else 0.0}
 
 
-def query_similarity(a: str, b: str) -> float:
-    """Token F1 of two free-text arguments (CJK text compared by characters, other text by
-    lower-cased words)."""
-    def tokens(text: str) -> list[str]:
-        return re.findall(r"[\u3040-\u30ff\u3400-\u9fff]|[^\W_]+", text.lower())
+def answer_tokens(text: str) -> list[str]:
+    """Words for comparing answers: CJK text by characters, other text by lower-cased words
+    (NFKC first, so full-width digits and letters match their ASCII forms)."""
+    return re.findall(r"[\u3040-\u30ff\u3400-\u9fff]|[^\W_]+", unicodedata.normalize("NFKC", text).lower())
 
-    ta, tb = tokens(a), tokens(b)
+
+def token_f1(candidate: str, reference: str) -> float:
+    """SQuAD's token F1 over answer_tokens: the harmonic mean of the shares of candidate and
+    reference tokens they have in common (counted with multiplicity)."""
+    ta, tb = answer_tokens(candidate), answer_tokens(reference)
     if not ta or not tb:
         return 0.0
     common = sum((collections.Counter(ta) & collections.Counter(tb)).values())
@@ -54,6 +58,51 @@ def query_similarity(a: str, b: str) -> float:
         return 0.0
     precision, recall = common / len(ta), common / len(tb)
     return 2 * precision * recall / (precision + recall)
+
+
+def query_similarity(a: str, b: str) -> float:
+    """Token F1 of two free-text arguments (CJK text compared by characters, other text by
+    lower-cased words)."""
+    return token_f1(a, b)
+
+
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+
+
+def normalise_answer(text: str) -> str:
+    """SQuAD's answer normalisation, CJK-aware: NFKC, lower case, punctuation and symbols
+    (Unicode categories P and S, full-width ones included) dropped, English articles dropped,
+    whitespace collapsed, and no spaces left between CJK characters."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
+    text = " ".join(_ARTICLES.sub(" ", text).split())
+    return re.sub(r"(?<=[\u3040-\u30ff\u3400-\u9fff]) (?=[\u3040-\u30ff\u3400-\u9fff])", "", text)
+
+
+def _contains(tokens: list[str], part: list[str]) -> bool:
+    return any(tokens[i:i + len(part)] == part for i in range(len(tokens) - len(part) + 1))
+
+
+def free_form(answer: str, reference: str) -> dict:
+    """One answer against its reference: normalised exact match, the reference's tokens as a
+    contiguous run of the answer's (whole words, CJK characters one by one: "18" is not found
+    in "118", "氢" is in "它是氢"), and token F1."""
+    a, r = normalise_answer(answer), normalise_answer(reference)
+    if not r:
+        raise ValueError(f"reference {reference!r} is empty once normalised: it cannot score an answer")
+    return {"exact": a == r, "contains": _contains(answer_tokens(a), answer_tokens(r)), "f1": token_f1(a, r)}
+
+
+def free_form_scores(rows: list[dict]) -> dict:
+    """Over rows {"answer", "reference_answer"}: exact and contains as shares with their Wilson
+    95% intervals, mean token F1, n."""
+    scores = [free_form(r["answer"], r["reference_answer"]) for r in rows]
+    n = len(scores)
+    exact = sum(s["exact"] for s in scores)
+    contains = sum(s["contains"] for s in scores)
+    return {"n": n, "exact": exact / n if n else None, "exact_ci95": stats.wilson(exact, n),
+            "contains": contains / n if n else None, "contains_ci95": stats.wilson(contains, n),
+            "f1": sum(s["f1"] for s in scores) / n if n else None}
 
 
 def call_matches(call: dict, reference: dict, tools: list[dict], free_text: tuple[str, ...] = ("query",),
@@ -109,6 +158,7 @@ def tool_scores(rows: list[dict]) -> dict:
     total = len(rows)
     return {
         "call_attempts": attempts,
+        "valid_attempts": valid,
         "validity": valid / attempts if attempts else None,
         "confusion": confusion,
         "decision_accuracy": (confusion["call/call"] + confusion["no_call/no_call"]) / total if total else None,
@@ -181,6 +231,7 @@ def _judge_text(judgment: str, candidates: list[str]) -> str:
 
 
 _RATING = re.compile(r"^\s*Rating:\s*\[\[(\d{1,2})\]\]\s*$")
+_CORRECT = re.compile(r"^\s*Correct:\s*\[\[(yes|no)\]\]\s*$", re.I)
 _VERDICT = re.compile(r"^\s*Verdict:\s*\[\[([ABC])\]\]\s*$")
 
 
@@ -195,6 +246,13 @@ def parse_rating(judgment: str, candidate: str) -> int | None:
         return None
     rating = int(found.group(1))
     return rating if 1 <= rating <= 10 else None
+
+
+def parse_correct(judgment: str, candidate: str) -> bool | None:
+    """The yes/no of a reference-guided judgment, written `Correct: [[yes]]` (or no) alone on a
+    line, exactly once, once the candidate's text is cut out; else None."""
+    found = [m.group(1).lower() for m in map(_CORRECT.match, _judge_text(judgment, [candidate]).splitlines()) if m]
+    return found[0] == "yes" if len(found) == 1 else None
 
 
 def parse_pairwise(judgment: str, answer_a: str, answer_b: str) -> str | None:

@@ -19,6 +19,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+from pipeline import chat
 from pipeline.config import SearchConfig, load_or_exit
 from pipeline.paths import INDEX
 
@@ -118,6 +119,15 @@ def format_results(results: list[dict], snippet_chars: int) -> str:
         head = f"[{n}] {r['title']} ({r['url']})" if r["title"] else f"[{n}] ({r['url']})"
         parts.append(f"{head}\n{text}")
     return "\n\n".join(parts)
+
+
+def execute_call(call: dict, index: SearchIndex, top_k: int, snippet_chars: int) -> str:
+    """The tool response for one parsed call ({"name", "arguments"}): search results, or what
+    is wrong with the call (the model reads that, as it would a failed call anywhere)."""
+    error = chat.tool_call_error({"name": call["name"], "arguments": call["arguments"]}, [SEARCH_TOOL])
+    if error:
+        return f"Error: {error}."
+    return format_results(index.search(call["arguments"]["query"], top_k), snippet_chars)
 
 
 def main() -> None:

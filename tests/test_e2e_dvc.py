@@ -115,12 +115,40 @@ def _check_evaluation(repo: Path) -> None:
         assert sum(m["tools"]["confusion"].values()) == metrics["prompts"]["tools"] > 0
         assert m["exam"]["questions"] > 0 and 0 <= m["exam"]["accuracy"] <= 1 and m["exam"]["by_chapter"]
         assert m["exam_sets"]["elements_exam"]["questions"] > 0
+        # knowledge by log-likelihood: every set, framing and shot count, each with n and an interval
+        assert set(m["mc"]) == {"questions", "elements_exam", "general_mc"}
+        for framings in m["mc"].values():
+            for framing in ("plain", "chat"):
+                for shots in ("0shot", "5shot"):
+                    entry = framings[framing][shots]
+                    assert entry["n"] > 0 and 0 <= entry["acc"] <= 1 and 0 <= entry["acc_norm"] <= 1
+                    assert entry["ci95"][0] <= entry["acc"] <= entry["ci95"][1]
+        assert m["mc"]["general_mc"]["plain"]["0shot"]["n"] >= 100
+        assert set(m["think"]["by_set"]) == {"questions", "tools", "exam:elements_exam", "exam:general_mc"}
+        assert all({"rate", "n", "ci95"} <= set(v) for v in m["think"]["by_set"].values())
+        assert all({"exact", "contains", "f1", "n"} <= set(v) for v in m["free_form"].values())
+        answer = m["search_answer"]
+        assert answer["n"] == metrics["prompts"]["tools"] and {"accuracy", "ci95", "rounds"} <= set(answer)
     assert metrics["tuned"]["tools"]["call_attempts"] > 0  # it learned to call the tool (validity is scored)
+    comparison = metrics["comparison"]
+    assert {"mc.general_mc.plain.0shot.acc", "think.questions", "search_answer"} <= set(comparison)
+    assert all({"delta", "ci95", "p_value", "significant"} <= set(c) for c in comparison.values())
     rows = [json.loads(line) for line in (repo / "reports/eval/predictions.jsonl").read_text().splitlines()]
-    assert {r["set"] for r in rows} == {"questions", "tools", "exam:elements_exam"}
+    assert {r["set"] for r in rows} == {"questions", "tools", "exam:elements_exam", "exam:general_mc"}
     assert all(r["source_url"] for r in rows)  # lineage: back to the page or the eval-set line
+    # a parsed call went on to a search and another turn (tests/test_evaluate.py scripts the model);
+    # the random tiny model's calls are rarely JSON, and those end the turn, as in the chat client
+    for r in (r for r in rows if r["set"] == "tools"):
+        called = bool(r["parsed"]["tool_calls"])
+        assert (r["rounds"] >= 1 or r["end"] == "context_full") if called else r["rounds"] == 0
+        assert len(r["tool_responses"]) >= r["rounds"] and len(r["turns"]) == r["rounds"] + 1
     judged = json.loads((repo / "metrics/judge.json").read_text())
-    assert judged["items"] == 16 and judged["requests"]["sent"] == 64
+    # 16 questions: 2 grades, 2 pairwise orders, 3 control grades, 2 control orders each
+    assert judged["items"] == 16 and judged["requests"]["sent"] == 16 * 9
+    controls = judged["controls"]
+    assert controls["n"] == 48 and controls["pairs"] == 16 and isinstance(judged["informative"], bool)
+    # the random tiny judge cannot tell the reference from a wrong answer
+    assert judged["informative"] is False
     assert judged["single"]["tuned"]["rated"] + judged["single"]["tuned"]["unparsed"] == 16
     assert "base-vs-tuned" in (repo / "reports/eval.html").read_text()
     assert "| held-out loss |" in (repo / "reports/eval.md").read_text()

@@ -1,5 +1,7 @@
-"""The report stage on hand-written metrics: base-vs-tuned rows with signed deltas, "n/a" for
-nulls, worst examples in order, model output escaped; and the HTML as headless Chromium renders it."""
+"""The report stage on hand-written metrics: the headline tables (each rate with its count and
+interval, the paired difference and its verdict in words), base-vs-tuned rows with signed deltas,
+"n/a" for nulls, the judge shown only when it passed its controls, worst examples in order, model
+output escaped; and the HTML as headless Chromium renders it."""
 
 from __future__ import annotations
 
@@ -13,20 +15,44 @@ from pathlib import Path
 import pytest
 
 from conftest import run_stage
-from pipeline import report
+from pipeline import report, stats
 
 HOSTILE = "<think>hmm</think></table><script>alert(1)</script> | ```"
 
 
-def model_metrics(loss, validity, exam, elements, mean_chars) -> dict:
+def rate(k: int, n: int) -> dict:
+    return stats.rate(k, n)
+
+
+def model_metrics(loss, validity, exam, elements, mean_chars, mc_hits: int, think_hits: int) -> dict:
     chapters = {"Chapter 1": {"accuracy": exam, "questions": 2}, "Chapter 2": {"accuracy": None, "questions": 2}}
-    exam_shape = {"questions": 4, "accuracy": exam, "no_choice": 1, "by_chapter": chapters}
+    exam_shape = {"questions": 4, "accuracy": exam, "no_choice": 1, "by_chapter": chapters,
+                  "ci95": stats.wilson(round(4 * exam), 4)}
+    mc = {"acc": mc_hits / 20, "acc_norm": 0.5, "n": 20, "ci95": stats.wilson(mc_hits, 20),
+          "acc_norm_ci95": stats.wilson(10, 20), "skipped_too_long": 0, "shots": 0}
     return {"loss": loss, "perplexity": None if loss is None else 2.0 ** loss, "stop_rate": 0.5,
-            "think": {"rate": 0.25, "mean_chars": mean_chars},
-            "tools": {"call_attempts": 3, "validity": validity, "decision_accuracy": 0.5, "argument_match": None,
-                      "query_similarity": 0.2, "confusion": {"call/call": 1, "call/no_call": 5, "no_call/call": 2,
-                                                             "no_call/no_call": 4}},
-            "exam": exam_shape, "exam_sets": {"elements_exam": {**exam_shape, "accuracy": elements}}}
+            "mc": {"general_mc": {"plain": {"0shot": mc}}},
+            "think": {"rate": 0.25, "mean_chars": mean_chars,
+                      "by_set": {"questions": {**rate(think_hits, 16), "mean_chars": mean_chars}}},
+            "stop_by_set": {"questions": rate(8, 16)},
+            "free_form": {"questions": {"n": 16, "exact": 0.0, "exact_ci95": stats.wilson(0, 16),
+                                        "contains": 0.125, "contains_ci95": stats.wilson(2, 16), "f1": 0.2}},
+            "search_answer": {"accuracy": 0.5, "k": 3, "n": 6, "ci95": stats.wilson(3, 6), "f1": 0.4,
+                              "rounds": {"mean": 1.0, "histogram": {"1": 6}}},
+            "tools": {"call_attempts": 3, "valid_attempts": round(3 * (validity or 0)), "validity": validity,
+                      "validity_ci95": stats.wilson(round(3 * (validity or 0)), 3) if validity is not None else None,
+                      "decision_accuracy": 0.5, "decision_accuracy_ci95": stats.wilson(6, 12), "n": 12,
+                      "argument_match": None, "query_similarity": 0.2,
+                      "confusion": {"call/call": 1, "call/no_call": 5, "no_call/call": 2, "no_call/no_call": 4}},
+            "exam": exam_shape, "exam_sets": {"elements_exam": {**exam_shape, "accuracy": elements,
+                                            "ci95": None if elements is None else stats.wilson(round(4 * elements), 4)}}}
+
+
+# tuned right on 16 items base got wrong, and 2 the other way round: significant; think 4 -> 12 of 16
+COMPARISON = {"mc.general_mc.plain.0shot.acc": stats.paired([False] * 16 + [True] * 2 + [False] * 2,
+                                                             [True] * 16 + [False] * 2 + [False] * 2),
+              "think.questions": stats.paired([True] * 4 + [False] * 12, [True] * 12 + [False] * 4),
+              "stop.questions": stats.paired([True] * 8 + [False] * 8, [False] * 8 + [True] * 8)}
 
 
 def prediction(pid: str, model: str, correct, output: str = "an answer") -> dict:
@@ -53,16 +79,21 @@ JUDGMENTS = [
 ]
 JUDGE = {"judge": {"name": "tiny", "model": "models/base", "backend": "vllm"},
          "requests": {"requests": 64, "cached": 0, "sent": 64, "errors": 0},
-         "single": {"base": {"mean": 4.2, "rated": 14, "unparsed": 2},
-                    "tuned": {"mean": None, "rated": 0, "unparsed": 16}},
+         "informative": True,
+         "controls": {"accuracy": 45 / 48, "k": 45, "n": 48, "ci95": stats.wilson(45, 48), "position_consistency": 1.0,
+                      "pairs": 16, "position_consistency_ci95": stats.wilson(16, 16), "min_control": 0.8,
+                      "informative": True},
+         "single": {"base": {"mean": 4.2, "rated": 14, "unparsed": 2, "correct": rate(3, 14), "correct_unparsed": 2},
+                    "tuned": {"mean": None, "rated": 0, "unparsed": 16, "correct": rate(0, 0), "correct_unparsed": 16}},
+         "comparison": {"correct": None},
          "pairwise": {"pairs": 16, "tuned_wins": 5, "base_wins": 4, "ties": 3, "inconsistent": 2, "unparsed": 2,
                       "tuned_win_rate": None}}
 
 
-def write_workspace(ws: Path, judge: bool = True) -> Path:
+def write_workspace(ws: Path, judge: dict | None = JUDGE) -> Path:
     eval_metrics = {"backend": "vllm", "test_examples": 55, "test_tokens": 894,
-                    "base": model_metrics(7.11, None, 0.25, 0.5, 0.0),
-                    "tuned": model_metrics(5.9, 0.5, 0.75, None, 120.0)}
+                    "base": model_metrics(7.11, None, 0.25, 0.5, 0.0, 4, 4),
+                    "tuned": model_metrics(5.9, 2 / 3, 0.75, None, 120.0, 18, 12), "comparison": COMPARISON}
     files = {
         report.EVAL_METRICS: json.dumps(eval_metrics),
         report.TRAIN_METRICS: json.dumps({"method": "lora", "steps": 300, "train_loss": 6.3, "eval_loss": 6.1}),
@@ -71,7 +102,7 @@ def write_workspace(ws: Path, judge: bool = True) -> Path:
         report.PREDICTIONS: "".join(json.dumps(p) + "\n" for p in PREDICTIONS),
     }
     if judge:
-        files[report.JUDGE_METRICS] = json.dumps(JUDGE)
+        files[report.JUDGE_METRICS] = json.dumps(judge)
         files[report.JUDGMENTS] = "".join(json.dumps(j) + "\n" for j in JUDGMENTS)
     for path, text in files.items():
         (ws / path).parent.mkdir(parents=True, exist_ok=True)
@@ -89,11 +120,12 @@ def rendered(tmp_path) -> Path:
 def test_markdown_has_deltas_and_na(rendered):
     md = (rendered / report.REPORT_MD).read_text(encoding="utf-8")
     for row in ["| held-out loss | 7.1100 | 5.9000 | -1.2100 |",
-                "| tool-call validity | n/a | 0.500 | n/a |",
+                "| tool-call validity | n/a | 0.667 | n/a |",
                 "| argument match | n/a | n/a | n/a |",
-                "| exam accuracy | 0.250 | 0.750 | +0.500 |",
+                "| exam accuracy (generation) | 0.250 | 0.750 | +0.500 |",
                 "| mean think chars | 0.0 | 120.0 | +120.0 |",
-                "| exam accuracy: elements_exam | 0.500 | n/a | n/a |",
+                "| exam accuracy (generation): elements_exam | 0.500 | n/a | n/a |",
+                "| judge: share graded correct | 0.214 | n/a | n/a |",
                 "| judge mean rating (1-10) | 4.20 | n/a | n/a |",
                 "| Chapter 1 | 2 | 0.250 | 0.750 | +0.500 |",
                 "| Chapter 2 | 2 | n/a | n/a | n/a |",
@@ -103,6 +135,39 @@ def test_markdown_has_deltas_and_na(rendered):
     assert "did not run" not in md
     curve_rows = re.findall(r"^\| (\d+) \|", md.split("## Training loss")[1], re.MULTILINE)
     assert 6 <= len(curve_rows) <= 30 and curve_rows[-1] == "300"  # 60 train points thinned, the last kept
+
+
+def test_the_headline_figures_have_counts_intervals_and_verdicts(rendered):
+    md = (rendered / report.REPORT_MD).read_text(encoding="utf-8")
+    headline = md.split("## Did tuning help?")[1].split("## Judge")[0]
+    assert md.index("## Did tuning help?") < md.index("## Every figure")  # the page leads with them
+    # 4/20 and 18/20: Wilson [8.1, 41.6] and [69.9, 97.2]; 16 discordant pairs for tuned, 2 for base
+    assert ("| general_mc, plain, 0shot, letters (acc) | 20.0% (4/20) [8.1, 41.6] | 90.0% (18/20) [69.9, 97.2] "
+            "| +70.0 [") in headline
+    row = next(line for line in headline.splitlines() if line.startswith("| general_mc, plain, 0shot, letters"))
+    assert row.endswith("| 0.00131 | tuned better |")  # McNemar exact: 2 * P(X <= 2 | 18, 1/2)
+    assert "| general_mc, plain, 0shot, texts (acc_norm) | 50.0% (10/20) [29.9, 70.1] |" in headline
+    assert "| think rate: questions | 25.0% (4/16) [10.2, 49.5] | 75.0% (12/16) [" in headline
+    assert "| ends its turn: questions | 50.0% (8/16) [28.0, 72.0] | 50.0% (8/16) [28.0, 72.0] | +0.0 [" in headline
+    assert "| tool-call validity (of the calls made; unpaired) | n/a | 66.7% (2/3) [" in headline
+    assert "Significantly better after tuning (p < 0.05): general_mc, plain, 0shot, letters (acc) (+70.0 points" in headline
+    assert "think rate: questions (+50.0 points, p = 0.0078)" in headline
+    assert "Significantly worse" not in headline and "No significant difference on the other 1 figures" in headline
+
+
+def test_an_uninformative_judge_ranks_nothing(tmp_path):
+    bad = {**JUDGE, "informative": False,
+           "controls": {**JUDGE["controls"], "accuracy": 16 / 48, "k": 16, "ci95": stats.wilson(16, 48),
+                        "position_consistency": 0.0, "position_consistency_ci95": stats.wilson(0, 16),
+                        "informative": False}}
+    ws = write_workspace(tmp_path, judge=bad)
+    run_stage("pipeline.report", ws)
+    md = (ws / report.REPORT_MD).read_text(encoding="utf-8")
+    assert "The judge is uninformative: on its control items it graded 33.3% (16/48) [" in md
+    assert "0.0% (0/16)" in md and "nothing on this page is ranked by them" in md
+    assert "judge mean rating" not in md and "tuned win rate" not in md and "graded correct" not in md
+    # worst examples: only the wrong answer; no order by the judge's ratings
+    assert re.findall(r"^### \d+\. (\S+)", md, re.MULTILINE) == ["q/wrong"]
 
 
 def test_worst_examples_order_and_escaping(rendered):
@@ -123,7 +188,7 @@ def test_worst_examples_limit_and_base_ignored():
 
 
 def test_without_judge_or_curves(tmp_path, monkeypatch):
-    ws = write_workspace(tmp_path, judge=False)
+    ws = write_workspace(tmp_path, judge=None)
     (ws / report.EVAL_CURVE).unlink()
     (ws / report.TRAIN_CURVE).write_text("", encoding="utf-8")
     curves = {"train": report.read_curve(ws / report.TRAIN_CURVE), "eval": report.read_curve(ws / report.EVAL_CURVE)}
@@ -131,7 +196,7 @@ def test_without_judge_or_curves(tmp_path, monkeypatch):
     blocks = report.build_blocks(report.read_json(ws / report.EVAL_METRICS), None, None, curves,
                                  report.worst_examples(PREDICTIONS, [], 5))
     md, page = report.render_markdown(blocks), report.render_html(blocks)
-    assert "The judge did not run" in md and "| judge mean rating (1-10) | n/a | n/a | n/a |" in md
+    assert "The judge did not run" in md and "judge mean rating" not in md
     assert "No training curves found." in md and "<svg" not in page
 
     monkeypatch.chdir(ws)
@@ -159,7 +224,7 @@ def test_html_in_headless_chromium(rendered):
     table = re.search(r'<table id="base-vs-tuned">(.*?)</table>', dom, re.DOTALL)
     assert table, dom[:2000]
     rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.DOTALL)
-    assert len(rows) == 1 + len(report.METRIC_ROWS) + 2  # header, metrics, elements_exam, judge
+    assert len(rows) == 1 + len(report.METRIC_ROWS) + 3  # header, metrics, elements_exam, judge (2)
     assert "<td>held-out loss</td><td>7.1100</td><td>5.9000</td><td>-1.2100</td>" in table.group(1)
     assert "<script" not in dom  # the model's script stayed text
 

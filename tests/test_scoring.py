@@ -132,3 +132,30 @@ def test_pairwise_verdicts_and_position_swap():
     assert scoring.swap_consistent("A", "A") == "tie"    # each order favours whichever came first
     assert scoring.swap_consistent("tie", "tie") == "tie"
     assert scoring.swap_consistent("A", None) is None
+
+
+@pytest.mark.parametrize("answer, reference, exact, contains, f1", [
+    ("18", "18", True, True, 1.0),
+    ("The answer is 18.", "18", False, True, 0.5),           # answer is 18 (articles dropped) vs 18
+    ("118", "18", False, False, 0.0),                        # whole words only
+    ("the Moon", "Moon", True, True, 1.0),                   # articles and case normalised away
+    ("B. Titanium", "B. Titanium", True, True, 1.0),
+    ("Titanium", "B. Titanium", False, False, 2 / 3),
+    ("它是氢。", "氢", False, True, 2 / 4),                    # CJK by character: 1 of 3 answer chars
+    ("氢的原子序数是1", "1", False, True, 2 / 9),
+    ("ＡＢＣ　１２", "abc 12", True, True, 1.0),                # full-width forms and case
+    ("", "18", False, False, 0.0),
+])
+def test_free_form_answers_against_the_reference(answer, reference, exact, contains, f1):
+    got = scoring.free_form(answer, reference)
+    assert (got["exact"], got["contains"]) == (exact, contains)
+    assert got["f1"] == pytest.approx(f1)
+
+
+def test_free_form_scores_and_an_empty_reference():
+    rows = [{"answer": "18", "reference_answer": "18"}, {"answer": "no idea", "reference_answer": "18"}]
+    got = scoring.free_form_scores(rows)
+    assert (got["n"], got["exact"], got["contains"], got["f1"]) == (2, 0.5, 0.5, 0.5)
+    assert got["exact_ci95"][0] < 0.5 < got["exact_ci95"][1]
+    with pytest.raises(ValueError, match="empty"):
+        scoring.free_form("anything", "。")

@@ -119,6 +119,12 @@ def record_to_messages(record: dict, system_prompt: str, think: bool = False) ->
     ]
 
 
+def gold_answer(record: dict) -> str:
+    """The answer alone, as the assistant gives it (an option with its letter: "B. Titanium"),
+    without the explanation or any reasoning."""
+    return record_to_messages({**record, "explanation": ""}, "")[2]["content"]
+
+
 def prompt_and_reference(messages: list[dict]) -> tuple[list[dict], str]:
     """Split a conversation into the prompt (all but the last turn) and the reference answer."""
     if not messages or messages[-1]["role"] != "assistant":

@@ -68,11 +68,6 @@ def answer_text(rec: dict) -> str:
     return chat.record_to_messages(rec, "")[2]["content"]
 
 
-def gold_answer(rec: dict) -> str:
-    """The answer alone (an option with its letter), without the explanation."""
-    return chat.record_to_messages({**rec, "explanation": ""}, "")[2]["content"]
-
-
 def request(text: str, sampling, seed: int, schema: dict | None = None, *, task: str, source: str,
             teacher=None) -> Request:
     """One request; `teacher` (TeacherConfig) says whether it is a chat turn or a raw completion
@@ -87,7 +82,7 @@ def request(text: str, sampling, seed: int, schema: dict | None = None, *, task:
 
 def think_request(rec: dict, tpl: Template, sampling, seed: int, teacher=None) -> Request:
     # $answer: the answer as the plain row gives it (explanation included); $gold: the answer alone
-    return request(tpl.render(question=question_text(rec), answer=answer_text(rec), gold=gold_answer(rec)),
+    return request(tpl.render(question=question_text(rec), answer=answer_text(rec), gold=chat.gold_answer(rec)),
                    sampling, seed,
                    task="think", source=rec["id"], teacher=teacher)
 
@@ -107,7 +102,7 @@ def think_row(rec: dict, output: str, emits_tags: bool, system_prompt: str,
             return [], "empty_think"
         # the answer as the plain rows give it: with the explanation after it, unless the
         # explanation is itself a reasoning there (then the teacher's reasoning replaces it)
-        answer = gold_answer(rec) if think_from_explanation else answer_text(rec)
+        answer = chat.gold_answer(rec) if think_from_explanation else answer_text(rec)
         content = f"{chat.THINK_OPEN}\n{reasoning}\n{chat.THINK_CLOSE}\n{answer}"
     reason = chat.validate_assistant(content, lang=rec.get("lang"))
     if reason is None and rec.get("lang") and not chat.language_matches(reasoning, rec["lang"]):
