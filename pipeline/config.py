@@ -562,6 +562,9 @@ class ExportVerifyConfig:
     """A position whose two best HF logits are closer than this is a tie: either token agrees."""
     min_quant_top1: float
     """Fail when a quantized GGUF's top-1 agreement with the HF model is below this (0: report only)."""
+    format_margin: float
+    """A GGUF fails when its think rate, stop rate or valid calls per tool prompt is more than
+    this below the merged model's on the same prompts."""
 
     def __post_init__(self) -> None:
         for name in ("prompts", "max_new_tokens", "n_ctx", "threads", "speed_tokens"):
@@ -569,6 +572,8 @@ class ExportVerifyConfig:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if not 0.0 <= self.min_quant_top1 <= 1.0:
             raise ConfigError(f"min_quant_top1: expected a share in [0, 1], got {self.min_quant_top1}")
+        if not 0.0 <= self.format_margin <= 1.0:
+            raise ConfigError(f"format_margin: expected a share in [0, 1], got {self.format_margin}")
 
 
 @dataclass
@@ -630,8 +635,9 @@ class ServeConfig:
     tool_parser: str | None
     """vLLM tool-call parser (hermes reads our <tool_call> format): OpenAI clients get structured
     `tool_calls`. null: tool calls stay in the text, where the chat client parses them."""
-    gguf: Literal[OutType, QuantType]
-    """GGUF type `make serve-gguf` serves: export.outtype or one of export.quant."""
+    gguf: Literal["best", OutType, QuantType]
+    """GGUF type `make serve-gguf` serves: export.outtype or one of export.quant; `best`: the
+    smallest that passed verify_export (metrics/export.json `served`)."""
     n_ctx: int
     """llama.cpp server context."""
     api_key_env: str

@@ -6,6 +6,8 @@
                                           #   cannot load as a LoRA module)
     python -m pipeline.serve --gguf       # make serve-gguf: llama.cpp's server (llama-cpp-python)
                                           #   on models/gguf/.../<export.name>-<serve.gguf>.gguf
+                                          #   (serve.gguf `best`: the one verify_export chose)
+    python -m pipeline.serve --which      # print that GGUF and its Ollama Modelfile
     ... --port 8001 --dry-run             # another port; print the command instead of running it
 
 vLLM runs as `python -m vllm.entrypoints.openai.api_server`, the same server as `vllm serve`
@@ -27,7 +29,7 @@ from pathlib import Path
 from pipeline.config import Params, load_or_exit
 from pipeline.gguf_tools import gguf_name
 from pipeline.models import adapter_trains_tokens, vllm_lora_rank
-from pipeline.paths import ADAPTER_DIR, BASE_DIR, FULL_DIR, MERGED_DIR, QUANT_DIR
+from pipeline.paths import ADAPTER_DIR, BASE_DIR, EXPORT_METRICS, FULL_DIR, MERGED_DIR, QUANT_DIR
 
 
 def _need(path: Path, stage: str) -> Path:
@@ -75,8 +77,21 @@ def vllm_command(params: Params, host: str, port: int, merged: bool = False,
     return cmd
 
 
+def served_choice(metrics_path: Path = EXPORT_METRICS) -> str:
+    """The GGUF type verify_export chose (serve.gguf `best`): metrics/export.json's `served`."""
+    try:
+        served = json.loads(metrics_path.read_text(encoding="utf-8")).get("served") or {}
+    except FileNotFoundError:
+        raise SystemExit(f"error: serve.gguf is best, and there is no {metrics_path} to say which GGUF passed; "
+                         "run `dvc repro verify_export` (or make pull), or set serve.gguf to a type") from None
+    if not served.get("type") or not served.get("passed"):
+        raise SystemExit(f"error: {metrics_path}: no GGUF passed verify_export "
+                         f"({served.get('why') or 'see its failures'}); set serve.gguf to a type to serve one anyway")
+    return served["type"]
+
+
 def gguf_file(params: Params) -> Path:
-    kind = params.serve.gguf
+    kind = params.serve.gguf if params.serve.gguf != "best" else served_choice()
     folder = FULL_DIR if kind == params.export.outtype else QUANT_DIR
     path = folder / gguf_name(params.export.name, kind)
     if not path.exists():
@@ -100,12 +115,18 @@ def main(argv: list[str] | None = None) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--gguf", action="store_true", help="llama.cpp's server on the exported GGUF (serve.gguf)")
     which.add_argument("--merged", action="store_true", help="vLLM on models/merged instead of base + adapter")
+    which.add_argument("--which", action="store_true",
+                       help="print the GGUF make serve-gguf serves and its Ollama Modelfile, then exit")
     parser.add_argument("--host", help="listen address (default: serve.host)")
     parser.add_argument("--port", type=int, help="port (default: serve.port)")
     parser.add_argument("--dry-run", action="store_true", help="print the command, do not start it")
     args = parser.parse_args(argv)
     params = load_or_exit()
     host, port = args.host or params.serve.host, args.port if args.port is not None else params.serve.port
+    if args.which:
+        path = gguf_file(params)
+        print(f"{path}\n{path.with_suffix('.Modelfile')}")
+        return
     if args.gguf:
         cmd = gguf_command(params, host, port)
     else:

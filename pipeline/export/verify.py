@@ -16,8 +16,17 @@ Checks, per GGUF (full precision and each quantization):
 - greedy generation in llama.cpp: every generated token agrees with HF's argmax on the same
   prefix; where the model ends its turn it is with the end-of-turn token, and llama-cpp-python's
   own completion API stops there (finish_reason "stop", the token not printed);
+- the format of the answers, relative to the merged model's own greedy answers on the same
+  prompts: think rate (question prompts), stop rate, and valid search calls per tool prompt,
+  each within export.verify.format_margin of the merged model's (a quantization that loses
+  the think block or the end of turn fails here even when its logits mostly agree);
 - file sizes, and llama.cpp vs transformers tokens/s generating the same number of tokens from
   the same prompt (prompt processing included; the best of three runs each).
+
+Each file gets its own `passed`. The file `make serve-gguf` serves is serve.gguf, or with
+`best` (the default) the smallest file that passed (recorded under `served` in
+metrics/export.json, with its Modelfile); the stage fails only when that file fails (or, with
+`best`, when none passed). Failures of the other files are reported, not fatal.
 
     python -m pipeline.export.verify        # dvc repro verify_export
 """
@@ -167,10 +176,11 @@ def llama_tokens_per_s(llm, prompt: list[int], n: int) -> float:
     return best_rate(run, n)
 
 
-def output_format(outputs: list[str], kinds: list[str]) -> dict:
+def output_format(outputs: list[str], kinds: list[str], stopped: list[bool]) -> dict:
     """The format of greedy answers, as evaluate scores it: a think block on question prompts;
     on prompts with the search tool declared, a call or an answer, and whether the calls are
-    valid (JSON, the declared tool, schema-conformant arguments)."""
+    valid (JSON, the declared tool, schema-conformant arguments); and whether the model ended
+    its turn."""
     questions = [o for o, k in zip(outputs, kinds, strict=True) if k == "question"]
     tools = [o for o, k in zip(outputs, kinds, strict=True) if k == "tools"]
     calls = valid = 0
@@ -180,13 +190,47 @@ def output_format(outputs: list[str], kinds: list[str]) -> dict:
         calls += n
         valid += sum(chat.tool_call_error(c, [SEARCH_TOOL]) is None for c in parsed["tool_calls"])
     return {"question_prompts": len(questions), "think_rate": scoring.think_stats(questions)["rate"] if questions else None,
+            "stop_rate": sum(stopped) / len(stopped) if stopped else None,
             "tool_prompts": len(tools), "tool_calls": calls, "valid_tool_calls": valid,
-            "tool_call_validity": valid / calls if calls else None}
+            "tool_call_validity": valid / calls if calls else None,
+            "valid_calls_per_tool_prompt": valid / len(tools) if tools else None}
+
+
+FORMAT_FIGURES = ("think_rate", "stop_rate", "valid_calls_per_tool_prompt")
+
+
+def format_problems(got: dict, merged: dict, margin: float) -> list[str]:
+    """Each format figure of a GGUF's answers more than `margin` below the merged model's."""
+    problems = []
+    for name in FORMAT_FIGURES:
+        want, have = merged.get(name), got.get(name)
+        if want is not None and have is not None and have < want - margin:
+            problems.append(f"format: {name} {have:.2f}, the merged model's {want:.2f} "
+                            f"(more than export.verify.format_margin {margin} below)")
+    return problems
+
+
+def merged_answers(ref: Reference, prompts: list[list[int]], max_new: int) -> tuple[list[str], list[bool]]:
+    """The merged model's own greedy answers (transformers), decoded as llama.cpp's are, and
+    whether each ended its turn within max_new tokens."""
+    import torch
+
+    texts, stopped = [], []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            out = ref.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                                     eos_token_id=ref.eot_id, pad_token_id=ref.tokenizer.pad_token_id)
+        new = out[0, len(prompt):].tolist()
+        ended = bool(new) and new[-1] == ref.eot_id
+        stopped.append(ended)
+        texts.append(ref.tokenizer.decode(new[:-1] if ended else new, skip_special_tokens=True))
+    return texts, stopped
 
 
 def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: list[str],
                 conversations: list[list[dict]], cfg: ExportVerifyConfig, full_precision: bool,
-                hf_speed: float, kinds: list[str] | None = None) -> tuple[dict, list[str]]:
+                hf_speed: float, kinds: list[str], merged_format: dict) -> tuple[dict, list[str]]:
     import llama_cpp
 
     result: dict = {"file": str(path), "size_mib": round(path.stat().st_size / 2**20, 3)}
@@ -194,6 +238,7 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
         llm = load_llama(path, cfg.n_ctx, cfg.threads)
     except Exception as exc:  # llama.cpp refuses the file: nothing else can be checked
         result["loads"] = False
+        result["passed"] = False
         return result, [f"llama.cpp could not load it: {exc}"]
     result["loads"] = True
     problems: list[str] = []
@@ -206,13 +251,14 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
     totals = {"positions": 0, "agree": 0, "ties": 0, "max_abs_diff": 0.0}
     gen = {"prompts": len(prompts), "tokens": 0, "agree": 0, "ties": 0, "stopped": 0}
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    texts_out = []
+    texts_out, stops = [], []
     for prompt in prompts:
         c = compare_logits(ref.logits(prompt), llama_logits(llm, prompt), cfg.tie_tolerance)
         for k in ("positions", "agree", "ties"):
             totals[k] += c[k]
         totals["max_abs_diff"] = max(totals["max_abs_diff"], c["max_abs_diff"])
         out, stopped = greedy_llama(llm, vocab, prompt, cfg.max_new_tokens, cfg.n_ctx)
+        stops.append(stopped)
         texts_out.append(llm.detokenize(out, special=False).decode("utf-8", errors="replace"))
         # HF's argmax on every prefix llama.cpp generated (teacher forcing): generation parity.
         g = compare_logits(ref.logits(prompt + out)[len(prompt) - 1:-1], llama_logits(llm, prompt + out)[len(prompt) - 1:-1],
@@ -229,7 +275,8 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
     result["top1_agreement"] = totals["agree"] / totals["positions"]
     result["top1_agreement_with_ties"] = (totals["agree"] + totals["ties"]) / totals["positions"]
     result["generation"] = gen
-    result["format"] = output_format(texts_out, kinds or ["question"] * len(prompts))
+    result["format"] = output_format(texts_out, kinds, stops)
+    problems += format_problems(result["format"], merged_format, cfg.format_margin)
     result["samples"] = texts_out[:2]
     result["stops_at_end_of_turn"] = stops_at_end_of_turn(llm, prompts[0], ref.eot_id)
     if not result["stops_at_end_of_turn"]:
@@ -331,18 +378,41 @@ def verify(params: Params, merged_dir: Path = MERGED_DIR, files: list[tuple[str,
                    "transformers_tokens_per_s": round(hf_speed, 2)},
         "gguf": {},
     }
+    merged_texts, merged_stops = merged_answers(ref, prompts, cfg.max_new_tokens)
+    report["merged"]["format"] = merged_format = output_format(merged_texts, kinds, merged_stops)
     failures = []
     for kind, path in files:
         result, problems = verify_file(path, ref, prompts, texts, [whole, *conversations], cfg,
                                        full_precision=kind == params.export.outtype, hf_speed=hf_speed,
-                                       kinds=kinds)
+                                       kinds=kinds, merged_format=merged_format)
+        result["problems"] = problems
         report["gguf"][kind] = result
         failures += [f"{path.name}: {p}" for p in problems]
     report["failures"] = failures
-    report["passed"] = not failures
+    report["served"] = served = choose_served(report["gguf"], params.serve.gguf, params.export.name)
+    report["passed"] = served["passed"]
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
+
+
+def choose_served(results: dict[str, dict], wanted: str, name: str) -> dict:
+    """The GGUF `make serve-gguf` serves and the Modelfile to give Ollama: serve.gguf, or with
+    `best` the smallest file that passed (the most agreeing one on equal sizes)."""
+    if wanted == "best":
+        passed = [k for k, r in results.items() if r.get("passed")]
+        if not passed:
+            return {"type": None, "file": None, "modelfile": None, "passed": False, "chosen": "best",
+                    "why": "no GGUF passed its checks"}
+        kind = min(passed, key=lambda k: (results[k]["size_mib"], -results[k]["top1_agreement"], k))
+    else:
+        kind = wanted
+    if kind not in results:
+        return {"type": kind, "file": None, "modelfile": None, "passed": False, "chosen": wanted,
+                "why": f"serve.gguf {kind!r} was not exported (export.outtype, export.quant)"}
+    path = Path(results[kind]["file"])
+    return {"type": kind, "file": str(path), "modelfile": str(path.with_suffix(".Modelfile")),
+            "passed": bool(results[kind].get("passed")), "chosen": wanted}
 
 
 def _pct(x) -> str:
@@ -361,7 +431,8 @@ def summary(report: dict) -> str:
                      f"{r['logits']['max_abs_diff']:.2g}, stopped {g['stopped']}/{g['prompts']}, "
                      f"think {_pct(r['format']['think_rate'])}, valid calls {r['format']['valid_tool_calls']}/"
                      f"{r['format']['tool_calls']}, "
-                     f"{r['tokens_per_s']} tok/s ({r['speed_vs_transformers']}x transformers)")
+                     f"{r['tokens_per_s']} tok/s ({r['speed_vs_transformers']}x transformers): "
+                     f"{'passed' if r['passed'] else 'FAILED'}")
     return "\n".join(lines)
 
 
@@ -369,9 +440,15 @@ def main() -> None:
     params = load_or_exit()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report = verify(params)
+    served = report["served"]
     print(f"verify_export: {len(report['gguf'])} GGUF files against {MERGED_DIR} -> {EXPORT_METRICS}\n{summary(report)}")
-    if report["failures"]:
-        sys.exit("error: export verification failed:\n  " + "\n  ".join(report["failures"]))
+    for failure in report["failures"]:
+        print(f"  failed: {failure}")
+    if not served["passed"]:
+        why = served.get("why") or f"{served['file']} (serve.gguf={served['chosen']}) failed its checks"
+        sys.exit(f"error: export verification failed: the GGUF to serve: {why}:\n  " + "\n  ".join(report["failures"]))
+    print(f"verify_export: make serve-gguf serves {served['file']} (serve.gguf={served['chosen']}); "
+          f"Ollama: ollama create {params.export.name} -f {served['modelfile']}")
 
 
 if __name__ == "__main__":
