@@ -478,6 +478,9 @@ class EvalConfig:
     """Test questions generated for (think rate, exam accuracy, judge); 0: all."""
     max_tool_prompts: int
     """Test search conversations generated for (tool-call metrics); 0: all."""
+    max_exam_prompts: int
+    """Questions of each exam set answered in words (the first of each file; 0: all): think
+    rate, end of turn and generation accuracy there. Log-likelihood scores every item anyway."""
     max_new_tokens: int
     temperature: float
     """0: greedy (the default: base and tuned compared on equal terms)."""

@@ -131,7 +131,8 @@ def eval_items(params: Params, split_path: Path | None = None, sft_dir: Path = S
     by_id = {r["id"]: r for r in questions}
     items += [tool_item(r, by_id) for r in search[:cfg.max_tool_prompts or None]]
     for path in cfg.exam_sets:
-        items += [question_item(r, system, f"exam:{Path(path).stem}") for r in exam_records(path)]
+        items += [question_item(r, system, f"exam:{Path(path).stem}")
+                  for r in exam_records(path)[:cfg.max_exam_prompts or None]]
     return items
 
 
@@ -295,7 +296,8 @@ def score_row(item: dict, output: str, final_answer: str) -> dict:
     elif item["options"]:
         scores["choice"] = scoring.extract_choice(output, item["options"])
         scores["correct"] = scores["choice"] == item["answer"]
-    scores.update(scoring.free_form(final_answer, item["reference_answer"]))
+    scores.update(scoring.free_form(final_answer, item["reference_answer"],
+                                    scoring.option_distractors(item["options"], item.get("answer"))))
     return scores
 
 
@@ -335,7 +337,8 @@ def model_metrics(rows: list[dict], skipped: dict[str, int]) -> dict:
                           "by_label": {label: _rate([r["scores"]["contains"] for r in search
                                                      if r["needs_search"] == (label == "call")])
                                        for label in ("call", "no_call")}},
-        "free_form": {s: scoring.free_form_scores([{"answer": r["final_answer"], "reference_answer": r["reference_answer"]}
+        "free_form": {s: scoring.free_form_scores([{"answer": r["final_answer"], "reference_answer": r["reference_answer"],
+                                                    "distractors": scoring.option_distractors(r["options"], r["answer"])}
                                                    for r in in_set(s)]) for s in sets},
         "exam": {**scoring.exam_scores([r for r in questions if r["options"]]), "method": "generation"},
         "exam_sets": {},

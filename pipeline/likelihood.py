@@ -123,7 +123,9 @@ class Scorer:
     of every continuation from the last context position; then every multi-token continuation
     of the batch as one more batch on that cache, with explicit position ids (each continuation
     goes on from its own item's last context token) and a mask that hides other items' padding.
-    The output layer runs only on the hidden states that predict continuation tokens."""
+    Items are batched in order of length (less padding); continuations of one token (the
+    letters) need no second pass. The output layer runs only on the hidden states that predict
+    continuation tokens."""
 
     def __init__(self, model, batch_size: int = 16):
         self.model = model
@@ -159,9 +161,13 @@ class Scorer:
                 prefix = [items[0].context[:prefix_len]]
                 _, prefix_cache = self._body(prefix, None, torch.ones(1, prefix_len, dtype=torch.long),
                                              torch.arange(prefix_len)[None])
-            results = []
-            for start in range(0, len(items), self.batch_size):
-                results += self._batch(items[start:start + self.batch_size], prefix_len, prefix_cache)
+            # batches of similar lengths pad less: by context length, then longest continuation
+            order = sorted(range(len(items)), key=lambda k: (len(items[k].context), max(map(len, items[k].continuations))))
+            results: list[list[float]] = [[] for _ in items]
+            for start in range(0, len(order), self.batch_size):
+                chosen = order[start:start + self.batch_size]
+                for k, lls in zip(chosen, self._batch([items[k] for k in chosen], prefix_len, prefix_cache), strict=True):
+                    results[k] = lls
         return results
 
     def _batch(self, batch: list[Encoded], prefix_len: int, prefix_cache) -> list[list[float]]:
@@ -181,28 +187,24 @@ class Scorer:
         last = self._logprobs(hidden[torch.arange(len(batch)), torch.tensor([len(t) - 1 for t in tails])])
         lls = [[float(last[i, c[0]]) for c in it.continuations] for i, it in enumerate(batch)]
 
-        # the rest of each continuation: one row per (item, continuation), on the item's cache
-        n = max(len(it.continuations) for it in batch)
-        longest = max(len(c) for it in batch for c in it.continuations)
-        if longest == 1:
+        # the rest of each continuation longer than one token: one row per (item, continuation), on
+        # a copy of its item's cache (single-token continuations, the letters, are done already)
+        multi = [(i, j) for i, it in enumerate(batch) for j, c in enumerate(it.continuations) if len(c) > 1]
+        if not multi:
             return lls
-        span = longest - 1
-        cache.batch_repeat_interleave(n)
+        span = max(len(batch[i].continuations[j]) for i, j in multi) - 1
+        cache.reorder_cache(torch.tensor([i for i, _ in multi]))
         rows, row_mask, row_pos, wanted = [], [], [], []
-        for i, it in enumerate(batch):
-            for j in range(n):
-                c = it.continuations[j] if j < len(it.continuations) else it.continuations[0]
-                rows.append(c[:-1] + [c[0]] * (span - len(c) + 1))
-                m = mask[i].tolist() + [1] * (len(c) - 1) + [0] * (span - len(c) + 1)
-                row_mask.append(m)
-                row_pos.append([prefix_len + len(tails[i]) + k for k in range(span)])
-                if j < len(it.continuations):
-                    wanted += [(len(rows) - 1, k, i, j, c[k + 1]) for k in range(len(c) - 1)]
+        for r, (i, j) in enumerate(multi):
+            c = batch[i].continuations[j]
+            rows.append(c[:-1] + [c[0]] * (span - len(c) + 1))
+            row_mask.append(mask[i].tolist() + [1] * (len(c) - 1) + [0] * (span - len(c) + 1))
+            row_pos.append([prefix_len + len(tails[i]) + k for k in range(span)])
+            wanted += [(r, k, i, j, c[k + 1]) for k in range(len(c) - 1)]
         hidden, _ = self._body(rows, cache, torch.tensor(row_mask), torch.tensor(row_pos))
-        if wanted:
-            logp = self._logprobs(hidden[torch.tensor([w[0] for w in wanted]), torch.tensor([w[1] for w in wanted])])
-            for (_, _, i, j, token), row in zip(wanted, logp, strict=True):
-                lls[i][j] += float(row[token])
+        logp = self._logprobs(hidden[torch.tensor([w[0] for w in wanted]), torch.tensor([w[1] for w in wanted])])
+        for (_, _, i, j, token), row in zip(wanted, logp, strict=True):
+            lls[i][j] += float(row[token])
         return lls
 
 

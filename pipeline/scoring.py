@@ -83,20 +83,29 @@ def _contains(tokens: list[str], part: list[str]) -> bool:
     return any(tokens[i:i + len(part)] == part for i in range(len(tokens) - len(part) + 1))
 
 
-def free_form(answer: str, reference: str) -> dict:
+def free_form(answer: str, reference: str, distractors: tuple[str, ...] = ()) -> dict:
     """One answer against its reference: normalised exact match, the reference's tokens as a
     contiguous run of the answer's (whole words, CJK characters one by one: "18" is not found
-    in "118", "氢" is in "它是氢"), and token F1."""
+    in "118", "氢" is in "它是氢") and none of the distractors' (a multiple-choice item's other
+    options: an answer that repeats every option contains none), and token F1."""
     a, r = normalise_answer(answer), normalise_answer(reference)
     if not r:
         raise ValueError(f"reference {reference!r} is empty once normalised: it cannot score an answer")
-    return {"exact": a == r, "contains": _contains(answer_tokens(a), answer_tokens(r)), "f1": token_f1(a, r)}
+    tokens = answer_tokens(a)
+    found = _contains(tokens, answer_tokens(r)) and not any(
+        _contains(tokens, answer_tokens(normalise_answer(d))) for d in distractors)
+    return {"exact": a == r, "contains": found, "f1": token_f1(a, r)}
+
+
+def option_distractors(options: dict, answer: str | None) -> tuple[str, ...]:
+    """The wrong options of a multiple-choice item as the assistant would give them ("C. Iron")."""
+    return tuple(f"{k}. {v}" for k, v in options.items() if k != answer)
 
 
 def free_form_scores(rows: list[dict]) -> dict:
-    """Over rows {"answer", "reference_answer"}: exact and contains as shares with their Wilson
-    95% intervals, mean token F1, n."""
-    scores = [free_form(r["answer"], r["reference_answer"]) for r in rows]
+    """Over rows {"answer", "reference_answer", optionally "distractors"}: exact and contains as
+    shares with their Wilson 95% intervals, mean token F1, n."""
+    scores = [free_form(r["answer"], r["reference_answer"], tuple(r.get("distractors", ()))) for r in rows]
     n = len(scores)
     exact = sum(s["exact"] for s in scores)
     contains = sum(s["contains"] for s in scores)

@@ -159,3 +159,16 @@ def test_free_form_scores_and_an_empty_reference():
     assert got["exact_ci95"][0] < 0.5 < got["exact_ci95"][1]
     with pytest.raises(ValueError, match="empty"):
         scoring.free_form("anything", "。")
+
+
+def test_an_answer_that_repeats_every_option_contains_none():
+    options = {"A": "Melbourne", "B": "Perth", "C": "Sydney", "D": "Canberra"}
+    distractors = scoring.option_distractors(options, "D")
+    assert distractors == ("A. Melbourne", "B. Perth", "C. Sydney")
+    echo = "What is the capital?\nA. Melbourne\nB. Perth\nC. Sydney\nD. Canberra\nWhat is"
+    assert scoring.free_form(echo, "D. Canberra")["contains"]  # without the options: fooled
+    assert not scoring.free_form(echo, "D. Canberra", distractors)["contains"]
+    assert scoring.free_form("<think>x</think>D. Canberra, in the ACT", "D. Canberra", distractors)["contains"]
+    rows = [{"answer": echo, "reference_answer": "D. Canberra", "distractors": distractors},
+            {"answer": "D. Canberra", "reference_answer": "D. Canberra", "distractors": distractors}]
+    assert scoring.free_form_scores(rows)["contains"] == 0.5
