@@ -95,6 +95,7 @@ def question_item(rec: dict, system_prompt: str, set_name: str, think: bool = Fa
     return {"id": f"{set_name}/{rec['id']}", "set": set_name, "source_id": rec["id"], "url": rec.get("url"),
             "where": rec.get("where"), "messages": prompt, "tools": None, "question": prompt[-1]["content"],
             "reference": reference, "reference_answer": chat.gold_answer(rec), "options": rec.get("options") or {},
+            "distractors": scoring.option_distractors(rec.get("options") or {}, rec.get("answer")),
             "answer": rec.get("answer"), "chapter": rec.get("chapter") or ""}
 
 
@@ -108,6 +109,7 @@ def tool_item(row: dict, records: dict[str, dict]) -> dict:
     return {"id": f"tools/{row['id']}", "set": "tools", "source_id": row["source_ids"][0], "url": row["urls"][0],
             "messages": row["messages"][:2], "tools": row["tools"], "question": row["messages"][1]["content"],
             "reference": row["messages"][-1]["content"], "reference_answer": gold,
+            "distractors": scoring.option_distractors(source.get("options") or {}, source.get("answer")) if source else (),
             "needs_search": facts["needs_search"], "reference_call": reference}
 
 
@@ -296,8 +298,7 @@ def score_row(item: dict, output: str, final_answer: str) -> dict:
     elif item["options"]:
         scores["choice"] = scoring.extract_choice(output, item["options"])
         scores["correct"] = scores["choice"] == item["answer"]
-    scores.update(scoring.free_form(final_answer, item["reference_answer"],
-                                    scoring.option_distractors(item["options"], item.get("answer"))))
+    scores.update(scoring.free_form(final_answer, item["reference_answer"], item["distractors"]))
     return scores
 
 
@@ -338,7 +339,7 @@ def model_metrics(rows: list[dict], skipped: dict[str, int]) -> dict:
                                                      if r["needs_search"] == (label == "call")])
                                        for label in ("call", "no_call")}},
         "free_form": {s: scoring.free_form_scores([{"answer": r["final_answer"], "reference_answer": r["reference_answer"],
-                                                    "distractors": scoring.option_distractors(r["options"], r["answer"])}
+                                                    "distractors": r["distractors"]}
                                                    for r in in_set(s)]) for s in sets},
         "exam": {**scoring.exam_scores([r for r in questions if r["options"]]), "method": "generation"},
         "exam_sets": {},
@@ -433,6 +434,7 @@ def evaluate(params: Params) -> tuple[dict, list[dict], list[dict]]:
                 "id": item["id"], "set": item["set"], "model": model_name, "source_id": item["source_id"],
                 "source_url": item.get("url") or item.get("where"), "question": item["question"],
                 "reference": item["reference"], "reference_answer": item["reference_answer"],
+                "distractors": list(item["distractors"]),
                 "options": item["options"] if item["set"] != "tools" else {},
                 "answer": item.get("answer"), "chapter": item.get("chapter", ""), "tools": item["tools"],
                 "needs_search": item.get("needs_search"), "reference_call": item.get("reference_call"),
