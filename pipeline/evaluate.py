@@ -56,7 +56,7 @@ from pipeline.models import adapter_trains_tokens, load_tuned, merge, vllm_lora_
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, EVAL_METRICS, EVAL_REPORT_DIR, INDEX, SFT_DIR
 from pipeline.records import encode_records, load_split
 from pipeline.request_cache import Request
-from pipeline.search import SEARCH_TOOL, SearchIndex, execute_call
+from pipeline.search import SearchIndex, execute_call
 
 MODELS = ("base", "tuned")
 
