@@ -62,9 +62,9 @@ MODELS = ("base", "tuned")
 
 
 def heldout_loss(model, tokenizer, examples: list[dict], batch_size: int) -> tuple[float, int]:
-    """Mean negative log-likelihood per assistant token, and the number of such tokens."""
+    """Mean negative log-likelihood per assistant token, and the number of such tokens. Only the
+    positions that predict a labelled token go through the output layer."""
     import torch
-    import torch.nn.functional as F
 
     total, count = 0.0, 0
     model.eval()
@@ -79,12 +79,13 @@ def heldout_loss(model, tokenizer, examples: list[dict], batch_size: int) -> tup
             ids[i, :n] = torch.tensor(ex["input_ids"])
             attn[i, :n] = 1
             labels[i, :n] = torch.tensor(ex["labels"])
+        target = labels[:, 1:]
+        wanted = target != -100
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=attn).logits.float()
-        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                              ignore_index=-100, reduction="sum")
-        total += nll.item()
-        count += int((labels[:, 1:] != -100).sum())
+            hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+            logp = likelihood.output_logprobs(model, hidden[wanted])
+        total -= logp.gather(1, target[wanted][:, None]).sum().item()
+        count += int(wanted.sum())
     return total / max(count, 1), count
 
 

@@ -101,6 +101,19 @@ def encode_pair(tokenizer, context: str, conts: list[str], add_special_tokens: b
     return Encoded(context_ids, out)
 
 
+def output_logprobs(model, hidden):
+    """Log-softmax of the output layer on the given hidden states only (the model's final logit
+    soft-capping applied, as its forward does): the 262k-row layer never sees the positions
+    nobody scores."""
+    import torch
+
+    logits = model.get_output_embeddings()(hidden).float()
+    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1)
+
+
 def common_prefix(seqs: list[list[int]]) -> int:
     """Length of the longest common start of all sequences, leaving each at least one token."""
     if not seqs:
@@ -131,16 +144,9 @@ class Scorer:
         self.model = model
         self.batch_size = batch_size
         self.forward_tokens = 0  # tokens that went through the model (the cost)
-        self.head = model.get_output_embeddings()
-        self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
 
     def _logprobs(self, hidden):
-        import torch
-
-        logits = self.head(hidden).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return torch.log_softmax(logits, dim=-1)
+        return output_logprobs(self.model, hidden)
 
     def _body(self, ids, cache, mask, positions):
         import torch

@@ -213,3 +213,33 @@ def test_lm_evaluation_harness_gives_the_same_numbers(tokenizer, tmp_path, monke
             mine = sum(r["correct" if figure == "acc" else "correct_norm"] for r in ours) / len(ours)
             assert out["results"][name][f"{figure},none"] == pytest.approx(mine), (name, k)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_heldout_loss_equals_the_models_own_loss_on_the_labelled_tokens(tokenizer):
+    """evaluate's held-out loss runs the output layer on labelled positions only: the same mean
+    per-token loss as the model's own forward with labels, padding and soft-capping included."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from pipeline.evaluate import heldout_loss
+
+    examples = []
+    for rec in RECORDS[:5]:
+        ids = tokenizer(likelihood.plain_context(rec, []) + " " + rec["options"][rec["answer"]])["input_ids"]
+        cut = len(ids) - 3 - len(examples)  # answers of different lengths, and so padding
+        examples.append({"input_ids": ids, "labels": [-100] * cut + ids[cut:]})
+    torch.manual_seed(5)
+    capped = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, final_logit_softcapping=2.0, pad_token_id=tokenizer.pad_token_id)).eval()
+    for model in (tiny_model(tokenizer, seed=4), capped):
+        total = count = 0
+        for ex in examples:
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
+            n = sum(x != -100 for x in ex["labels"][1:])
+            total += float(out.loss) * n
+            count += n
+        loss, tokens = heldout_loss(model, tokenizer, examples, batch_size=2)
+        assert tokens == count
+        assert loss == pytest.approx(total / count, abs=1e-5)
