@@ -124,6 +124,7 @@ def _check_evaluation(repo: Path) -> None:
                     assert entry["n"] > 0 and 0 <= entry["acc"] <= 1 and 0 <= entry["acc_norm"] <= 1
                     assert entry["ci95"][0] <= entry["acc"] <= entry["ci95"][1]
         assert m["mc"]["general_mc"]["plain"]["0shot"]["n"] >= 100
+        assert metrics["prompts"]["exam:general_mc"] == 16  # eval.max_exam_prompts: answered in words
         assert set(m["think"]["by_set"]) == {"questions", "tools", "exam:elements_exam", "exam:general_mc"}
         assert all({"rate", "n", "ci95"} <= set(v) for v in m["think"]["by_set"].values())
         assert all({"exact", "contains", "f1", "n"} <= set(v) for v in m["free_form"].values())

@@ -91,17 +91,16 @@ def _teach_the_format(merged, params, split_path) -> None:
     prompts, _, _ = verify_prompts(ref, params, split_path)
     target = ref.encode(f"{chat.THINK_OPEN}\nchecked\n{chat.THINK_CLOSE}\nyes") + [ref.eot_id]
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    rows = [prompt + target for prompt in prompts]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [ref.eot_id] * (width - len(r)) for r in rows])
+    labels = torch.tensor([[-100] * len(p) + target + [-100] * (width - len(p) - len(target)) for p in prompts])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     torch.manual_seed(0)
-    for _ in range(150):
-        loss = 0.0
-        for prompt in prompts:
-            ids = torch.tensor([prompt + target])
-            labels = ids.clone()
-            labels[0, :len(prompt)] = -100
-            loss = loss + model(input_ids=ids, labels=labels).loss
+    for _ in range(150):  # all prompts in one batch
         optimizer.zero_grad()
-        loss.backward()
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         optimizer.step()
     model.save_pretrained(merged)
 
