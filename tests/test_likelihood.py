@@ -1,6 +1,7 @@
 """Multiple-choice scoring by log-likelihood (pipeline.likelihood): hand-computed cases, the
-batched scorer against a plain full forward pass, fixture models trained to prefer the right
-(or a wrong) option, and lm-evaluation-harness's own numbers on the same fixture."""
+batched scorer against a plain full forward pass, a fixture model trained to prefer the right
+option (scored against the true key and a shifted one), and lm-evaluation-harness's own numbers
+on a fixture."""
 
 from __future__ import annotations
 
@@ -94,8 +95,8 @@ def trained_to_pick(tokenizer, pick, seed: int = 0, steps: int = 150):
     return model.eval()
 
 
-def scores(model, tokenizer, framing: str, shots: list[dict], batch_size: int = 16) -> list[dict]:
-    rows, skipped = likelihood.score_items(likelihood.Scorer(model, batch_size), tokenizer, RECORDS, framing, shots,
+def scores(model, tokenizer, framing: str, shots: list[dict], records: list[dict] = RECORDS) -> list[dict]:
+    rows, skipped = likelihood.score_items(likelihood.Scorer(model, 16), tokenizer, records, framing, shots,
                                            SYSTEM, True, 1024)
     assert skipped == 0
     return rows
@@ -156,14 +157,19 @@ def test_batched_scorer_equals_a_full_forward_pass(tokenizer):
 
 # --- fixture models -------------------------------------------------------------------------
 
-def test_a_model_trained_on_the_answers_scores_100_and_one_trained_on_wrong_answers_0(tokenizer):
+def test_a_model_trained_on_the_answers_scores_100_and_against_a_shifted_key_0(tokenizer):
+    """A model trained to prefer each item's right option scores 100%, letters and texts, in every
+    framing and shot count; held to an answer key shifted by one letter (so the option it
+    prefers is a wrong one for every item), the same log-likelihoods score 0%. One fixture
+    model serves both sides (a second one trained on the wrong options cost half a minute)."""
     right = trained_to_pick(tokenizer, lambda r: r["answer"])
     keys = "ABCD"
-    wrong = trained_to_pick(tokenizer, lambda r: keys[(keys.index(r["answer"]) + 1) % 4])
+    shifted = [{**r, "answer": keys[(keys.index(r["answer"]) + 1) % 4]} for r in RECORDS]
     for framing, shots in (("plain", []), ("plain", SHOT_RECORDS), ("chat", []), ("chat", SHOT_RECORDS)):
         good = scores(right, tokenizer, framing, shots)
         assert all(r["correct"] and r["correct_norm"] for r in good), (framing, len(shots))
-        bad = scores(wrong, tokenizer, framing, shots)
+        bad = scores(right, tokenizer, framing, shots, shifted)
+        assert [r["letter_ll"] for r in bad] == [r["letter_ll"] for r in good]
         assert not any(r["correct"] or r["correct_norm"] for r in bad), (framing, len(shots))
 
 
