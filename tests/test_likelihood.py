@@ -169,7 +169,7 @@ def test_a_model_trained_on_the_answers_scores_100_and_against_a_shifted_key_0(t
         good = scores(right, tokenizer, framing, shots)
         assert all(r["correct"] and r["correct_norm"] for r in good), (framing, len(shots))
         bad = scores(right, tokenizer, framing, shots, shifted)
-        assert [r["letter_ll"] for r in bad] == [r["letter_ll"] for r in good]
+        assert [(r["letter_ll"], r["text_ll"]) for r in bad] == [(r["letter_ll"], r["text_ll"]) for r in good]
         assert not any(r["correct"] or r["correct_norm"] for r in bad), (framing, len(shots))
 
 
