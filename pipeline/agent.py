@@ -45,9 +45,15 @@ class Printer:
         args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
         print(self._style("1;36", f"-> tool call: {name} {args}"), file=self.out)
 
-    def tool_result(self, text: str) -> None:
-        heads = [line for line in text.splitlines() if line.startswith("[")] or [text.splitlines()[0] if text else ""]
-        print(self._style("36", "<- tool response: " + "; ".join(heads)), file=self.out)
+    def tool_result(self, text: str, width: int = 160) -> None:
+        """Each passage the search returned: its head, then the start of its text (what the model
+        reads before it thinks again)."""
+        lines = []
+        for block in text.split("\n\n") if text else [""]:
+            head, _, body = block.partition("\n")
+            body = " ".join(body.split())
+            lines.append(head + (("\n      " + body[:width] + ("…" if len(body) > width else "")) if body else ""))
+        print(self._style("36", "<- tool response: " + "\n   ".join(lines)), file=self.out)
 
     def answer(self, text: str) -> None:
         print(text, file=self.out, flush=True)

@@ -277,6 +277,11 @@ class TeacherConfig:
     stop: list[str] = field(default_factory=list)
     """Strings that end a completion (excluded from the output), e.g. the blank line after a
     few-shot answer."""
+    prefills_think: bool | None = None
+    """The chat template opens the think block in the prompt (DeepSeek-R1-Distill's ends with
+    `<think>\\n`), so completions start inside it, without the opening tag. null: detected from
+    the prompt the teacher's own chat template renders (false where it cannot be rendered here:
+    a remote server, a completion prompt)."""
 
     def __post_init__(self) -> None:
         if self.backend == "openai" and not self.base_url:
@@ -303,6 +308,42 @@ class SynthTaskConfig:
     """Language (a record's `lang`) -> template file used instead of `template` for that
     language's records: a few-shot prompt whose examples are in the question's language keeps
     a weak teacher writing in it."""
+    hint: Literal["none", "answer"] = "answer"
+    """think and search_answer: `answer` shows the teacher the gold answer ($gold); `none` does
+    not (rejection sampling: only candidates that reach the gold on their own are kept). Either
+    way every candidate's final answer is checked against the gold."""
+    max_question_chars: int = 160
+    """qgen: the longest question kept (longer ones are rejected as long_question)."""
+    max_answer_chars: int = 240
+    """qgen: the longest answer kept (longer ones are rejected as long_answer)."""
+    max_reason_chars: int = 160
+    """search: the longest reasoning before a call the decision's JSON may hold (its schema's maxLength)."""
+    think_before_call: bool = True
+    """search: the call turn opens with the teacher's reasoning for the search (a think block);
+    false: the call alone (for a teacher whose reasons are noise, as the tiny profile's random one)."""
+
+    def __post_init__(self) -> None:
+        if self.sampling.n < 1:
+            raise ConfigError(f"sampling.n: expected at least 1 candidate, got {self.sampling.n}")
+
+
+@dataclass
+class VerifyConfig:
+    min_f1: float = 0.5
+    """A free-form final answer is verified when it equals the gold once normalised, or its
+    token F1 against the gold is at least this."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_f1 <= 1.0:
+            raise ConfigError(f"min_f1: expected a share in (0, 1], got {self.min_f1}")
+
+
+@dataclass
+class OpenBookConfig:
+    k: int = 0
+    """Passages the local search returns for the source question that go into the teacher's
+    think prompt ($passages), never from the source's own dedup cluster; 0: closed book."""
+    snippet_chars: int = 200
 
 
 @dataclass
@@ -317,12 +358,17 @@ class SynthConfig:
     think: SynthTaskConfig
     search: SynthTaskConfig
     qgen: SynthTaskConfig
+    search_answer: SynthTaskConfig
+    """The reasoning after the search tool's response and the answer written from it (the last
+    turn of a search row)."""
     mix: dict[Literal["plain", "think", "search", "qgen"], float]
     """Share of each task's valid rows that go into the training set (plain, think, search, qgen)."""
     search_labels: dict[str, bool] = field(default_factory=dict)
     """Site name -> whether its questions need the document search. The data's own label, used
     for those sites' search rows instead of the teacher's decision (which is still recorded);
     questions generated from documents always need it. Sites not named: the teacher decides."""
+    verify: VerifyConfig = field(default_factory=lambda: VerifyConfig())
+    open_book: OpenBookConfig = field(default_factory=lambda: OpenBookConfig())
 
     def __post_init__(self) -> None:
         for name, share in self.mix.items():

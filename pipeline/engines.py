@@ -98,7 +98,8 @@ class VLLMEngine:
         if req.completion:
             return len(self.tokenizer(req.prompt())["input_ids"])
         ids = self.tokenizer.apply_chat_template(req.chat(), add_generation_prompt=True, tokenize=True)
-        return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+        # a BatchEncoding (transformers 5) is a mapping but not a dict: its length is its key count
+        return len(ids if isinstance(ids, list) else ids["input_ids"])
 
     def generate(self, requests: list[Request], lora: Path | None = None) -> list[Result]:
         """`lora`: an adapter directory applied to every request of this call (the engine must
@@ -111,7 +112,14 @@ class VLLMEngine:
         results: list[Result | None] = [None] * len(requests)
         todo = []
         for i, req in enumerate(requests):
-            results[i] = _too_long(self._prompt_len(req), req, self.max_model_len)
+            n_prompt = self._prompt_len(req)
+            if _form(req) == "chat":
+                # a chat turn is held to what vLLM itself refuses, a prompt that fills the context
+                # (its output is cut where the context ends), as it always was here
+                results[i] = (Result([], f"prompt_too_long: {n_prompt} tokens, max_model_len {self.max_model_len}")
+                              if n_prompt >= self.max_model_len else None)
+            else:
+                results[i] = _too_long(n_prompt, req, self.max_model_len)
             if results[i] is None:
                 todo.append(i)
         params = {i: SamplingParams(

@@ -329,6 +329,9 @@ def model_metrics(rows: list[dict], skipped: dict[str, int]) -> dict:
                                  "mean_chars": scoring.think_stats([r["output"] for r in in_set(s)])["mean_chars"]}
                              for s in sets}},
         "stop_by_set": {s: _rate([r["stopped"] for r in in_set(s)]) for s in sets},
+        # every turn that follows a tool response (the reasoning over the results, then the answer)
+        "think_after_tool": {**_rate([scoring.think_stats([t])["rate"] == 1.0 for r in search for t in r["turns"][1:]]),
+                             "mean_chars": scoring.think_stats([t for r in search for t in r["turns"][1:]])["mean_chars"]},
         "tools": tools,
         "search_answer": {"accuracy": answered["rate"], "k": answered["k"], "n": answered["n"],
                           "ci95": answered["ci95"],
@@ -388,6 +391,8 @@ def comparisons(rows: list[dict], mc_rows: list[dict], metrics: dict) -> dict:
         *_paired_flags(tools, lambda r: r["scores"]["label"] == r["scores"]["decision"]))
     t, b = metrics["tuned"]["tools"], metrics["base"]["tools"]
     out["tools.validity"] = stats.unpaired(t["valid_attempts"], t["call_attempts"], b["valid_attempts"], b["call_attempts"])
+    ta, ba = metrics["tuned"]["think_after_tool"], metrics["base"]["think_after_tool"]
+    out["think_after_tool"] = stats.unpaired(ta["k"], ta["n"], ba["k"], ba["n"])
     return {k: v for k, v in out.items() if v is not None}
 
 

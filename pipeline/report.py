@@ -196,6 +196,8 @@ def behaviour_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | No
     rows = []
     for s in sets:
         rows.append((f"think rate: {s}", *per_model(lambda m: from_rate(m["think"]["by_set"][s])), f"think.{s}"))
+    rows.append(("think rate: turns after a tool response (unpaired)",
+                 *per_model(lambda m: from_rate(m["think_after_tool"])), "think_after_tool"))
     for s in sets:
         rows.append((f"ends its turn: {s}", *per_model(lambda m: from_rate(m["stop_by_set"][s])), f"stop.{s}"))
     rows.append(("search decision accuracy (call / no call vs label)",

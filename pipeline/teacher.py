@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import chat
 from pipeline.config import TeacherConfig
 from pipeline.digest import tree_sha256
 from pipeline.engines import make_engine
@@ -44,6 +45,28 @@ def request_seed(seed: int, task: str, source: str) -> int:
     """Each request its own sampling seed, from synth.seed and what it is for: rows do not share
     a random stream, and a rerun (or a resumed run) samples exactly the same."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{task}/{source}".encode()).digest()[:4], "big") >> 1
+
+
+def prefills_think(cfg: TeacherConfig) -> bool:
+    """Does the teacher's chat template open the think block in the prompt (DeepSeek-R1-Distill's
+    ends with `<think>\\n`), so that its completions start inside it? `teacher.prefills_think`
+    when set; else read from the prompt its own template renders. A completion prompt is ours
+    and opens nothing; a remote server's template cannot be rendered here (set the key)."""
+    if cfg.prefills_think is not None:
+        return cfg.prefills_think
+    if cfg.prompt_format == "completion" or cfg.backend == "openai":
+        return False
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,
+                                               add_generation_prompt=True)
+    except Exception as exc:  # no tokenizer at hand (offline, no chat template): say so, assume not
+        print(f"synth: cannot render {cfg.model}'s chat template ({type(exc).__name__}); assuming it does not "
+              "open the think block (set teacher.prefills_think to say)", file=sys.stderr)
+        return False
+    return chat.opens_think(prompt)
 
 
 def model_identity(model: str) -> str:

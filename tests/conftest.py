@@ -32,14 +32,16 @@ def run_stage(module: str, cwd: Path, check: bool = True, args: list[str] = ()) 
     return proc
 
 
-def openai_reply(handler, model: str, text: str) -> None:
+def openai_reply(handler, model: str, text: str | list[str]) -> None:
     """Answer an http.server request like an OpenAI-compatible chat completions endpoint (for
-    tests that script a teacher's or a judge's replies)."""
+    tests that script a teacher's or a judge's replies); a list of texts is n choices."""
     import json
 
+    texts = [text] if isinstance(text, str) else text
     body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model,
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": text}}]}).encode()
+                       "choices": [{"index": i, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": t}}
+                                   for i, t in enumerate(texts)]}).encode()
     handler.send_response(200)
     handler.send_header("Content-Type", "application/json")
     handler.send_header("Content-Length", str(len(body)))

@@ -77,11 +77,17 @@ def test_search_rows_call_the_local_index_or_answer_directly(crawled_workspace, 
 
     no_call = tasks.search_row(EN, '{"needs_search": false, "query": ""}', index, 3, 300, SYSTEM)
     assert no_call[2] is None and [m["role"] for m in no_call[0]] == ["system", "user", "assistant"]
-    messages, facts, reason = tasks.search_row(dict(EN, needs_search=True), '{"needs_search": false, "query": "flammable liquids cabinet"}',
-                                               index, 3, 300, SYSTEM)
-    assert reason is None and facts["label_source"] == "data" and facts["teacher_decision"] is False
+    decision = {"needs_search": True, "reason": "Where a cabinet must stand is a detail of one standard.",
+                "query": "flammable liquids cabinet"}
+    messages, facts, reason = tasks.search_row(dict(EN, needs_search=True), json.dumps(decision), index, 3, 300, SYSTEM)
+    assert reason is None and facts["label_source"] == "data" and facts["teacher_decision"] is None
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+    # the reasoning before the call, then the call
+    assert messages[2]["content"] == "<think>\nWhere a cabinet must stand is a detail of one standard.\n</think>"
     assert messages[2]["tool_calls"][0]["function"] == {"name": "search", "arguments": {"query": "flammable liquids cabinet"}}
+    # a call with no reasoning before it is rejected
+    no_reason = tasks.search_row(dict(EN, needs_search=True), json.dumps({**decision, "reason": ""}), index, 3, 300, SYSTEM)
+    assert no_reason[2] == "empty_think"
     assert messages[3]["content"] == format_results(index.search("flammable liquids cabinet", 3), 300)
     assert facts["passages"] == [h["id"] for h in index.search("flammable liquids cabinet", 3)]
     index.close()
@@ -150,7 +156,7 @@ def test_site_labels_decide_search_and_templates_follow_the_language(tmp_path):
     # a site's label wins over the teacher's decision (which is kept); the data's own label over both
     messages, facts, reason = tasks.search_row(dict(EN, site="elements_qa"), '{"needs_search": true, "query": "iron"}',
                                                None, 3, 300, SYSTEM, site_label=False)
-    assert reason is None and facts == {"teacher_decision": True, "label_source": "site", "needs_search": False}
+    assert reason is None and facts == {"teacher_decision": None, "label_source": "site", "needs_search": False}
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
     facts = tasks.search_row(dict(EN, needs_search=False), '{"needs_search": true, "query": "iron"}',
                              None, 3, 300, SYSTEM, site_label=True)[1]
@@ -163,7 +169,7 @@ def test_site_labels_decide_search_and_templates_follow_the_language(tmp_path):
     mcq = {"question": "Which metal is liquid?", "options": {"A": "iron", "B": "mercury"}, "answer": "B",
            "explanation": "Mercury melts at -39 °C.", "lang": "en", "id": "x/1"}
     prompt = tasks.think_request(mcq, en, params.synth.think.sampling, 0, params.teacher)
-    assert prompt.completion and prompt.prompt().endswith("A. iron\nB. mercury\nAnswer: B. mercury\nReasoning:")
+    assert prompt.completion and prompt.prompt().endswith("A. iron\nB. mercury\nPassages:\n(none)\nCorrect answer: B. mercury\nReasoning:")
     assert "-39 °C" not in prompt.prompt().rsplit("Question:", 1)[1]
     # think_from_explanation: the explanation is the reasoning of the plain row
     plain = chat.record_to_messages(mcq, SYSTEM, think=True)[-1]["content"]

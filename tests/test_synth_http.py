@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import http.server
 import json
@@ -243,3 +244,154 @@ def test_transformers_backend_samples_n_and_refuses_an_overlong_prompt(synth_wor
     assert len(first.outputs) == 2 and first.error is None
     assert backend.generate([ok])[0].outputs == first.outputs  # the request's seed fixes the samples
     assert refused.outputs == [] and refused.error.startswith("prompt_too_long")
+
+
+class _VerifyingTeacher(http.server.BaseHTTPRequestHandler):
+    """A teacher whose first candidate is never kept and whose second is right. Think and
+    search-answer prompts (no gold shown: hint none) get two candidates: the first ends at a
+    wrong answer, or (every other source) states the gold as its answer after reasoning to
+    another (think_answer_mismatch); the second reasons to the gold. Questions whose length is a
+    multiple of 3 get two wrong candidates (no row). With `prefill` the teacher
+    writes tags and its completions start inside the think block, as a reasoning model's do
+    when its template prefills `<think>`. Decisions and qgen pairs are well-formed JSON."""
+
+    gold: dict[str, tuple[str, str]] = {}  # question as the prompt shows it -> (gold, a wrong answer)
+    prompts: list[str] = []
+    prefill = False
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        prompt = body["messages"][-1]["content"]
+        cls.prompts.append(prompt)
+        if "response_format" in body:
+            schema = json.dumps(body["response_format"])
+            zh = any("\u4e00" <= c <= "\u9fff" for c in prompt.split("Question:")[-1])
+            if "pairs" in schema:
+                text = json.dumps({"pairs": [{"question": "Where does DS 101 require acids to be stored?",
+                                              "answer": "In a ventilated cabinet"}]})
+            else:
+                text = json.dumps({"needs_search": True, "reason": "这要查文档。" if zh else "That is a detail of a document.",
+                                   "query": "储存" if zh else "storage"})
+            return openai_reply(self, body["model"], [text] * body.get("n", 1))
+        question = prompt.split("Question:\n", 1)[1].split("\n\n", 1)[0]
+        gold, wrong = cls.gold.get(question, ("In a ventilated cabinet", "on the floor"))
+        if len(question) % 3 == 0:  # a question the teacher never gets right: no row, two rejects
+            first, second = f"No.\nAnswer: {wrong}", f"Still no.\nAnswer: {wrong}"
+        elif any("\u4e00" <= c <= "\u9fff" for c in question):
+            first = f"不是这个。\nAnswer: {wrong}" if len(cls.prompts) % 2 else f"所以答案是{wrong}。\nAnswer: {gold}"
+            second = f"✓ 一步步推理，得到{gold}。\nAnswer: {gold}"
+        else:
+            first = (f"It is not that one.\nAnswer: {wrong}" if len(cls.prompts) % 2
+                     else f"Weighing it all, the answer is {wrong}.\nAnswer: {gold}")
+            second = f"✓ Step by step it comes to {gold}.\nAnswer: {gold}"
+        if cls.prefill:
+            first, second = (t.replace("\nAnswer:", "</think>\nAnswer:") for t in (first, second))
+        openai_reply(self, body["model"], [first, second][:body.get("n", 1)])
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve(handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("prefill", [False, True], ids=["reasoning_alone", "prefilled_think"])
+def test_verified_traces_keep_the_first_candidate_that_reaches_the_gold(synth_workspace, tmp_path, prefill):
+    from pipeline import chat
+    from pipeline.synth import tasks
+
+    records = [json.loads(line) for line in (synth_workspace / "data/dedup/split.jsonl").read_text().splitlines()]
+    by_question = {tasks.question_text(r): r for r in records if r["kind"] != "doc"}
+    _VerifyingTeacher.gold = {q: (chat.gold_answer(r), next((f"{k}. {v}" for k, v in r["options"].items() if k != r["answer"]),
+                                                           "nothing at all"))
+                              for q, r in by_question.items()}
+    _VerifyingTeacher.prompts, _VerifyingTeacher.prefill = [], prefill
+    server = _serve(_VerifyingTeacher)
+    try:
+        ws = _workspace(synth_workspace, tmp_path / "ws", f"teacher.base_url=http://127.0.0.1:{server.server_port}/v1",
+                        "synth.max_sources=4", "teacher.concurrency=1", "synth.open_book.k=3",
+                        "synth.think.hint=none", "synth.think.template=conf/synth/prompts/think.nohint.txt",
+                        "synth.think.sampling.n=2", "synth.search_answer.hint=none", "synth.search_answer.sampling.n=2",
+                        "synth.search.think_before_call=true", "synth.search.max_reason_chars=160",
+                        "synth.search_answer.template=conf/synth/prompts/search_answer.nohint.txt",
+                        f"teacher.emits_tags={str(prefill).lower()}", f"teacher.prefills_think={str(prefill).lower()}")
+        proc = run_stage("pipeline.synth", ws, check=False)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for name in ("train", "val", "rejects")
+            for line in (ws / f"data/sft/{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+    metrics = json.loads((ws / "metrics/synth.json").read_text())
+    for task in ("think", "search"):
+        kept = [r for r in rows if r["task"] == task and r["valid"] and r["split"] != "test" and r["provenance"]
+                and r["provenance"].get("candidate") is not None]
+        assert kept, task
+        # exactly one row per source, from the second candidate, the one that reached the gold
+        assert len({r["source_ids"][0] for r in kept}) == len(kept)
+        assert {r["provenance"]["candidate"] for r in kept} == {1}
+        for r in kept:
+            assert r["messages"][-1]["content"].startswith("<think>\n✓ ")
+        rejected = collections.Counter(r["reject_reason"] for r in rows if r["task"] == task and not r["valid"]
+                                       and r["split"] != "test")
+        assert set(rejected) == {"wrong_answer", "think_answer_mismatch"} and min(rejected.values()) >= 1, rejected
+        figures = metrics["verify"][task].values()
+        sources = sum(v["sources"] for v in figures)
+        assert sources > len(kept)  # some questions had no candidate that reached the gold: no row
+        # a kept source's first candidate and both of a hopeless one's, each rejected once with its reason
+        assert rejected.total() == 2 * sources - len(kept)
+        for v in figures:
+            assert v["candidates"] == 2 * v["sources"] and v["pass@1"]["k"] == v["pass@n"]["k"] == v["yield"]["k"], v
+            assert set(v["rejects"]) <= {"wrong_answer", "think_answer_mismatch"}
+        assert sum(v["yield"]["k"] for v in figures) == len(kept)
+    assert len({r["id"] for r in rows}) == len(rows)
+    # only sources without a gold answer are unverifiable: the sections qgen writes from
+    assert set(metrics["verify"]["unverifiable"]) == {"qgen"}
+    # search rows: reasoning before the call, the call, the index's response, reasoning, the answer
+    call = next(r for r in rows if r["task"] == "search" and r["valid"] and r["search"]["needs_search"] and r["split"] == "train")
+    assert [m["role"] for m in call["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert call["messages"][2]["content"].startswith("<think>\n") and call["messages"][2]["tool_calls"]
+    assert chat.parse_output(call["messages"][4]["content"])["think"]
+    # the open book: passages for the question, never from its own dedup cluster
+    clusters = {r["id"]: r.get("cluster_id") or r["id"] for r in records}
+    think_prompts = [p for p in _VerifyingTeacher.prompts if "Passages from a local collection" in p]
+    assert think_prompts
+    for p in think_prompts:
+        question = p.split("Question:\n", 1)[1].split("\n\n", 1)[0]
+        source = by_question[question]
+        own = [r for r in records if clusters[r["id"]] == clusters[source["id"]]]
+        passages = p.split("(may be empty or off the point):\n", 1)[1].split("\n\n", 1)[0]
+        for r in own:
+            assert " ".join(r["text"].split())[:60] not in passages, (source["id"], passages)
+    with_book = [r for r in rows if r["task"] == "think" and r["valid"] and r["provenance"].get("passages")]
+    assert with_book and all(clusters[p] != clusters[r["source_ids"][0]] for r in with_book for p in r["provenance"]["passages"])
+
+
+def test_a_template_that_prefills_think_is_detected_from_the_rendered_prompt(synth_workspace, tmp_path):
+    """A reasoning model's template (DeepSeek-R1-Distill's) ends the prompt with `<think>\\n`: the
+    teacher's completions start inside the think block; ours does not."""
+    from pipeline.config import load_params
+    from pipeline.synth import tasks
+    from pipeline.teacher import prefills_think
+
+    model = tmp_path / "teacher"
+    shutil.copytree(synth_workspace / "models/base", model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    teacher = dataclasses.replace(load_params(synth_workspace / "params.yaml").teacher, model=str(model),
+                                  prompt_format="chat", emits_tags=True, prefills_think=None)
+    assert prefills_think(teacher) is True
+    assert prefills_think(dataclasses.replace(teacher, model=str(synth_workspace / "models/base"))) is False
+    assert prefills_think(dataclasses.replace(teacher, prefills_think=False)) is False
+    rec = {"id": "x", "question": "How many protons does carbon have?", "options": {}, "answer": "6", "lang": "en"}
+    verdict = tasks.judge_candidate(rec, "Carbon is element 6.\n</think>\n\n6", emits_tags=True, prefilled=True,
+                                    hint="none", min_f1=0.5)
+    assert verdict["reason"] is None and verdict["content"] == "<think>\nCarbon is element 6.\n</think>\n6"
+    assert tasks.judge_candidate(rec, "Carbon is element 6.\n</think>\n\n6", emits_tags=True, prefilled=False,
+                                 hint="none", min_f1=0.5)["reason"] == "unbalanced_tags"

@@ -125,6 +125,12 @@ def gold_answer(record: dict) -> str:
     return record_to_messages({**record, "explanation": ""}, "")[2]["content"]
 
 
+def opens_think(prompt: str) -> bool:
+    """Does a rendered prompt end inside an opened think block (a reasoning model's template that
+    prefills `<think>\\n`)? Its completions then start with the reasoning, without the tag."""
+    return prompt.rstrip().endswith(THINK_OPEN)
+
+
 def prompt_and_reference(messages: list[dict]) -> tuple[list[dict], str]:
     """Split a conversation into the prompt (all but the last turn) and the reference answer."""
     if not messages or messages[-1]["role"] != "assistant":
