@@ -482,8 +482,15 @@ class TrainConfig:
     lora: LoraConfig
     qlora: QLoraConfig
     distributed: DistributedConfig
+    repeat: dict[Literal["plain", "think", "search", "qgen"], int] = field(default_factory=dict)
+    """Task -> how many times each of its train rows is seen per epoch (oversampling, as
+    dataset weights do in axolotl or LLaMA-Factory); tasks not named: once. Val rows are not
+    repeated. synth.mix is the other direction: the share of a task's rows kept."""
 
     def __post_init__(self) -> None:
+        for name, times in self.repeat.items():
+            if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+                raise ConfigError(f"repeat.{name}: expected a whole number of times, 1 or more, got {times!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"warmup_ratio: expected a share in [0, 1), got {self.warmup_ratio}")
         for name in ("batch_size", "grad_accum", "max_seq_len", "logging_steps", "eval_steps", "keep_checkpoints"):

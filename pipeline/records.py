@@ -35,6 +35,11 @@ def load_sft(split: str, sft_dir: Path = SFT_DIR) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def repeat_rows(rows: list[dict], repeat: dict[str, int]) -> list[dict]:
+    """Each row as many times as `repeat` names for its task (once when not named), in order."""
+    return [row for row in rows for _ in range(repeat.get(row["task"], 1))]
+
+
 def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], collections.Counter]:
     """Tokenised SFT rows (messages with their declared tools), and counts per task of the rows
     truncated to `max_len` and of those dropped because truncation left no assistant token."""

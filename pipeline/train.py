@@ -36,7 +36,7 @@ from pipeline.digest import tree_sha256
 from pipeline.models import load_base, new_token_ids, torch_dtype
 from pipeline.packing import SFTCollator
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, CHECKPOINT_DIR, SFT_DIR, TRAIN_LIVE_DIR, TRAIN_METRICS
-from pipeline.records import encode_rows, load_sft
+from pipeline.records import encode_rows, load_sft, repeat_rows
 
 RUN_FILE = "run.json"
 
@@ -392,7 +392,7 @@ def train(params: Params, nproc: int, resume_from: str | None) -> dict:
     cfg = params.train
     tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)
     model = load_base(cfg)
-    train_rows, val_rows = load_sft("train"), load_sft("val")
+    train_rows, val_rows = repeat_rows(load_sft("train"), cfg.repeat), load_sft("val")
     train_ex, train_counts = encode_rows(tokenizer, train_rows, cfg.max_seq_len)
     val_ex, val_counts = encode_rows(tokenizer, val_rows, cfg.max_seq_len)
     counts = train_counts + val_counts

@@ -61,6 +61,8 @@ def test_gpu_profiles_compose_and_validate(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("train.lora.target_modules=all", "train.lora.target_modules: expected a list of module names or 'all-linear'"),
     ("train.select_best=false", "train.early_stopping.patience: early stopping needs select_best: true"),
+    ("train.repeat.search=0", "train.repeat.search: expected a whole number of times, 1 or more, got 0"),
+    ("+train.repeat.tools=2", "unknown key 'train.repeat.tools'; expected one of 'plain', 'think', 'search', 'qgen'"),
     ("judge=openai", ""),  # composes: the hosted judge's key comes from the environment
     ("judge.backend=openai", "judge.base_url: required for the openai backend"),
     ("eval.exam_sets=[evalsets/other.csv]", "eval.exam_sets: evalsets/other.csv not in dedup.decontaminate_against"),

@@ -370,10 +370,13 @@ def test_early_stopping_ends_with_the_best_checkpoint(train_inputs, tmp_path):
     evaluation plus `patience` more, and keeps the checkpoint of lowest eval loss (DoRA, to
     run that path too)."""
     ws = _workspace(train_inputs, tmp_path / "early", "train.early_stopping.patience=2",
-                    "train.early_stopping.threshold=10.0", "train.lora.use_dora=true")
+                    "train.early_stopping.threshold=10.0", "train.lora.use_dora=true", "train.repeat.plain=2")
     _train(ws)
     metrics = _metrics(ws)
     assert metrics["method"] == "dora"
+    # train.repeat: every train row twice per epoch, the val rows once
+    assert metrics["train_examples"] == 2 * 192 and metrics["train_examples_by_task"] == {"plain": 2 * 192}
+    assert metrics["val_examples"] == 32
     assert metrics["early_stopped"] and metrics["steps"] == 12  # evaluations at 4, 8, 12 of 24
     curve = [float(line.split("\t")[-1]) for line in
              (ws / "reports/train/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]]
@@ -381,7 +384,7 @@ def test_early_stopping_ends_with_the_best_checkpoint(train_inputs, tmp_path):
 
     # vLLM cannot load DoRA adapters: evaluate says so and generates with transformers
     compose_params(ws, *SHORT_RUN, "train.early_stopping.patience=2", "train.early_stopping.threshold=10.0",
-                   "train.lora.use_dora=true", "eval.max_questions=6", "eval.max_new_tokens=12",
+                   "train.lora.use_dora=true", "train.repeat.plain=2", "eval.max_questions=6", "eval.max_new_tokens=12",
                    "eval.exam_sets=[evalsets/elements_exam.csv]", "eval.mc.framings=[plain]")
     run_stage("pipeline.search_index", ws)  # evaluate runs the search conversations on it
     out = run_stage("pipeline.evaluate", ws).stdout
