@@ -27,6 +27,7 @@ from pipeline import chat, scoring
 from pipeline.request_cache import Request
 from pipeline.search import SEARCH_TOOL, format_results
 from pipeline.teacher import Template, request_seed
+from pipeline.text import is_cjk
 
 def decision_schema(label: bool | None = None, max_reason_chars: int = 160) -> dict:
     """The search decision as JSON: whether to search, the reasoning before the call (or before
@@ -280,8 +281,6 @@ def clause_of(doc: dict) -> str:
 def doc_lang(doc: dict) -> str:
     """A section's language from its text (a site's `lang` names its main language; a site may hold
     sections in another, as a Chinese standard among English ones)."""
-    from pipeline.text import is_cjk
-
     return "zh" if is_cjk(doc.get("text") or "") else (doc.get("lang") or "en")
 
 
