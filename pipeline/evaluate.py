@@ -180,8 +180,8 @@ def mc_run(model, tokenizer, params: Params, sets: dict[str, list[dict]], shots:
 
 # --- behaviour: generation, search conversations to the end ----------------------------------
 
-def _encode(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[int]:
-    return tokenizer(chat.render_prompt(tokenizer, messages, tools), add_special_tokens=False)["input_ids"]
+def _encode(tokenizer, messages: list[dict], tools: list[dict] | None, enable_thinking: bool | None = None) -> list[int]:
+    return tokenizer(chat.render_prompt(tokenizer, messages, tools, enable_thinking), add_special_tokens=False)["input_ids"]
 
 
 def _model_turn(output: str) -> str:
@@ -203,7 +203,7 @@ def converse(generate, tokenizer, items: list[dict], params: Params, index: Sear
         return len(ids) + cfg.max_new_tokens <= cfg.max_model_len
 
     convs = [list(it["messages"]) for it in items]
-    prompts = [_encode(tokenizer, c, it["tools"]) for c, it in zip(convs, items, strict=True)]
+    prompts = [_encode(tokenizer, c, it["tools"], cfg.enable_thinking) for c, it in zip(convs, items, strict=True)]
     live = [i for i, p in enumerate(prompts) if fits(p)]
     turns: dict[int, list[Result]] = {i: [] for i in live}
     ends: dict[int, str] = {}
@@ -224,7 +224,7 @@ def converse(generate, tokenizer, items: list[dict], params: Params, index: Sear
             for call in calls:
                 convs[i].append({"role": "tool", "content": execute_call(call, index, params.search.top_k,
                                                                          params.search.snippet_chars)})
-            prompts[i] = _encode(tokenizer, convs[i], items[i]["tools"])
+            prompts[i] = _encode(tokenizer, convs[i], items[i]["tools"], cfg.enable_thinking)
             if fits(prompts[i]):
                 following.append(i)
             else:

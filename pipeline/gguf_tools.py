@@ -73,22 +73,35 @@ def converter_command() -> list[str]:
     return [str(script)]
 
 
-def write_modelfile(gguf: Path, system_prompt: str, cfg: ExportConfig, max_ctx: int) -> Path:
-    """<gguf stem>.Modelfile next to the GGUF: `ollama create <name> -f <that file>`."""
+def stop_tokens(tokenizer) -> list[str]:
+    """Where generation must stop in the model's template: its end-of-turn token and the special
+    tokens of the assistant header (a new turn). Ours and the Qwen family's: <|im_end|>, <|im_start|>."""
+    header, eot = chat.turn_markers(tokenizer) if chat.is_native(tokenizer) else (chat.IM_START, chat.IM_END)
+    opens = [t for t in tokenizer.all_special_tokens if t and t in header]
+    return list(dict.fromkeys([eot, *opens]))
+
+
+def write_modelfile(gguf: Path, system_prompt: str, cfg: ExportConfig, max_ctx: int, tokenizer) -> Path:
+    """<gguf stem>.Modelfile next to the GGUF: `ollama create <name> -f <that file>`. With our
+    template, its Go form (OLLAMA_TEMPLATE); with a native one (chat.template: native), no TEMPLATE
+    line: Ollama derives the template from the GGUF's own tokenizer.chat_template."""
     def quoted(text: str) -> str:
         if '"""' in text:
             raise SystemExit(f'error: chat.system_prompt contains """, which an Ollama Modelfile cannot hold')
         return f'"""{text}"""'
 
     m = cfg.modelfile
+    native = chat.is_native(tokenizer)
+    stops = stop_tokens(tokenizer)
     lines = [
         f"# Ollama: ollama create {cfg.name} -f {gguf.with_suffix('.Modelfile')}",
-        "# Written by Distillery's export; the template is pipeline.chat's chat format.",
+        "# Written by Distillery's export; the template is "
+        + ("the model's own, from the GGUF's tokenizer.chat_template (chat.template: native)." if native
+           else "pipeline.chat's chat format."),
         f"FROM ./{gguf.name}",
-        f"TEMPLATE {quoted(OLLAMA_TEMPLATE)}",
+        *([] if native else [f"TEMPLATE {quoted(OLLAMA_TEMPLATE)}"]),
         f"SYSTEM {quoted(system_prompt)}",
-        f'PARAMETER stop "{chat.IM_END}"',
-        f'PARAMETER stop "{chat.IM_START}"',
+        *(f'PARAMETER stop "{s}"' for s in stops),
         f"PARAMETER num_ctx {min(m.num_ctx, max_ctx)}",
         f"PARAMETER temperature {m.temperature}",
         f"PARAMETER top_p {m.top_p}",

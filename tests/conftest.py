@@ -92,14 +92,60 @@ def tiny_tokenizer(crawled_workspace, tmp_path_factory):
     return configure_tokenizer(LlamaTokenizer.from_pretrained(out, add_bos_token=False))
 
 
-@pytest.fixture(scope="session")
-def exported(crawled_workspace, tmp_path_factory) -> Path:
-    """models/base (tiny), an adapter with random non-zero LoRA weights, then every export stage
-    (test_export checks them; test_serve serves them)."""
+def need_qwen3_tokenizer() -> Path:
+    """Qwen3's tokenizer from the cache `make setup-dev` fills; skipped without it on a laptop,
+    failed under CI=true (like redis-server)."""
+    from pipeline.npm_tokenizers import MissingTokenizer, check
+
+    try:
+        return check("qwen3")
+    except MissingTokenizer as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{exc} (.ci/run runs make setup-dev, which fetches it)")
+        pytest.skip(str(exc))
+
+
+def random_adapter(ws: Path, r: int = 8) -> None:
+    """models/adapter: LoRA weights random and non-zero on models/base, with its tokenizer."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(ws / "models/base", dtype=torch.float32)
+    lora = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(ws / "models/adapter")
+    AutoTokenizer.from_pretrained(ws / "models/base").save_pretrained(ws / "models/adapter")
+
+
+@pytest.fixture(scope="session")
+def qwen_exported(crawled_workspace, tmp_path_factory) -> Path:
+    """The qwen-tiny profile's models/base (Qwen3's real tokenizer and native template, a tiny
+    random Qwen3 body), a random adapter, then merge, convert and verify_export: the BPE path to
+    GGUF (test_qwen checks it; test_serve serves it)."""
+    from pipeline.base_model import build
+    from pipeline.config import load_params
+
+    need_qwen3_tokenizer()
+    ws = tmp_path_factory.mktemp("qwen")
+    # the f32 GGUF only (quantizing is the tiny model's test); a small vLLM KV cache for make serve
+    compose_params(ws, "profile=qwen-tiny", "export.quant=[]", "export.verify.prompts=2", "export.verify.speed_tokens=16",
+                   "serve.gpu_memory_utilization=0.05",
+                   "serve.max_model_len=1024", "serve.max_tokens=64")
+    params = load_params(ws / "params.yaml")
+    (ws / "data/dedup").mkdir(parents=True)
+    shutil.copy(crawled_workspace / "data/dedup/split.jsonl", ws / "data/dedup/split.jsonl")  # verify's prompts
+    build(params.model, params.seed, params.chat.system_prompt, ws / "models/base", template=params.chat.template)
+    random_adapter(ws)
+    for stage in ("merge", "convert", "verify"):
+        run_stage(f"pipeline.export.{stage}", ws)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def exported(crawled_workspace, tmp_path_factory) -> Path:
+    """models/base (tiny), an adapter with random non-zero LoRA weights, then every export stage
+    (test_export checks them; test_serve serves them)."""
     from pipeline.base_model import build
     from pipeline.config import load_params
 
@@ -109,11 +155,7 @@ def exported(crawled_workspace, tmp_path_factory) -> Path:
     (ws / "data/dedup").mkdir(parents=True)
     shutil.copy(crawled_workspace / "data/dedup/split.jsonl", ws / "data/dedup/split.jsonl")
     build(params.model, params.seed, params.chat.system_prompt, ws / "models/base", ws / "data/dedup/split.jsonl")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(ws / "models/base", dtype=torch.float32)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained(ws / "models/adapter")
-    AutoTokenizer.from_pretrained(ws / "models/base").save_pretrained(ws / "models/adapter")
+    random_adapter(ws)
 
     run_stage("pipeline.export.merge", ws)
     run_stage("pipeline.export.convert", ws)

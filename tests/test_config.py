@@ -56,6 +56,47 @@ def test_gpu_profiles_compose_and_validate(tmp_path):
     assert gpu.eval.dtype == "bfloat16"
     qlora = load_params(compose_params(tmp_path, "train=qlora", "train.lora.use_dora=true"))
     assert qlora.train.qlora.enabled and qlora.train.lora.use_dora and qlora.profile == "tiny"
+    # the Qwen student keeps its own template; DeepSeek-R1-Distill's (not ChatML, no tools) does not
+    assert (gpu.chat.template, big.chat.template) == ("native", "distillery")
+
+
+# What qwen-tiny may change from gpu: the model, teacher and judge ids (and what describes those
+# models: their tag habits, the judge's output form), sizes, dtypes, batch and memory settings.
+QWEN_TINY_MAY_DIFFER = {
+    "profile", "model.source", "model.hf_id", "model.tiny",
+    "teacher.name", "teacher.model", "teacher.dtype", "teacher.max_model_len", "teacher.gpu_memory_utilization",
+    "teacher.enforce_eager", "teacher.emits_tags", "teacher.timeout_s",
+    "judge.name", "judge.model", "judge.dtype", "judge.max_model_len", "judge.gpu_memory_utilization",
+    "judge.enforce_eager", "judge.timeout_s", "judge.format", "judge.max_items", "judge.max_tokens",
+    "synth.max_sources", "synth.think.sampling.max_tokens", "synth.search.sampling.max_tokens",
+    "synth.search_answer.sampling.max_tokens", "synth.qgen.sampling.max_tokens",
+    "train.batch_size", "train.grad_accum", "train.max_seq_len", "train.dtype",
+    "eval.max_exam_prompts", "eval.max_new_tokens", "eval.dtype", "eval.max_model_len",
+    "eval.gpu_memory_utilization", "eval.enforce_eager",
+    "serve.dtype", "serve.gpu_memory_utilization", "serve.enforce_eager", "export.outtype",
+}
+
+
+def _flat(data, prefix=""):
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): data}
+
+
+def test_qwen_tiny_is_the_gpu_profile_with_tiny_sizes(tmp_path):
+    """The CPU-runnable qwen-tiny shares the gpu profile's code path: the composed params differ
+    only in whitelisted keys (ids, sizes, dtype, batch, memory), never in what the stages do."""
+    import yaml
+
+    gpu = yaml.safe_load(compose_params(tmp_path / "gpu", "profile=gpu").read_text())
+    tiny = yaml.safe_load(compose_params(tmp_path / "qwen", "profile=qwen-tiny").read_text())
+    flat_gpu, flat_tiny = _flat(gpu), _flat(tiny)
+    differ = {k for k in flat_gpu.keys() | flat_tiny.keys() if flat_gpu.get(k) != flat_tiny.get(k)}
+    unexplained = sorted(k for k in differ if not any(k == w or k.startswith(w + ".") for w in QWEN_TINY_MAY_DIFFER))
+    assert not unexplained, unexplained
+    params = load_params(tmp_path / "qwen" / "params.yaml")
+    assert params.chat.template == "native" and params.model.tiny.tokenizer == "qwen3"
+    assert params.model.tiny.architecture == "qwen3" and params.teacher.backend == params.judge.backend == "vllm"
 
 
 @pytest.mark.parametrize("override, message", [
@@ -72,6 +113,9 @@ def test_gpu_profiles_compose_and_validate(tmp_path):
     ("serve.adapter_name=base", "serve.adapter_name: must differ from base_name ('base')"),
     ("serve.api_key_env=sk-123", "serve.api_key_env: expected the name of an environment variable"),
     ("serve.port=70000", "serve.port: expected 0..65535"),
+    ("+eval.enable_thinking=false", "eval.enable_thinking: a switch of the model's own template (Qwen3's)"),
+    ("model=qwen-tiny", ""),  # the tiny Qwen composes with either template
+    ("model.tiny.vocab_size=null", "model.tiny.vocab_size: required with the sentencepiece tokenizer"),
 ])
 def test_bad_train_settings_are_named(tmp_path, override, message):
     if not message:

@@ -199,3 +199,70 @@ def test_an_adapter_with_trained_token_rows_is_served_merged(tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 16, "trainable_token_indices": None}))
     cmd = vllm_command(params, "127.0.0.1", 8000, base_dir=base, adapter_dir=adapter, merged_dir=merged)
     assert cmd[cmd.index("--model") + 1] == str(base) and "--enable-lora" in cmd
+
+
+class _Forcing:
+    """An openai client whose first chat request is constrained (structured outputs, a regex) to
+    write one search call in the hermes format, as a trained model would: the random qwen-tiny
+    cannot. What comes back still goes through vLLM's hermes parser to structured tool_calls."""
+
+    CALL = '<tool_call>\n{"name": "search", "arguments": {"query": "melting point of iron"}}\n</tool_call>'
+
+    def __init__(self, client):
+        self.client, self.requests, self.replies = client, [], []
+        self.chat = self
+        self.completions = self
+
+    def create(self, **kwargs):
+        import re
+
+        self.requests.append(json.loads(json.dumps(kwargs["messages"])))
+        if not self.replies:  # the call's text as a regex (xgrammar's syntax: metacharacters escaped, newlines as is)
+            regex = re.sub(r"([][{}().*+?^$|\\])", r"\\\1", self.CALL)
+            kwargs["extra_body"] = {"structured_outputs": {"regex": regex}}
+        reply = self.client.chat.completions.create(**kwargs)
+        self.replies.append(reply)
+        return reply
+
+
+def test_vllm_serves_qwen_tiny_with_its_adapter_and_the_hermes_parser(qwen_exported, tmp_path):
+    """qwen-tiny (Qwen3's tokenizer and its own template) on `make serve`: base + adapter, the
+    hermes parser. Our agent (pipeline.agent.ask) gets a structured tool call back, runs the
+    search, sends the result, and the server renders that conversation exactly as
+    chat.render_prompt does with the native template."""
+    import openai
+    from transformers import AutoTokenizer
+
+    from pipeline.agent import Printer, ask
+    from pipeline.config import load_params
+    from pipeline.search import SearchIndex
+
+    ws = qwen_exported
+    if not (ws / "data/search/index.sqlite").exists():
+        run_stage("pipeline.search_index", ws)
+    proc, url = _start(ws, "serve", tmp_path / "vllm.log")
+    try:
+        client = _Forcing(openai.OpenAI(base_url=url, api_key=KEY, max_retries=0))
+        params = load_params(ws / "params.yaml")
+        messages = [{"role": "system", "content": params.chat.system_prompt},
+                    {"role": "user", "content": "What is the melting point of iron?"}]
+        index = SearchIndex(ws / "data/search/index.sqlite")
+        try:
+            ask(client, "distillery", messages, index, params, Printer(color=False))
+        finally:
+            index.close()
+        first = client.replies[0].choices[0]
+        assert first.finish_reason == "tool_calls" and len(first.message.tool_calls) == 1
+        assert first.message.tool_calls[0].function.name == "search"
+        assert json.loads(first.message.tool_calls[0].function.arguments) == {"query": "melting point of iron"}
+        assert [m["role"] for m in messages[2:4]] == ["assistant", "tool"] and messages[3]["content"]
+        tokenizer = AutoTokenizer.from_pretrained(ws / "models/base")
+        assert chat.is_native(tokenizer)
+        for request, reply in zip(client.requests, client.replies, strict=True):
+            prompt = chat.render_prompt(tokenizer, request, tools=[SEARCH_TOOL])
+            assert reply.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert "<|im_start|>user\n<tool_response>\n" in chat.render_prompt(tokenizer, client.requests[1], [SEARCH_TOOL])
+        assert any("--tool-call-parser\0hermes" in c and "--lora-modules\0distillery=models/adapter" in c
+                   for c in _cmdlines(proc.pid))
+    finally:
+        _stop(proc)

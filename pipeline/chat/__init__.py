@@ -13,6 +13,12 @@ The template is ChatML-shaped:
 Assistant content and its closing <|im_end|> sit inside `{% generation %}` so that
 `return_assistant_tokens_mask` marks exactly the tokens the model is trained on: never the
 system, user or tool turns, never the role header, always the end-of-turn token.
+
+`chat.template: native` keeps a model's own template instead (base_model leaves it in place;
+the Qwen family: ChatML turns, hermes `<tool_call>` blocks, Qwen3's `enable_thinking`). Every
+function here follows the template saved with the tokenizer (`is_native`); the label mask of a
+native template, which has no generation markers, is found from the rendered text
+(`native_labels`): the same rule, assistant content and its end-of-turn token.
 """
 
 from __future__ import annotations
@@ -84,16 +90,113 @@ INFERENCE_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("{%- generation %}", "").replace
 BOS_PREFIX = "{{- bos_token }}"
 
 
+OUR_TEMPLATES = frozenset({CHAT_TEMPLATE, INFERENCE_CHAT_TEMPLATE, BOS_PREFIX + CHAT_TEMPLATE,
+                           BOS_PREFIX + INFERENCE_CHAT_TEMPLATE})
+
+
+def is_native(tokenizer) -> bool:
+    """Does the tokenizer carry a template other than ours (chat.template: native)?"""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and template not in OUR_TEMPLATES
+
+
 def adds_bos(tokenizer) -> bool:
     """Does the tokenizer put its BOS in front of a text (its own add_special_tokens policy)?"""
     bos = tokenizer.bos_token_id
     return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
-def template_for(tokenizer, inference: bool = False) -> str:
-    """The chat template for this tokenizer: ours, BOS first when the tokenizer adds one."""
+def distillery_template(tokenizer, inference: bool = False) -> str:
+    """Our chat template for this tokenizer, BOS first when the tokenizer adds one."""
     template = INFERENCE_CHAT_TEMPLATE if inference else CHAT_TEMPLATE
     return BOS_PREFIX + template if adds_bos(tokenizer) else template
+
+
+def template_for(tokenizer, inference: bool = False) -> str:
+    """The template this model's conversations are rendered with: the model's own (native), else
+    ours (with the training-only generation markers unless `inference`)."""
+    if is_native(tokenizer):
+        return tokenizer.chat_template
+    return distillery_template(tokenizer, inference)
+
+
+def _thinking(enable_thinking: bool | None) -> dict:
+    """Template kwargs: Qwen3's `enable_thinking` when set (our template has no such switch)."""
+    return {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+
+
+# A conversation with every turn kind, rendered to learn a native template's turn markers and
+# whether it can declare tools and write calls our parser reads back.
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "probe_search", "description": "probe tool description",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}
+_PROBE = [
+    {"role": "system", "content": "SYS"},
+    {"role": "user", "content": "USERQ"},
+    {"role": "assistant", "content": "",
+     "tool_calls": [{"type": "function", "function": {"name": "probe_search", "arguments": {"query": "QARG"}}}]},
+    {"role": "tool", "content": "TOOLRESULT"},
+    {"role": "assistant", "content": "FINALANSWER"},
+]
+
+
+# What the probes found, by template text: rendered once per template, not once per row.
+_MARKERS: dict[str, tuple[str, str]] = {}
+_TOOL_PROBLEMS: dict[str, str | None] = {}
+
+
+def turn_markers(tokenizer) -> tuple[str, str]:
+    """(assistant header, end of turn) of the tokenizer's template: the text add_generation_prompt
+    appends after a user turn, and the special token the template writes after an assistant's
+    content. Ours and the Qwen family's: ("<|im_start|>assistant\n", "<|im_end|>")."""
+    template = template_for(tokenizer, inference=True)
+    if template in _MARKERS:
+        return _MARKERS[template]
+    user = [{"role": "user", "content": "USERQ"}]
+    bare = tokenizer.apply_chat_template(user, tokenize=False, chat_template=template)
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True, chat_template=template)
+    whole = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": "FINALANSWER"}], tokenize=False,
+                                          chat_template=template)
+    if not prompt.startswith(bare) or "FINALANSWER" not in whole:
+        raise ValueError("the chat template does not render a user turn then an assistant header")
+    header = prompt[len(bare):]
+    after = whole.split("FINALANSWER", 1)[1]
+    specials = sorted((t for t in tokenizer.all_special_tokens if t and after.startswith(t)), key=len, reverse=True)
+    if not header or not specials:
+        raise ValueError(f"the chat template writes no end-of-turn token after an assistant turn (it writes {after!r})")
+    _MARKERS[template] = (header, specials[0])
+    return _MARKERS[template]
+
+
+def native_tool_problem(tokenizer) -> str | None:
+    """What a native template cannot do with tool rows: declare the tools in the prompt, write an
+    assistant's call as a <tool_call> block our parser (and vLLM's hermes parser) reads back, show
+    the tool's result. None when it can (Qwen2.5, Qwen3)."""
+    template = tokenizer.chat_template
+    if template not in _TOOL_PROBLEMS:
+        text = tokenizer.apply_chat_template(_PROBE, tools=[_PROBE_TOOL], tokenize=False)
+        reply = text.split("USERQ", 1)[-1].split("TOOLRESULT", 1)[0].split(turn_markers(tokenizer)[0], 1)[-1]
+        if "probe tool description" not in text:
+            problem = "it does not declare the tools in the prompt"
+        elif parse_output(reply)["tool_calls"] != [{"name": "probe_search", "arguments": {"query": "QARG"}}]:
+            problem = f"it does not write a call as {TOOL_CALL_OPEN} JSON {TOOL_CALL_CLOSE}"
+        elif "TOOLRESULT" not in text:
+            problem = "it does not show the tool's result"
+        else:
+            problem = None
+        _TOOL_PROBLEMS[template] = problem
+    return _TOOL_PROBLEMS[template]
+
+
+def check_tool_rows(tokenizer) -> None:
+    """Refuse tool rows for a native template that cannot render them, naming the fallback."""
+    if is_native(tokenizer):
+        problem = native_tool_problem(tokenizer)
+        if problem:
+            raise ValueError(f"chat.template is native, and the model's own chat template has no tool-call format "
+                             f"({problem}): it cannot render the search rows. Set chat.template: distillery "
+                             "(Distillery's template, with <tool_call> blocks and tool turns) for this model, "
+                             "or leave the search tasks out of synth.mix")
 
 
 def record_to_messages(record: dict, system_prompt: str, think: bool = False) -> list[dict]:
@@ -145,20 +248,54 @@ def encode(tokenizer, messages: list[dict], tools: list[dict] | None = None, max
     -100 everywhere else. Returns {"input_ids", "labels", "truncated"}; `truncated` is True
     when the conversation was cut to `max_len` tokens.
     """
-    out = tokenizer.apply_chat_template(
-        messages,
-        tools=tools,
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
-        chat_template=template_for(tokenizer),
-    )
-    ids = list(out["input_ids"])
-    labels = [t if m else -100 for t, m in zip(ids, out["assistant_masks"], strict=True)]
+    if is_native(tokenizer):
+        ids, labels = native_labels(tokenizer, messages, tools)
+    else:
+        out = tokenizer.apply_chat_template(
+            messages,
+            tools=tools,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            chat_template=template_for(tokenizer),
+        )
+        ids = list(out["input_ids"])
+        labels = [t if m else -100 for t, m in zip(ids, out["assistant_masks"], strict=True)]
     truncated = max_len is not None and len(ids) > max_len
     if truncated:
         ids, labels = ids[:max_len], labels[:max_len]
     return {"input_ids": ids, "labels": labels, "truncated": truncated}
+
+
+def assistant_spans(text: str, header: str, eot: str) -> list[tuple[int, int]]:
+    """Character spans of the assistant turns in a rendered conversation: from the end of each
+    assistant header to the end of the end-of-turn token that closes it (to the end of the text
+    when none does: a cut conversation)."""
+    spans, pos = [], 0
+    while (start := text.find(header, pos)) >= 0:
+        begin = start + len(header)
+        end = text.find(eot, begin)
+        end = len(text) if end < 0 else end + len(eot)
+        spans.append((begin, end))
+        pos = end
+    return spans
+
+
+def native_labels(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a conversation in a native template, which has no generation
+    markers: the conversation is rendered as the template writes it (Qwen3 writes a row without
+    reasoning with an empty think block, as its non-thinking mode shows it), and a token is
+    labelled when it starts inside an assistant turn's content or is its end-of-turn token.
+    Tool rows need a template with a tool-call format (check_tool_rows)."""
+    if tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        check_tool_rows(tokenizer)
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    spans = assistant_spans(text, *turn_markers(tokenizer))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [tok if any(b <= start < e for b, e in spans) else -100
+              for tok, (start, _) in zip(ids, enc["offset_mapping"], strict=True)]
+    return ids, labels
 
 
 def save_tokenizer(tokenizer, out_dir) -> None:
@@ -170,10 +307,13 @@ def save_tokenizer(tokenizer, out_dir) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
-    """The text a model continues from: the conversation plus the assistant header."""
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None,
+                  enable_thinking: bool | None = None) -> str:
+    """The text a model continues from: the conversation plus the assistant header
+    (`enable_thinking`: Qwen3's switch, for a native template that has it; None: its default)."""
     return tokenizer.apply_chat_template(
-        messages, tools=tools, tokenize=False, add_generation_prompt=True, chat_template=template_for(tokenizer)
+        messages, tools=tools, tokenize=False, add_generation_prompt=True, chat_template=template_for(tokenizer),
+        **_thinking(enable_thinking),
     )
 
 

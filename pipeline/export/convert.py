@@ -33,7 +33,9 @@ def convert(merged_dir: Path, out_dir: Path, params: Params) -> Path:
         raise SystemExit(f"error: {CONVERTER} {converter_version()} failed on {merged_dir} "
                          f"(exit {proc.returncode}):\n{tail}")
     partial.rename(out)
-    write_modelfile(out, params.chat.system_prompt, cfg, max_context(merged_dir))
+    from transformers import AutoTokenizer
+
+    write_modelfile(out, params.chat.system_prompt, cfg, max_context(merged_dir), AutoTokenizer.from_pretrained(merged_dir))
     print(f"convert: {merged_dir} -> {out} ({CONVERTER} {converter_version()}, {cfg.outtype}, "
           f"{out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s)")
     return out

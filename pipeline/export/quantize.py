@@ -29,12 +29,15 @@ def quantize(full_dir: Path, out_dir: Path, merged_dir: Path, params: Params) ->
     src = full_gguf(params, full_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)  # the Modelfile's stop tokens
     outs = []
     for quant in cfg.quant:
         dst = out_dir / gguf_name(cfg.name, quant)
         start = time.perf_counter()
         quantize_file(src, dst, quant, os.cpu_count() or 1)
-        write_modelfile(dst, params.chat.system_prompt, cfg, max_context(merged_dir))
+        write_modelfile(dst, params.chat.system_prompt, cfg, max_context(merged_dir), tokenizer)
         print(f"quantize: {src.name} -> {dst} ({quant}, {dst.stat().st_size / 2**20:.1f} MiB, "
               f"{time.perf_counter() - start:.1f} s)")
         outs.append(dst)
