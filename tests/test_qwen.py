@@ -77,6 +77,23 @@ def test_golden_label_mask_on_qwen3s_own_template(qwen_tokenizer, tmp_path):
     assert chat.parse_output("<think>\n\n</think>\n\nIron")["answer"] == "Iron"
 
 
+def test_the_gpu_profiles_student_template_qwen25_carries_every_row(tmp_path):
+    """Qwen2.5-Instruct's own template (the gpu profile's student, chat.template: native): the same
+    checks pass, its tool format is read back, and the labels are exact. It has no think tokens:
+    <think> stays the text the model was trained on."""
+    from transformers import AutoTokenizer
+
+    from pipeline.base_model import configure_tokenizer
+
+    tok = configure_tokenizer(AutoTokenizer.from_pretrained(need_qwen3_tokenizer("qwen2_5")), "native")
+    assert chat.native_tool_problem(tok) is None and len(tok.encode("<think>", add_special_tokens=False)) > 1
+    enc = chat.encode(tok, AGENT_ROW, tools=[SEARCH_TOOL])
+    assert _labelled_spans(tok, enc["labels"]) == [
+        GOLDEN[0].replace("</think>\n\n", "</think>\n"), GOLDEN[1].replace("</think>\n\n", "</think>\n")]
+    plain = chat.encode(tok, AGENT_ROW[:2] + [{"role": "assistant", "content": "Iron"}])
+    assert _labelled_spans(tok, plain["labels"]) == ["Iron<|im_end|>"]
+
+
 def test_thinking_switch_and_the_rendered_prompt(qwen_tokenizer):
     prompt = chat.render_prompt(qwen_tokenizer, AGENT_ROW[:2])
     assert prompt.endswith("<|im_start|>user\nWhich element has atomic number 26?<|im_end|>\n<|im_start|>assistant\n")
