@@ -32,6 +32,15 @@ def run_stage(module: str, cwd: Path, check: bool = True, args: list[str] = ()) 
     return proc
 
 
+def run_stages(modules: list[str], cwd: Path) -> None:
+    """Run several stages one after another in one `python` process (each as `python -m` would:
+    its `__main__`), which spares each one's own start-up (torch, transformers) in fixtures."""
+    code = "import runpy, sys\nfor m in sys.argv[1:]:\n    runpy.run_module(m, run_name='__main__', alter_sys=True)"
+    proc = subprocess.run([sys.executable, "-c", code, *modules], cwd=cwd, env=stage_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"{modules} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+
+
 def openai_reply(handler, model: str, text: str | list[str]) -> None:
     """Answer an http.server request like an OpenAI-compatible chat completions endpoint (for
     tests that script a teacher's or a judge's replies); a list of texts is n choices."""
@@ -122,7 +131,7 @@ def random_adapter(ws: Path, r: int = 8) -> None:
 def qwen_exported(crawled_workspace, tmp_path_factory) -> Path:
     """The qwen-tiny profile's models/base (Qwen3's real tokenizer and native template, a tiny
     random Qwen3 body), a random adapter, then merge, convert and verify_export: the BPE path to
-    GGUF (test_qwen checks it; test_serve serves it)."""
+    GGUF (test_qwen checks it), and the search index (test_serve serves it to the agent)."""
     from pipeline.base_model import build
     from pipeline.config import load_params
 
@@ -137,8 +146,7 @@ def qwen_exported(crawled_workspace, tmp_path_factory) -> Path:
     shutil.copy(crawled_workspace / "data/dedup/split.jsonl", ws / "data/dedup/split.jsonl")  # verify's prompts
     build(params.model, params.seed, params.chat.system_prompt, ws / "models/base", template=params.chat.template)
     random_adapter(ws)
-    for stage in ("merge", "convert", "verify"):
-        run_stage(f"pipeline.export.{stage}", ws)
+    run_stages(["pipeline.export.merge", "pipeline.export.convert", "pipeline.export.verify", "pipeline.search_index"], ws)
     return ws
 
 
