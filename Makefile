@@ -61,4 +61,4 @@ test: ## Run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
 clean: ## Remove the DVC-cached outputs from the workspace (`dvc checkout` restores them)
-	rm -rf data/raw data/clean data/dedup data/search data/sft models/base models/adapter models/checkpoints models/merged models/gguf outputs .pytest_cache
+	rm -rf data/raw data/imported/*.jsonl data/clean data/dedup data/search data/sft models/base models/adapter models/checkpoints models/merged models/gguf outputs .pytest_cache

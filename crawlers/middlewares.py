@@ -1,8 +1,11 @@
-"""Downloader middleware: repair pages whose charset header disagrees with their bytes."""
+"""Downloader middlewares: repair pages whose charset header disagrees with their bytes, and
+robots.txt obeyed by every request that waited for it."""
 
 from __future__ import annotations
 
+from scrapy.downloadermiddlewares import robotstxt
 from scrapy.http import HtmlResponse
+from scrapy.utils.httpobj import urlparse_cached
 from w3lib.encoding import html_body_declared_encoding
 
 FALLBACKS = ("utf-8", "gb18030")
@@ -43,3 +46,15 @@ class CharsetRepairMiddleware:
                 self.stats.inc_value("distillery/broken/wrong_charset")
                 return response.replace(encoding=encoding)
         return response
+
+
+class RobotsTxtMiddleware(robotstxt.RobotsTxtMiddleware):
+    """Scrapy's, with the parsed robots.txt given to every request that waited for it. Scrapy 2.19
+    awaits the one Deferred once per waiting request, and with the asyncio reactor each await hands
+    the next one None, which means "allow all": of several start URLs on one host, all but the
+    first two skipped robots.txt (the json_bank sample's drafts endpoint was crawled). Once the
+    Deferred has fired, the parser is in `_parsers`, so a None can be looked up again there."""
+
+    async def robot_parser(self, request):
+        parser = await super().robot_parser(request)
+        return parser if parser is not None else self._parsers.get(urlparse_cached(request).netloc)

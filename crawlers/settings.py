@@ -17,7 +17,11 @@ RETRY_ENABLED = True
 RETRY_TIMES = 2
 REDIRECT_MAX_TIMES = 5
 DOWNLOAD_TIMEOUT = 30
-DOWNLOADER_MIDDLEWARES = {"crawlers.middlewares.CharsetRepairMiddleware": 950}
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "crawlers.middlewares.RobotsTxtMiddleware": 100,  # Scrapy's, fixed for requests that wait for robots.txt
+    "crawlers.middlewares.CharsetRepairMiddleware": 950,
+}
 ITEM_PIPELINES = {
     "crawlers.pipelines.ValidateItemPipeline": 100,
     "crawlers.pipelines.PersistItemsPipeline": 900,

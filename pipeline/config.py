@@ -138,10 +138,80 @@ class SectionsConfig:
 
 
 @dataclass
+class ApiFieldsConfig:
+    """Where each field of a question sits in one item of a JSON response: JMESPath expressions
+    (jmespath.org), relative to the item; "" when the API has no such field."""
+
+    id: str
+    """The item's stable id in the API."""
+    question: str
+    answer: str
+    """The answer: an option key for multiple choice, the text otherwise."""
+    options: str = ""
+    """An object {"A": "Fe", ...}, or a list of option texts (keyed A, B, ... in order)."""
+    explanation: str = ""
+    kind: str = ""
+    """Gives mcq / qa; "" means mcq when options were found, else qa."""
+
+
+@dataclass
+class PaginationConfig:
+    """How the json spider asks for the next page of an API's results."""
+
+    style: Literal["none", "page", "offset", "cursor"]
+    """`page` (a page number), `offset` (items to skip), `cursor` (a token the previous response
+    gave) or `none` (one response holds everything)."""
+    param: str = ""
+    """The query parameter that carries the page number, the offset or the cursor."""
+    size_param: str = ""
+    """The query parameter for the page size; "" leaves the server's default."""
+    size: int = 0
+    """Items per page asked for with size_param (0 with size_param "": the server's default). The
+    offset style steps by the items each page gave, so a server that caps the size still gives
+    every item."""
+    start: int = 1
+    """The page number a start URL without the parameter stands for (page style); the next page
+    is start + 1."""
+    cursor: str = ""
+    """JMESPath to the next cursor in a response (cursor style); null or "" there ends the crawl."""
+
+    def __post_init__(self) -> None:
+        if self.style != "none" and not self.param:
+            raise ConfigError(f"param: the {self.style} pagination style needs the query parameter's name")
+        if self.style == "cursor" and not self.cursor:
+            raise ConfigError("cursor: the cursor pagination style needs the JMESPath of the next cursor")
+        if self.size_param and self.size < 1:
+            raise ConfigError(f"size: a positive page size is needed with size_param ({self.size_param})")
+
+
+@dataclass
+class ApiConfig:
+    """A question bank behind a JSON API (the json spider)."""
+
+    items: str
+    """JMESPath to the list of items in a response ("data.items", "results")."""
+    fields: ApiFieldsConfig
+    pagination: PaginationConfig
+
+    def __post_init__(self) -> None:
+        import jmespath
+
+        paths = {"items": self.items, "pagination.cursor": self.pagination.cursor,
+                 **{f"fields.{k}": v for k, v in dataclasses.asdict(self.fields).items()}}
+        for key, path in paths.items():
+            try:
+                if path:
+                    jmespath.compile(path)
+            except jmespath.exceptions.ParseError as exc:
+                raise ConfigError(f"{key}: {path!r} is not a JMESPath expression: {exc}") from None
+
+
+@dataclass
 class SiteConfig:
-    spider: Literal["qa", "bank", "doc"]
+    spider: Literal["qa", "bank", "doc", "json"]
     """`qa` (config-driven Q&A pages), `bank` (paginated multiple-choice banks: tables, chapters,
-    legacy encodings) or `doc` (standards and regulations split into sections)."""
+    legacy encodings), `doc` (standards and regulations split into sections) or `json` (a
+    question bank's JSON API: `api`)."""
     sample: SampleSiteConfig | None
     """When set, the crawl stage generates this sample site and serves it on 127.0.0.1."""
     start_urls: list[str]
@@ -164,12 +234,27 @@ class SiteConfig:
     """Section splitting (doc spider)."""
     offline: bool
     """Replay from the HTTP cache (data/httpcache/<site>) without touching the network."""
+    api: ApiConfig | None = None
+    """The JSON API's items, fields and pagination (json spider)."""
+    sitemap_urls: list[str] = field(default_factory=list)
+    """Start from these sitemaps (sitemap.xml, a sitemap index, or robots.txt's Sitemap: lines)
+    instead of start_urls; absolute, or paths on the served sample site."""
+    sitemap_rules: list[str] = field(default_factory=list)
+    """Regular expressions: a URL from the sitemaps is crawled when one of them matches it
+    (re.search); [] crawls every URL listed."""
 
     def __post_init__(self) -> None:
         if self.spider == "doc" and self.sections is None:
             raise ConfigError("sections: required for the doc spider")
-        if self.spider != "doc" and not self.layouts:
+        if self.spider == "json" and self.api is None:
+            raise ConfigError("api: required for the json spider")
+        if self.spider in ("qa", "bank") and not self.layouts:
             raise ConfigError(f"layouts: the {self.spider} spider needs at least one layout")
+        for i, rule in enumerate(self.sitemap_rules):
+            try:
+                re.compile(rule)
+            except re.error as exc:
+                raise ConfigError(f"sitemap_rules[{i}]: {rule!r} is not a regular expression: {exc}") from None
 
 
 @dataclass
@@ -237,6 +322,9 @@ class DedupConfig:
     redis: RedisConfig
     report_clusters: int
     """How many sample clusters reports/dedup_clusters.md shows."""
+    prefer: list[Literal["crawl", "import"]] = field(default_factory=lambda: ["crawl", "import"])
+    """Which source's record a cluster keeps first: crawled pages (`crawl`) or imported datasets
+    (`import`); the rule below (explanation, length, id) decides within a source."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -250,6 +338,8 @@ class DedupConfig:
         if self.bands is not None and (self.bands < 2 or self.rows < 1 or self.bands * self.rows > self.num_perm):
             raise ConfigError(f"bands x rows: expected bands >= 2 and bands x rows <= num_perm "
                               f"({self.num_perm}), got {self.bands} x {self.rows}")
+        if sorted(self.prefer) != ["crawl", "import"]:
+            raise ConfigError(f"prefer: expected crawl and import, each once, in the order to prefer; got {self.prefer}")
         for i, path in enumerate(self.decontaminate_against):
             if Path(path).is_absolute() or Path(path).parts[:1] != ("evalsets",):
                 raise ConfigError(f"decontaminate_against[{i}]: {path!r} is not under evalsets/; the dedup "
@@ -382,12 +472,14 @@ class SynthConfig:
     search_answer: SynthTaskConfig
     """The reasoning after the search tool's response and the answer written from it (the last
     turn of a search row)."""
-    mix: dict[Literal["plain", "think", "search", "qgen"], float]
-    """Share of each task's valid rows that go into the training set (plain, think, search, qgen)."""
+    mix: dict[Literal["plain", "think", "search", "qgen", "conversation"], float]
+    """Share of each task's valid rows that go into the training set (plain, think, search, qgen,
+    and `conversation`: imported conversations, as they are); a task not named: all of them."""
     search_labels: dict[str, bool] = field(default_factory=dict)
-    """Site name -> whether its questions need the document search. The data's own label, used
-    for those sites' search rows instead of the teacher's decision (which is still recorded);
-    questions generated from documents always need it. Sites not named: the teacher decides."""
+    """Site (or dataset) name -> whether its questions need the document search. The data's own
+    label, used for those sites' search rows instead of the teacher's decision (which is still
+    recorded); questions generated from documents always need it. Sites not named: the teacher
+    decides."""
     verify: VerifyConfig = field(default_factory=lambda: VerifyConfig())
     open_book: OpenBookConfig = field(default_factory=lambda: OpenBookConfig())
 
@@ -503,7 +595,7 @@ class TrainConfig:
     lora: LoraConfig
     qlora: QLoraConfig
     distributed: DistributedConfig
-    repeat: dict[Literal["plain", "think", "search", "qgen"], int] = field(default_factory=dict)
+    repeat: dict[Literal["plain", "think", "search", "qgen", "conversation"], int] = field(default_factory=dict)
     """Task -> how many times each of its train rows is seen per epoch (oversampling, as
     dataset weights do in axolotl or LLaMA-Factory); tasks not named: once. Val rows are not
     repeated. synth.mix is the other direction: the share of a task's rows kept."""
@@ -741,6 +833,71 @@ class ServeConfig:
             raise ConfigError(f"max_tool_rounds: expected 0 or more, got {self.max_tool_rounds}")
 
 
+USERDATA = "userdata"
+"""The folder of the files datasets import: the import stages depend on it, so DVC sees them change."""
+
+
+@dataclass
+class ColumnsConfig:
+    """Which column or key of a row holds each field; "" when the data has none. The table format
+    maps question and answer (or messages); the other formats read their own keys and use only
+    `id` and `split` from here."""
+
+    id: str = ""
+    """A stable id per row; "" ids rows by a hash of their content."""
+    question: str = ""
+    answer: str = ""
+    """For multiple choice: an option key (A), a 0-based index, or the option's text."""
+    options: str = ""
+    """A column holding an object {"A": "Fe", ...}, a list of texts, or a JSON string of either;
+    or several columns, comma-separated, one option each keyed by its column's name ("A,B,C,D",
+    C-Eval's layout)."""
+    explanation: str = ""
+    kind: str = ""
+    """mcq or qa; "" means mcq when options were found, else qa."""
+    split: str = ""
+    """train, val or test: the row keeps that split (and so does its near-duplicate cluster)."""
+    messages: str = ""
+    """A column of OpenAI chat messages (table format): its rows are conversations."""
+
+
+@dataclass
+class DatasetConfig:
+    """Data a user already has, imported beside the crawls (stage import@<name>)."""
+
+    format: Literal["alpaca", "sharegpt", "messages", "table"]
+    """`alpaca` (instruction, input, output; history makes it a conversation), `sharegpt`
+    (conversations of from/value turns, with system and tools), `messages` (OpenAI chat JSONL,
+    with tools and tool calls) or `table` (JSON, JSONL, CSV or Parquet, or a hub dataset, read with
+    `columns`)."""
+    path: str | None = None
+    """A file under userdata/ (JSON, JSONL, CSV, Parquet)."""
+    hub: str | None = None
+    """A Hugging Face dataset id instead of a file (needs the network; pin `revision`)."""
+    revision: str | None = None
+    hub_split: str = "train"
+    """Which split of the hub dataset to read (the rows' own train/val/test come from `columns.split`)."""
+    lang: str = "en"
+    """The rows' language (en, zh, ...), as a site's `lang`."""
+    columns: ColumnsConfig = field(default_factory=lambda: ColumnsConfig())
+    max_rows: int = 0
+    """Read at most this many rows; 0: all."""
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.hub is None):
+            raise ConfigError("path, hub: give one of them (a file under userdata/ or a hub dataset id)")
+        if self.path is not None and (Path(self.path).is_absolute() or Path(self.path).parts[:1] != (USERDATA,)):
+            raise ConfigError(f"path: {self.path!r} is not under {USERDATA}/; the import stage depends on that "
+                              "folder, so DVC would not see this file change")
+        if self.format == "table" and not self.columns.messages and not (self.columns.question and self.columns.answer):
+            raise ConfigError("columns: the table format needs question and answer (or messages) mapped")
+        if self.max_rows < 0:
+            raise ConfigError(f"max_rows: expected 0 or more, got {self.max_rows}")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
 @dataclass
 class Params:
     seed: int
@@ -761,6 +918,8 @@ class Params:
     judge: JudgeConfig
     export: ExportConfig
     serve: ServeConfig
+    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+    """Datasets to import, by name: data/imported/<name>.jsonl, the `site` field of its records."""
 
     def __post_init__(self) -> None:
         missing = [p for p in self.eval.exam_sets if p not in self.dedup.decontaminate_against]
@@ -770,9 +929,17 @@ class Params:
         if self.eval.enable_thinking is not None and self.chat.template != "native":
             raise ConfigError("eval.enable_thinking: a switch of the model's own template (Qwen3's); "
                               "set chat.template: native, or leave it null")
-        unknown = [s for s in self.synth.search_labels if s not in self.sites]
+        for name in [*self.sites, *self.datasets]:
+            if not _NAME.match(name):
+                raise ConfigError(f"{name!r}: a site or dataset name must be letters, digits, _ . - "
+                                  "(it names files and starts every record id)")
+        both = sorted(set(self.sites) & set(self.datasets))
+        if both:
+            raise ConfigError(f"datasets: {', '.join(both)} is a site's name too; record ids start with it, so rename one")
+        unknown = [s for s in self.synth.search_labels if s not in self.sites and s not in self.datasets]
         if unknown:
-            raise ConfigError(f"synth.search_labels: {', '.join(unknown)} not in sites ({', '.join(self.sites)})")
+            raise ConfigError(f"synth.search_labels: {', '.join(unknown)} not in sites ({', '.join(self.sites)}) "
+                              f"or datasets ({', '.join(self.datasets) or 'none'})")
 
 
 def _type_name(tp) -> str:

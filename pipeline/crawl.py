@@ -19,24 +19,27 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import shutil
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipeline.config import SiteConfig, load_or_exit
 from pipeline.paths import CRAWL_METRICS_DIR, CRAWL_STATE_DIR, HTTP_CACHE_DIR, RAW_DIR
 CLEAN_STOP = "stopped-cleanly"
 
 
-def spider_class(kind: str):
-    from crawlers.spiders.bank import BankSpider
-    from crawlers.spiders.doc import DocSpider
-    from crawlers.spiders.qa import QASpider
+SPIDERS = {"qa": "crawlers.spiders.qa:QASpider", "bank": "crawlers.spiders.bank:BankSpider",
+           "doc": "crawlers.spiders.doc:DocSpider", "json": "crawlers.spiders.api:ApiSpider"}
 
-    return {"qa": QASpider, "bank": BankSpider, "doc": DocSpider}[kind]
+
+def spider_class(kind: str):
+    module, name = SPIDERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _prepare_state(state: Path) -> bool:
@@ -62,16 +65,47 @@ def _match_cache_to_sample(cache: Path, pages: dict) -> None:
     stamp.write_text(digest.hexdigest())
 
 
-def _read_items(path: Path) -> dict[str, dict]:
-    items: dict[str, dict] = {}
+def _read_items(path: Path) -> list[dict]:
+    """Every item the crawl appended, in order (a resumed crawl appends a page's items again)."""
+    items: list[dict] = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                item = json.loads(line)
+                items.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # the line being written when the process stopped
-            items[item["id"]] = item
     return items
+
+
+def unique_ids(items: list[dict]) -> tuple[dict[str, dict], int]:
+    """Items by id, and how many ids stood for different items.
+
+    A selector's id (an anchor) is unique on its page, not on the site: two FAQ pages may both
+    have `#what-is-x`. When one id comes with different content from different URLs, each item's
+    id gets its page's URL path (`<id>@/faq/a.html`), so the result does not depend on crawl order;
+    ids that collide with nothing stay as they are. The same item seen again is not a collision:
+    from the same URL (a resumed crawl) the last copy is kept, and from another URL with the same
+    content (an API page that repeats an item, a page reached by two URLs) the smallest URL's."""
+    by_id: dict[str, dict[str, dict]] = {}
+    for item in items:
+        by_id.setdefault(item["id"], {})[item["url"]] = item
+    out: dict[str, dict] = {}
+    collisions = 0
+    for item_id, by_url in by_id.items():
+        distinct: dict[str, dict] = {}
+        for url in sorted(by_url):
+            item = by_url[url]
+            content = json.dumps({k: v for k, v in item.items() if k not in ("url", "fetched_at")}, sort_keys=True)
+            distinct.setdefault(content, item)
+        if len(distinct) == 1:
+            out[item_id] = next(iter(distinct.values()))
+            continue
+        collisions += 1
+        for item in distinct.values():
+            parts = urlsplit(item["url"])
+            new_id = f"{item_id}@{parts.path}" + (f"?{parts.query}" if parts.query else "")
+            out[new_id] = dict(item, id=new_id)
+    return out, collisions
 
 
 def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path = HTTP_CACHE_DIR,
@@ -120,7 +154,7 @@ def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path 
         process.start()
         stats = crawler.stats.get_stats()
 
-    items = _read_items(items_file)
+    items, collisions = unique_ids(_read_items(items_file))
     raw_dir.mkdir(parents=True, exist_ok=True)
     out = raw_dir / f"{name}.jsonl"
     tmp = out.with_suffix(".jsonl.tmp")
@@ -145,6 +179,9 @@ def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path 
         "pages_fetched": stats.get("httpcache/miss", 0),
         "pages_from_cache": stats.get("httpcache/hit", 0),
         "items": len(items),
+        "id_collisions": collisions,
+        "ids_repeated_on_page": stats.get("distillery/id_repeated_on_page", 0),
+        "sitemap_urls_skipped": stats.get("distillery/sitemap_urls_skipped", 0),
         "dropped": prefixed("distillery/dropped/"),
         "broken": prefixed("distillery/broken/"),
         "images_skipped": stats.get("distillery/images_skipped", 0),

@@ -4,12 +4,15 @@
 2. Near-duplicates (pipeline/minhash.py's near_duplicate_clusters): MinHash signatures
    (vectorised, all cores) into a datasketch MinHashLSH index (in memory or in Redis);
    candidate pairs verified by exact Jaccard on the shingle sets; clusters by union-find.
-3. One representative per cluster, by this rule: a record with an explanation before one
+3. One representative per cluster, by this rule: the source `dedup.prefer` names first (crawled
+   pages before imported datasets by default), then a record with an explanation before one
    without (more to learn from), then the shortest canonical text (copying sites add marks,
    rarely remove words), then the smallest id. The others are removed, each with the reason
    and the representative it duplicates.
 4. Splits per cluster, by a stable hash of the representative's normal form: near-duplicates
-   never straddle train/val/test, and a question keeps its split when the corpus grows.
+   never straddle train/val/test, and a question keeps its split when the corpus grows. An
+   imported record whose dataset names its split keeps it, and takes its cluster with it (the
+   most held-out one when a cluster's records name several: test, then val).
 5. Decontamination: the items of `dedup.decontaminate_against` (eval sets from elsewhere) are
    clustered together with the corpus; a cluster holding one of them sends no record to train.
    (A near-duplicate of a val/test record is in that record's cluster, so it is not in train.)
@@ -36,11 +39,13 @@ from pipeline.evalsets import EvalSetError, load_eval_set
 from pipeline.paths import CLEAN, DEDUP_DIR, DEDUP_METRICS, DEDUP_REPORT
 
 SPLITS = ("train", "val", "test")
+ORIGIN_WORDS = {"crawl": "crawled", "import": "imported"}
 
 
-def representative_key(rec: dict) -> tuple:
-    """The module docstring's rule: explanation first, then shortest text, then smallest id."""
-    return (not rec.get("explanation"), len(rec["text"]), rec["id"])
+def representative_key(rec: dict, prefer: list[str]) -> tuple:
+    """The module docstring's rule: the preferred source, then explanation first, then shortest
+    text, then smallest id."""
+    return (prefer.index(rec.get("origin", "crawl")), not rec.get("explanation"), len(rec["text"]), rec["id"])
 
 
 def split_of(text: str, cfg: DedupConfig) -> str:
@@ -71,7 +76,8 @@ def dedup(records: list[dict], external: list[dict], cfg: DedupConfig) -> tuple[
     found = minhash.near_duplicate_clusters([e["text"] for e in entries], cfg)
     sh = minhash.shingling(cfg)
 
-    kept = {r["id"]: dict(r, cluster_id=r["id"], split=split_of(r["text"], cfg), duplicates=[]) for r in records}
+    kept = {r["id"]: dict(r, cluster_id=r["id"], split=r.get("split") or split_of(r["text"], cfg), duplicates=[])
+            for r in records}
     removed: list[dict] = []
     report: list[dict] = []
     decontaminated = 0
@@ -81,7 +87,10 @@ def dedup(records: list[dict], external: list[dict], cfg: DedupConfig) -> tuple[
         evals = [external[i - n] for i in group if i >= n]
         if not members:
             continue
-        rep = min(members, key=representative_key)
+        rep = min(members, key=lambda r: representative_key(r, cfg.prefer))
+        named = [m["split"] for m in members if m.get("split")]
+        if named:
+            kept[rep["id"]]["split"] = max(named, key=SPLITS.index)
         rep_norm = minhash.normal_form(rep["text"])
         rep_set = minhash.shingle_set(rep["text"], sh)
         row = {"rep": rep, "split": kept[rep["id"]]["split"], "members": [],
@@ -127,6 +136,11 @@ def dedup(records: list[dict], external: list[dict], cfg: DedupConfig) -> tuple[
         "shingles": found.shingle_modes,
         "seconds": round(time.perf_counter() - started, 3),
     }
+    imported = [r for r in records if r.get("origin") == "import"]
+    if imported:
+        removed_ids = {r["id"] for r in removed}
+        metrics["imported"] = {"input": len(imported), "kept": sum(r["id"] not in removed_ids for r in imported),
+                               "split_from_data": sum(bool(r.get("split")) for r in imported), "prefer": cfg.prefer}
     return out, sorted(removed, key=lambda r: r["id"]), metrics, report
 
 
@@ -148,7 +162,9 @@ def render_report(metrics: dict, report: list[dict], cfg: DedupConfig) -> str:
         "",
         f"MinHash {lsh['num_perm']} permutations, LSH {lsh['bands']} bands x {lsh['rows']} rows ({lsh['storage']}), "
         f"threshold {lsh['threshold']}; {lsh['candidate_pairs']} candidate pairs, {lsh['verified_pairs']} verified. "
-        "Representative: explanation first, then shortest text, then smallest id.",
+        "Representative: " + (f"{' before '.join(ORIGIN_WORDS[o] for o in cfg.prefer)} records, then "
+                              if metrics.get("imported") else "")
+        + "explanation first, then shortest text, then smallest id.",
         "",
     ]
     biggest = sorted(report, key=lambda r: (-len(r["members"]) - len(r["evals"]), r["rep"]["id"]))

@@ -9,6 +9,9 @@ RAW_DIR = Path("data/raw")
 HTTP_CACHE_DIR = Path("data/httpcache")
 CRAWL_STATE_DIR = Path("data/crawl_state")
 CRAWL_METRICS_DIR = Path("metrics/crawl")
+# import@<dataset>
+IMPORTED_DIR = Path("data/imported")
+IMPORT_METRICS_DIR = Path("metrics/import")
 # prepare
 CLEAN_DIR = Path("data/clean")
 CLEAN = CLEAN_DIR / "clean.jsonl"

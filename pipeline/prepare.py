@@ -1,9 +1,10 @@
-"""Stage prepare: raw crawl items -> clean records, every reject counted by reason.
+"""Stage prepare: raw crawl items and imported records -> clean records, every reject counted by reason.
 
 Normalisation is Unicode NFKC plus whitespace collapsing, applied to every text field
 (in Chinese records, punctuation next to CJK text stays full-width, as is the convention);
 `text` is the canonical string later stages compare (question, options and answer of a
-question; the body of a document section). The fetch date stays in data/raw (VOLATILE_FIELDS):
+question; the body of a document section; the user and assistant turns of an imported
+conversation, whose messages stay as written). The fetch date stays in data/raw (VOLATILE_FIELDS):
 a re-crawl of unchanged pages gives the same data/clean. Duplicates, exact or near, and the
 train/val/test split are the dedup stage's work.
 
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import PrepareConfig, load_or_exit
-from pipeline.paths import CLEAN_DIR, PREPARE_METRICS, RAW_DIR
+from pipeline.paths import CLEAN_DIR, IMPORTED_DIR, PREPARE_METRICS, RAW_DIR
 from pipeline.text import canonical_text, normalise, restore_cjk_punctuation
 
 # What changes when an unchanged page is fetched again (the server's Date header). It stays in
@@ -41,6 +42,15 @@ def clean_record(raw: dict, cfg: PrepareConfig) -> tuple[dict | None, str | None
     for key in ("title", "chapter", "section", "question", "answer", "explanation", "text"):
         rec[key] = norm(raw.get(key))
     rec["options"] = {normalise(k): norm(v) for k, v in (raw.get("options") or {}).items()}
+    if rec["kind"] == "conversation":
+        # an imported conversation is trained on as written (code and layout included); only its
+        # canonical text, which dedup compares, is normalised
+        rec["text"] = canonical_text(rec)
+        if not rec["text"]:
+            return None, "empty_conversation"
+        if len(rec["text"]) > cfg.max_text_chars:
+            return None, "too_long"
+        return rec, None
     if rec["kind"] == "doc":
         if not rec["text"]:
             return None, "empty_section"  # a heading with no body of its own
@@ -65,10 +75,12 @@ def clean_record(raw: dict, cfg: PrepareConfig) -> tuple[dict | None, str | None
 
 
 def read_raw(files: list[Path], rejects: list[dict]):
-    """Yield raw items from the sites' JSONL files; a line that is not a JSON object is a reject."""
-    missing = [str(p) for p in files if not p.exists()]
-    if missing:
-        sys.exit(f"error: no crawl output {', '.join(missing)} (run the crawl first: dvc repro crawl)")
+    """Yield raw items from the sites' and datasets' JSONL files; a line that is not a JSON
+    object is a reject."""
+    for path in files:
+        if not path.exists():
+            stage = f"import@{path.stem}" if path.parent.name == IMPORTED_DIR.name else "crawl"
+            sys.exit(f"error: no {path} (run it first: dvc repro {stage})")
     for path in files:
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
@@ -86,12 +98,14 @@ def read_raw(files: list[Path], rejects: list[dict]):
                 yield item
 
 
-def prepare(cfg: PrepareConfig, sites: list[str], raw_dir: Path = RAW_DIR, out_dir: Path = CLEAN_DIR) -> dict:
-    """Clean data/raw/<site>.jsonl for each configured site (a removed site's old file is not read)."""
+def prepare(cfg: PrepareConfig, sites: list[str], raw_dir: Path = RAW_DIR, out_dir: Path = CLEAN_DIR,
+            datasets: list[str] = (), imported_dir: Path = IMPORTED_DIR) -> dict:
+    """Clean data/raw/<site>.jsonl for each configured site and data/imported/<name>.jsonl for
+    each configured dataset (a removed site's or dataset's old file is not read)."""
     rejects: list[dict] = []
     kept: dict[str, dict] = {}
     n_input = 0
-    files = [raw_dir / f"{site}.jsonl" for site in sites]
+    files = [raw_dir / f"{site}.jsonl" for site in sites] + [imported_dir / f"{name}.jsonl" for name in datasets]
     for raw in sorted(read_raw(files, rejects), key=lambda r: r["id"]):
         n_input += 1
         rec, reason = clean_record(raw, cfg)
@@ -110,17 +124,20 @@ def prepare(cfg: PrepareConfig, sites: list[str], raw_dir: Path = RAW_DIR, out_d
         for rej in rejects:
             f.write(json.dumps(rej, ensure_ascii=False, sort_keys=True) + "\n")
     n_input += sum(1 for r in rejects if r["id"] is None)
-    return {
+    metrics = {
         "input": n_input,
         "kept": len(kept),
         "rejected": dict(sorted(collections.Counter(r["reason"] for r in rejects).items())),
         "kinds": dict(sorted(collections.Counter(r["kind"] for r in kept.values()).items())),
     }
+    if datasets:
+        metrics["kept_imported"] = sum(r.get("origin") == "import" for r in kept.values())
+    return metrics
 
 
 def main() -> None:
     params = load_or_exit()
-    metrics = prepare(params.prepare, list(params.sites))
+    metrics = prepare(params.prepare, list(params.sites), datasets=list(params.datasets))
     PREPARE_METRICS.parent.mkdir(parents=True, exist_ok=True)
     PREPARE_METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(f"prepare: kept {metrics['kept']} of {metrics['input']}, rejected {metrics['rejected']}")

@@ -73,7 +73,8 @@ def build_index(records: list[dict], path: Path) -> int:
     con = sqlite3.connect(tmp)
     con.execute("CREATE TABLE passages (rowid INTEGER PRIMARY KEY, id TEXT, url TEXT, title TEXT, body TEXT)")
     con.execute("CREATE VIRTUAL TABLE terms USING fts5(title, body, tokenize='unicode61')")
-    searchable = [r for r in records if r["kind"] == "doc" or r.get("split") == "train"]
+    # documents, and the training split's questions (not imported conversations: not passages)
+    searchable = [r for r in records if r["kind"] == "doc" or (r.get("split") == "train" and r["kind"] in ("mcq", "qa"))]
     for rowid, rec in enumerate(sorted(searchable, key=lambda r: r["id"]), start=1):
         title, body = passage(rec)
         con.execute("INSERT INTO passages VALUES (?, ?, ?, ?, ?)", (rowid, rec["id"], rec.get("url"), title, body))

@@ -5,6 +5,7 @@ like with like), and the CJK test that dedup's shingling and the chat format's l
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 
@@ -33,6 +34,8 @@ def restore_cjk_punctuation(text: str) -> str:
 def canonical_text(record: dict) -> str:
     if record["kind"] == "doc":
         return record["text"]
+    if record["kind"] == "conversation":
+        return conversation_text(record["messages"])
     parts = [record["question"]]
     parts += [f"{k}. {v}" for k, v in record["options"].items()]
     parts.append(f"Answer: {record['answer']}")
@@ -50,3 +53,14 @@ def is_cjk(text: str, min_share: float = 0.3, sample: int = 256) -> bool:
     head = text[:sample]
     word_chars = sum(len(w) for w in _WORD.findall(head))
     return word_chars > 0 and len(_CJK_CHAR.findall(head)) >= min_share * word_chars
+
+
+def conversation_text(messages: list[dict]) -> str:
+    """What a conversation says, for dedup: its user and assistant turns (calls included),
+    normalised; the system prompt and tool responses are not what makes two conversations alike."""
+    parts = []
+    for m in messages:
+        if m["role"] in ("user", "assistant"):
+            parts.append(normalise(m.get("content")))
+            parts += [json.dumps(c["function"], ensure_ascii=False, sort_keys=True) for c in m.get("tool_calls") or []]
+    return "\n".join(p for p in parts if p)

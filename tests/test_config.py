@@ -132,7 +132,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @pytest.mark.parametrize("override, key, allowed", [
     ("model.source=ggml", "model.source", ("tiny", "hf", "gguf")),
-    ("sites.standards.spider=pdf", "sites.standards.spider", ("qa", "bank", "doc")),
+    ("sites.standards.spider=pdf", "sites.standards.spider", ("qa", "bank", "doc", "json")),
     ("dedup.shingle=token", "dedup.shingle", ("auto", "char", "word")),
     ("dedup.lsh_storage=disk", "dedup.lsh_storage", ("memory", "redis")),
     ("++teacher.prompt_format=instruct", "teacher.prompt_format", ("chat", "completion")),
@@ -149,7 +149,7 @@ DTYPES = ("float32", "bfloat16", "float16")
     ("export.outtype=q8", "export.outtype", GGUF_OUTTYPES),
     ("export.quant=[q4_k_m,q3]", "export.quant[1]", GGUF_QUANTS),
     ("serve.gguf=q3", "serve.gguf", ("best", *GGUF_OUTTYPES, *GGUF_QUANTS)),
-    ("+synth.mix.thinking=0.5", "synth.mix.thinking", ("plain", "think", "search", "qgen")),
+    ("+synth.mix.thinking=0.5", "synth.mix.thinking", ("plain", "think", "search", "qgen", "conversation")),
 ])
 def test_wrong_choice_names_the_key_and_the_allowed_values(tmp_path, override, key, allowed):
     # Choice keys are Literal-typed: the loader rejects a value outside the set, at any depth,
@@ -198,7 +198,7 @@ def test_site_errors_are_named_with_their_path(tmp_path):
         d["sites"]["bank_gbk"]["spider"] = "crawler"
 
     with pytest.raises(ConfigError,
-                       match=r"sites\.bank_gbk\.spider: expected one of 'qa', 'bank', 'doc', got 'crawler'"):
+                       match=r"sites\.bank_gbk\.spider: expected one of 'qa', 'bank', 'doc', 'json', got 'crawler'"):
         load_params(_write_modified(tmp_path, edit))
 
     def edit_port(d):

@@ -1,11 +1,13 @@
 """One end-to-end run of the real pipeline with real `dvc` in a temporary git repository:
-`dvc repro` builds everything on the tiny profile, a second `dvc repro` runs nothing,
+`dvc repro` builds everything on the tiny profile (with one imported dataset beside the
+crawls), a second `dvc repro` runs nothing,
 `make push` to a local remote and `make pull` into a fresh clone bring every output over,
 an edit to library code reruns the stages that import it and no other, a re-crawl with a
 fresh HTTP cache reruns the crawls and prepare only,
 `dvc exp run -S lr=1e-5` reruns train and the stages below it only, a judge setting reruns
-the judge and the report only, and a new dedup threshold reruns dedup, not crawl or prepare,
-and leaves the stages below it out of date."""
+the judge and the report only, a new dedup threshold reruns dedup, not crawl or prepare,
+and leaves the stages below it out of date, and a dataset's setting puts its import out of date
+and no crawl."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SITES
 from crawlers.sample_sites import GENERATORS
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +29,7 @@ BIN = Path(sys.executable).parent
 
 
 EVAL_STAGES = ["evaluate", "judge", "report"]
+DATASET = "messages_example"
 EXPORT_STAGES = ["merge", "convert", "quantize", "verify_export"]
 
 
@@ -64,7 +67,10 @@ def _project_copy(dest: Path) -> Path:
     config = dest / "conf/config.yaml"
     text = config.read_text()
     assert "\n  - profile: cpu\n" in text
-    config.write_text(text.replace("\n  - profile: cpu\n", "\n  - profile: tiny\n"))
+    text = text.replace("\n  - profile: cpu\n", "\n  - profile: tiny\n")
+    # and one imported dataset beside the crawls (conversations with a tool call)
+    text = text.replace("\n  - prepare: default\n", f"\n  - dataset@datasets.{DATASET}: {DATASET}\n  - prepare: default\n")
+    config.write_text(text)
     return dest
 
 
@@ -77,11 +83,17 @@ def _check_synth(repo: Path) -> None:
     assert metrics["teacher"]["backend"] == "vllm" and metrics["requests"]["sent"] > 0
     rows = [json.loads(line) for line in (repo / "data/sft/train.jsonl").read_text().splitlines()]
     tasks = {r["task"] for r in rows}
-    assert tasks == {"plain", "think", "search", "qgen"}
+    assert tasks - {"conversation"} == {"plain", "think", "search", "qgen"}
     for row in rows:
-        if row["task"] != "plain":
+        if row["task"] not in ("plain", "conversation"):
             assert len(row["provenance"]["template_sha256"]) == 64 and row["provenance"]["teacher"] == "tiny"
-        assert row["source_ids"] and row["urls"][0].startswith("http://127.0.0.1:")
+        if row["task"] == "conversation":  # an imported one: lineage back to its file and line
+            assert row["source_ids"][0].startswith(f"{DATASET}/") and row["urls"][0].startswith("userdata/examples/")
+        else:
+            assert row["source_ids"] and row["urls"][0].startswith("http://127.0.0.1:")
+    imported = [r for split in ("train", "val", "test")
+                for r in map(json.loads, (repo / f"data/sft/{split}.jsonl").read_text().splitlines()) if r["task"] == "conversation"]
+    assert len(imported) == json.loads((repo / f"metrics/import/{DATASET}.json").read_text())["imported"] == 3
     think = next(r for r in rows if r["task"] == "think")["messages"][-1]["content"]
     assert think.startswith("<think>\n") and "\n</think>\n" in think
     index = sqlite3.connect(repo / "data/search/index.sqlite")
@@ -244,7 +256,7 @@ def _check_recrawl(repo: Path) -> None:
         return hashlib.sha256(b"".join(p.read_bytes() for p in sorted((repo / folder).glob("*.jsonl")))).hexdigest()
 
     raw, clean = digest("data/raw"), digest("data/clean")
-    for name in GENERATORS:
+    for name in SITES:
         shutil.rmtree(repo / "data/httpcache" / name)
     out = _run(repo, "dvc", "repro")
     stages = _stages_run(out)
@@ -265,16 +277,16 @@ def test_repro_noop_and_experiment(tmp_path):
 
     first = _run(repo, "dvc", "repro")
     stages = _stages_run(first)
-    assert set(stages[:3]) == {"crawl@elements_qa", "crawl@bank_gbk", "crawl@standards"}
-    assert stages[3:5] == ["prepare", "dedup"]
-    assert stages[5:7] in (["base_model", "search_index"], ["search_index", "base_model"])
-    assert stages[7:9] == ["synth", "train"]
-    assert set(stages[9:]) == {*EVAL_STAGES, *EXPORT_STAGES} and len(stages) == 9 + 7
+    assert set(stages[:4]) == {"crawl@elements_qa", "crawl@bank_gbk", "crawl@standards", f"import@{DATASET}"}
+    assert stages[4:6] == ["prepare", "dedup"]
+    assert stages[6:8] in (["base_model", "search_index"], ["search_index", "base_model"])
+    assert stages[8:10] == ["synth", "train"]
+    assert set(stages[10:]) == {*EVAL_STAGES, *EXPORT_STAGES} and len(stages) == 10 + 7
     for group in (EVAL_STAGES, EXPORT_STAGES):  # each in its own order, the two groups in any
         assert [s for s in stages if s in group] == group
-    for name, generate in GENERATORS.items():  # dvc repro crawled every sample site in full
+    for name in SITES:  # dvc repro crawled every sample site in full
         ids = {json.loads(line)["id"] for line in (repo / f"data/raw/{name}.jsonl").read_text().splitlines()}
-        assert ids == {f"{name}/{i}" for i in generate(seed=0).valid}
+        assert ids == {f"{name}/{i}" for i in GENERATORS[name](seed=0).valid}
     assert (repo / "models/adapter/adapter_model.safetensors").exists()
     assert (repo / "models/adapter/tokenizer.json").exists()
     assert (repo / "reports/train/plots/metrics/train/loss.tsv").exists()
@@ -322,6 +334,12 @@ def test_repro_noop_and_experiment(tmp_path):
     status = json.loads(_run(repo, "dvc", "status", "--json"))
     assert {"base_model", "search_index", "synth", "evaluate"} <= set(status)
     assert not {"prepare", "dedup"} & set(status)
+    # A dataset's setting, composed into params.yaml as -S does: dvc lists that import (and prepare,
+    # which reads the datasets section) as changed, and nothing upstream of it: no crawl.
+    _run(repo, sys.executable, "-m", "pipeline.params", f"datasets.{DATASET}.max_rows=2")
+    status = json.loads(_run(repo, "dvc", "status", "--json"))
+    assert f"import@{DATASET}" in status and not [s for s in status if s.startswith("crawl@")]
+    assert not [s for s in status if s.startswith("import@") and s != f"import@{DATASET}"]
 
     shown = json.loads(_run(repo, "dvc", "exp", "show", "--json"))
     baseline = next(row for row in shown if row["rev"] != "workspace")

@@ -57,6 +57,8 @@ def test_malformed_teacher_outputs_become_rejects_not_crashes():
     records, reasons = tasks.qgen_records(doc, out, 2)
     assert reasons == ["short_question"] and records[0]["answer"] == "In a ventilated cabinet."
     assert records[0]["source_ids"] == ["d/1"] and records[0]["needs_search"] is True
+    # with n > 1 candidates per request, each candidate's pairs keep ids of their own
+    assert records[0]["id"] == "d/1/q1" and tasks.qgen_records(doc, out, 2, candidate=1)[0][0]["id"] == "d/1/c1q1"
     # search: a decision that is not the JSON asked for
     for bad in ("", "{\"needs_search\": \"yes\"}", "[true]", "{\"needs_search\": tru"):
         assert tasks.search_row(EN, bad, None, 3, 300, SYSTEM)[2] == "invalid_decision_json"

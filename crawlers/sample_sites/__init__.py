@@ -4,10 +4,12 @@ Each generator returns a SampleSite: its pages and the ground truth (valid item 
 broken pages by reason, robots-disallowed ids, planted near-duplicates).
 """
 
-from crawlers.sample_sites import bank_gbk, elements_qa, standards
+from crawlers.sample_sites import bank_gbk, elements_qa, json_bank, sitemap_qa, standards
 
 GENERATORS = {
     "elements_qa": elements_qa.generate,
     "bank_gbk": bank_gbk.generate,
     "standards": standards.generate,
+    "json_bank": json_bank.generate,
+    "sitemap_qa": sitemap_qa.generate,
 }

@@ -1,7 +1,9 @@
 """Serve a generated sample site on 127.0.0.1, from memory, with an access log.
 
-A site is {path: bytes | Page | RedirectLoop}. A Page sets the status and headers too, which is how the
-sample sites serve their broken pages (a 500, a redirect loop, a wrong charset header).
+A site is {path: bytes | Page | AbsoluteLinks | endpoint}. A Page sets the status and headers too, which
+is how the sample sites serve their broken pages (a 500, a redirect loop, a wrong charset header). An
+endpoint answers from the request's path and query: `respond(request_path) -> Page` (RedirectLoop, the
+JSON bank's API). A request is looked up by its path with the query, then without it.
 
     python -m crawlers.sample_sites.serve elements_qa 8000     # browse it; Ctrl-C stops
 """
@@ -9,6 +11,8 @@ sample sites serve their broken pages (a 500, a redirect loop, a wrong charset h
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gzip
 import sys
 import threading
 import time
@@ -34,6 +38,20 @@ class RedirectLoop:
         return Page(b"", 302, {"Location": f"{self.path}?n={n + 1}"})
 
 
+@dataclass(frozen=True)
+class AbsoluteLinks:
+    """A page whose links must be absolute (sitemaps): each `{origin}` in its body becomes the
+    server's http://127.0.0.1:<port>, which is known only once the site is served. `gzip`: the
+    result is sent gzip-compressed, as a sitemap.xml.gz file is."""
+
+    page: Page
+    gzip: bool = False
+
+    def on(self, origin: str) -> Page:
+        body = self.page.body.replace(b"{origin}", origin.encode())
+        return dataclasses.replace(self.page, body=gzip.compress(body, mtime=0) if self.gzip else body)
+
+
 def html_page(body: bytes, charset: str = "utf-8") -> Page:
     return Page(body, 200, {"Content-Type": f"text/html; charset={charset}"})
 
@@ -54,7 +72,9 @@ class _SiteHandler(BaseHTTPRequestHandler):
         if isinstance(page, bytes):
             ctype = "text/plain" if self.path.endswith(".txt") else "text/html; charset=utf-8"
             page = Page(page, 200, {"Content-Type": ctype})
-        if isinstance(page, RedirectLoop):
+        if isinstance(page, AbsoluteLinks):
+            page = page.on("http://{}:{}".format(*self.server.server_address[:2]))
+        elif not isinstance(page, Page):
             page = page.respond(self.path)
         self.send_response(page.status)
         for key, value in page.headers.items():

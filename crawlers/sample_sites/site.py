@@ -12,7 +12,7 @@ class SampleSite:
 
     name: str
     pages: dict = field(default_factory=dict)
-    """{path: bytes | Page | RedirectLoop}"""
+    """{path: bytes | Page | AbsoluteLinks | endpoint} (crawlers.sample_sites.serve)"""
     valid: list[str] = field(default_factory=list)
     """Site-local ids of the items a correct crawl yields (before prepare's content rules)."""
     planted: dict[str, int] = field(default_factory=dict)

@@ -1,16 +1,21 @@
-"""What every Distillery spider shares: start URLs from the site config, link following and
-pagination, XPath-or-CSS selectors, and broken pages counted by reason instead of crashing."""
+"""What every Distillery spider shares: start URLs or sitemaps from the site config, link following
+and pagination, XPath-or-CSS selectors, and broken pages counted by reason instead of crashing."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import email.utils
-from urllib.parse import urljoin
+import re
+import struct
+from urllib.parse import urljoin, urlsplit
 
+import lxml.etree
 import scrapy
 from scrapy.exceptions import IgnoreRequest
 from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.gz import gunzip, gzip_magic_number
+from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 
 XPATH = "xpath:"
 
@@ -40,22 +45,59 @@ def fetch_time(response) -> str:
 
 
 class SiteSpider(scrapy.Spider):
-    """Base class: subclasses implement `items(response)`."""
+    """Base class: subclasses implement `items(response)`, or `parse` for pages that are not
+    HTML (the json spider)."""
 
     def __init__(self, site_name: str, site: dict, base_url: str | None = None, **kwargs):
-        """`site` is params.yaml's sites.<site_name>; `base_url` prefixes relative start URLs."""
+        """`site` is params.yaml's sites.<site_name>; `base_url` prefixes relative start and
+        sitemap URLs."""
         super().__init__(**kwargs)
         self.site_name = site_name
         self.site = site
         self.allowed_domains = list(site["allowed_domains"])
         self.start_urls = [urljoin(base_url, u) if base_url else u for u in site["start_urls"]]
+        self.sitemap_urls = [urljoin(base_url, u) if base_url else u for u in site["sitemap_urls"]]
+        self.sitemap_rules = [re.compile(rule) for rule in site["sitemap_rules"]]
 
     def count(self, key: str, n: int = 1) -> None:
         self.crawler.stats.inc_value(f"distillery/{key}", n)
 
     async def start(self):
+        if self.sitemap_urls:
+            for url in self.sitemap_urls:
+                yield scrapy.Request(url, callback=self.parse_sitemap, errback=self.on_error)
+            return
         for url in self.start_urls:
             yield scrapy.Request(url, callback=self.parse, errback=self.on_error)
+
+    def parse_sitemap(self, response):
+        """Robots.txt's Sitemap: lines, a sitemap index or a sitemap (plain or .xml.gz): the
+        sitemaps they name are read in turn, and the pages a sitemap lists that sitemap_rules
+        match are parsed like start pages (Scrapy's SitemapSpider reads them the same way, but
+        its requests have no errback, and a listed page that fails must be counted)."""
+        if urlsplit(response.url).path == "/robots.txt":
+            for url in sitemap_urls_from_robots(response.body, base_url=response.url):
+                yield scrapy.Request(url, callback=self.parse_sitemap, errback=self.on_error)
+            return
+        try:
+            body = response.body
+            if gzip_magic_number(response):  # a .xml.gz file (a gzip Content-Encoding is undone already)
+                body = gunzip(body, max_size=self.settings.getint("DOWNLOAD_MAXSIZE"))
+            sitemap = Sitemap(body)
+        except (OSError, EOFError, struct.error, ValueError, lxml.etree.XMLSyntaxError, StopIteration):
+            self.count("broken/bad_sitemap")  # a corrupt or oversized .gz, or not XML at all
+            return
+        if sitemap.type not in ("sitemapindex", "urlset"):
+            self.count("broken/bad_sitemap")
+            return
+        for entry in sitemap:
+            url = urljoin(response.url, entry["loc"])
+            if sitemap.type == "sitemapindex":
+                yield scrapy.Request(url, callback=self.parse_sitemap, errback=self.on_error)
+            elif not self.sitemap_rules or any(rule.search(url) for rule in self.sitemap_rules):
+                yield scrapy.Request(url, callback=self.parse, errback=self.on_error)
+            else:
+                self.count("sitemap_urls_skipped")
 
     def parse(self, response):
         if not isinstance(response, scrapy.http.TextResponse):
@@ -65,20 +107,30 @@ class SiteSpider(scrapy.Spider):
         truncated = b"<html" in body[:1024] and b"</html>" not in body  # cut off in transfer
         if truncated:
             self.count("broken/truncated_html")
-        fetched_at = fetch_time(response)
         page_items = list(self.items(response))
         if truncated and page_items:
             page_items.pop()  # the last item on a cut page is the one that was cut
+        yield from self.stamped(response, page_items)
+        for key in ("follow", "next_page"):
+            if self.site[key]:
+                for href in select(response, self.site[key]).getall():
+                    yield response.follow(href, callback=self.parse, errback=self.on_error)
+
+    def stamped(self, response, page_items: list):
+        """A page's items with what every item carries: where and when it was fetched, the
+        site's language, the page's encoding, and an id unique on the page."""
+        fetched_at = fetch_time(response)
+        seen: dict[str, int] = {}
         for item in page_items:
+            seen[item["id"]] = seen.get(item["id"], 0) + 1
+            if seen[item["id"]] > 1:  # the id again on the same page: numbered in document order
+                self.count("id_repeated_on_page")
+                item["id"] = f"{item['id']}~{seen[item['id']]}"
             item.setdefault("chapter", "")
             item.setdefault("section", "")
             item.update(site=self.site_name, url=response.url, fetched_at=fetched_at,
                         lang=self.site["lang"], encoding=response.encoding)
             yield item
-        for key in ("follow", "next_page"):
-            if self.site[key]:
-                for href in select(response, self.site[key]).getall():
-                    yield response.follow(href, callback=self.parse, errback=self.on_error)
 
     def items(self, response):
         raise NotImplementedError

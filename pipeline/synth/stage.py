@@ -11,7 +11,10 @@ chat); writes data/sft/{train,val,test}.jsonl (OpenAI messages with tools declar
 metrics/synth.json. Every request goes through the cache in data/synth_cache first; only
 the missing ones reach the teacher, chunk by chunk.
 
-Row: id, source_ids, task (plain | think | search | qgen), split, messages, tools,
+Imported conversations (records of kind conversation) become rows of task `conversation` as they
+are, in their record's split; synth.mix sets the share of them that goes into training.
+
+Row: id, source_ids, task (plain | think | search | qgen | conversation), split, messages, tools,
 provenance {teacher, model, backend, template, template_sha256, sampling, seed, request_key,
 candidate (which of the n), passages (the open book's), clause (qgen)},
 urls (lineage back to the crawl), valid, reject_reason, and for search rows the label, its
@@ -124,6 +127,11 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
 
     for rec in questions:
         add("plain", rec, chat.record_to_messages(rec, system, params.chat.think_from_explanation), None)
+    for rec in sources:  # imported conversations: trained on as they are, every assistant turn
+        if rec["kind"] == "conversation":
+            rows.append({"id": f"conversation/{rec['id']}", "task": "conversation", "split": rec["split"],
+                         "source_ids": [rec["id"]], "urls": [rec.get("url")], "messages": rec["messages"],
+                         "tools": rec.get("tools") or [], "provenance": None, "valid": True, "reject_reason": None})
     if cfg.max_sources:  # the teacher sees at most this many sources per split and kind, spread over sites
         def spread(recs, first=lambda r: 0):
             return [r for s in SPLITS for r in sorted(
@@ -193,8 +201,9 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
         if isinstance(res, str):
             add("qgen", doc, [], res, tpl, req)
             continue
-        for text in res:
-            new, reasons = tasks.qgen_records(doc, text, cfg.qgen_pairs, qcfg.max_question_chars, qcfg.max_answer_chars)
+        for candidate, text in enumerate(res):
+            new, reasons = tasks.qgen_records(doc, text, cfg.qgen_pairs, qcfg.max_question_chars, qcfg.max_answer_chars,
+                                              candidate)
             for reason in reasons:
                 add("qgen", doc, [], reason, tpl, req, k=len(rows))
             for rec in new:
@@ -282,7 +291,8 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
         "requests": {k: teacher.counts[k] for k in ("requests", "cached", "sent", "errors")},
         "rows": {task: {"valid": sum(r["valid"] for r in rows if r["task"] == task),
                         "rejected": sum(not r["valid"] for r in rows if r["task"] == task)}
-                 for task in ("plain", "think", "search", "qgen")},
+                 for task in ("plain", "think", "search", "qgen", "conversation")
+                 if task != "conversation" or any(r["task"] == task for r in rows)},
         "rejects": dict(sorted(collections.Counter(r["reject_reason"].split(":")[0] for r in rows if not r["valid"]).items())),
         "verify": verification.metrics(),
         "search": {"calls": sum(r["search"]["needs_search"] for r in search_rows),

@@ -309,8 +309,10 @@ def cite(answer: str, clause: str, lang: str) -> str:
 
 
 def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 160,
-                 max_answer_chars: int = 240) -> tuple[list[dict], list[str]]:
-    """New question records from a qgen output, and the reasons of the pairs rejected."""
+                 max_answer_chars: int = 240, candidate: int = 0) -> tuple[list[dict], list[str]]:
+    """New question records from a qgen output (the `candidate`-th of the request's n), and the
+    reasons of the pairs rejected. Ids: `<doc>/q<k>`, and `<doc>/c<candidate>q<k>` after the
+    first candidate, so that n > 1 gives every pair its own id."""
     try:
         data = json.loads(output, strict=False)  # control characters inside strings: cleaned below
     except json.JSONDecodeError:
@@ -336,7 +338,8 @@ def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 1
         elif not chat.language_matches(question + " " + answer, lang):
             reasons.append("wrong_language")
         else:
-            records.append({"id": f"{doc['id']}/q{k}", "kind": "qa", "question": question,
+            records.append({"id": f"{doc['id']}/" + (f"c{candidate}" if candidate else "") + f"q{k}",
+                            "kind": "qa", "question": question,
                             "answer": cite(answer, clause, lang), "clause": clause,
                             "options": {}, "explanation": "", "lang": lang, "url": doc.get("url"),
                             "split": doc["split"], "source_ids": [doc["id"]], "needs_search": True,
