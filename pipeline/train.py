@@ -15,6 +15,12 @@ DVCLive writes the loss curves to reports/train/; metrics/train.json gets the ru
 
     python -m pipeline.train                       # reads params.yaml (dvc repro train)
     DISTILLERY_NPROC=2 python -m pipeline.train    # 2 processes under torchrun (make train GPUS=2)
+
+Several machines (make train GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=host): DISTILLERY_NNODES,
+DISTILLERY_NODE_RANK, DISTILLERY_MASTER_ADDR and DISTILLERY_MASTER_PORT go to torchrun's static
+rendezvous; the batch is laid out over all N x M processes. Node 0 owns the outputs (adapter,
+metrics, checkpoints); the other nodes read the same inputs (params.yaml, models/base, data/sft)
+from their own path, train and write nothing.
 """
 
 from __future__ import annotations
@@ -89,6 +95,19 @@ def checkpoint_to_resume(fingerprint: str, resume: bool, ckpt_dir: Path = CHECKP
     return None
 
 
+def shared_checkpoint(fingerprint: str, resume: bool, ckpt_dir: Path = CHECKPOINT_DIR) -> str | None:
+    """What a node other than node 0 resumes from: the checkpoint node 0 resumes from, when this
+    node sees models/checkpoints too (a shared filesystem), read without changing anything;
+    None otherwise (a fresh run, or no shared folder: then set train.resume false)."""
+    run_file = ckpt_dir / RUN_FILE
+    previous = json.loads(run_file.read_text()) if run_file.exists() else {}
+    if not resume or previous.get("status") != "running" or previous.get("fingerprint") != fingerprint:
+        return None
+    complete = sorted((d for d in ckpt_dir.glob("checkpoint-*") if (d / "trainer_state.json").exists()),
+                      key=lambda d: int(d.name.rsplit("-", 1)[1]))
+    return str(complete[-1]) if complete else None
+
+
 def finish_checkpoints(ckpt_dir: Path = CHECKPOINT_DIR) -> None:
     """A finished run needs no checkpoints: only the run file stays, saying it finished (the
     Trainer's model card goes too)."""
@@ -101,11 +120,46 @@ def finish_checkpoints(ckpt_dir: Path = CHECKPOINT_DIR) -> None:
     run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "status": "finished"}) + "\n")
 
 
-def relaunch_distributed(nproc: int) -> None:
-    """Re-run this stage under torchrun with `nproc` processes (gloo on CPU, nccl on GPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "pipeline.train"]
-    print(f"train: launching {nproc} processes: {' '.join(cmd)}", flush=True)
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """Processes per node and the nodes of a run (DISTILLERY_* environment, set by make train)."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @classmethod
+    def from_env(cls) -> Launch:
+        env = os.environ
+        launch = cls(int(env.get("DISTILLERY_NPROC", "1")), int(env.get("DISTILLERY_NNODES", "1")),
+                     int(env.get("DISTILLERY_NODE_RANK", "0")), env.get("DISTILLERY_MASTER_ADDR", "127.0.0.1"),
+                     int(env.get("DISTILLERY_MASTER_PORT", "29500")))
+        if not 0 <= launch.node_rank < launch.nnodes:
+            sys.exit(f"error: node rank {launch.node_rank} is not one of the {launch.nnodes} nodes (NODE_RANK=0..NODES-1)")
+        return launch
+
+    @property
+    def world(self) -> int:
+        return self.nproc * self.nnodes
+
+    def torchrun(self) -> list[str]:
+        """torchrun's arguments: standalone on one node, a static rendezvous at node 0 on several."""
+        if self.nnodes == 1:
+            where = ["--standalone"]
+        else:
+            where = [f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}",
+                     f"--master_addr={self.master_addr}", f"--master_port={self.master_port}"]
+        return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={self.nproc}",
+                "-m", "pipeline.train"]
+
+
+def relaunch_distributed(launch: Launch) -> None:
+    """Re-run this stage under torchrun (gloo on CPU, nccl on GPU)."""
+    cmd = launch.torchrun()
+    print(f"train: launching {launch.nproc} process(es) on node {launch.node_rank} of {launch.nnodes}: "
+          f"{' '.join(cmd)}", flush=True)
     sys.exit(subprocess.call(cmd))
 
 
@@ -459,14 +513,21 @@ def train(params: Params, nproc: int, resume_from: str | None) -> dict:
 
 def main() -> None:
     params = load_or_exit()
-    nproc = int(os.environ.get("DISTILLERY_NPROC", "1"))
+    launch = Launch.from_env()
     if "LOCAL_RANK" not in os.environ:
-        # The launching process owns models/checkpoints: it decides resume or a fresh start once.
-        resume_from = checkpoint_to_resume(run_fingerprint(params.train, nproc), params.train.resume)
+        # The launching process of node 0 owns models/checkpoints: it decides resume or a fresh
+        # start once. Other nodes resume only from a checkpoint folder they share with it.
+        fingerprint = run_fingerprint(params.train, launch.world)
+        if launch.node_rank == 0:
+            resume_from = checkpoint_to_resume(fingerprint, params.train.resume)
+        else:
+            resume_from = shared_checkpoint(fingerprint, params.train.resume)
         os.environ["DISTILLERY_RESUME_FROM"] = resume_from or ""
-        if nproc > 1:
-            relaunch_distributed(nproc)
-    metrics = train(params, nproc, os.environ.get("DISTILLERY_RESUME_FROM") or None)
+        if launch.world > 1:
+            relaunch_distributed(launch)
+    metrics = train(params, launch.world, os.environ.get("DISTILLERY_RESUME_FROM") or None)
+    if launch.nnodes > 1:
+        metrics["nodes"] = launch.nnodes
     if int(os.environ.get("RANK", "0")) == 0:
         finish_checkpoints()
         TRAIN_METRICS.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Training: packed batches keep samples independent; a run killed with SIGKILL resumes to the
-same adapter; two processes keep the effective batch and the eval loss; QLoRA (with gradient
+same adapter; two processes keep the effective batch and the eval loss, and two nodes of one
+process each give the two processes' adapter; QLoRA (with gradient
 checkpointing) trains on CPU and its adapter lands on the full-precision base; early stopping
 keeps the best checkpoint."""
 
@@ -9,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -264,6 +266,12 @@ def _train(ws, nproc=1, check=True):
     return proc.stdout + proc.stderr
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _adapter(ws):
     from safetensors.torch import load_file
 
@@ -320,6 +328,25 @@ def test_sigkill_resume_and_two_processes(train_inputs, tmp_path):
     assert pair["processes"] == 2 and pair["effective_batch"] == 8 and pair["steps"] == 24
     print(f"eval loss: 1 process {reference['eval_loss']:.4f}, 2 processes {pair['eval_loss']:.4f}")
     assert pair["eval_loss"] == pytest.approx(reference["eval_loss"], rel=0.05)
+
+    # The same two processes as two nodes of one process each (make train GPUS=1 NODES=2), each
+    # node with its own copy of the inputs, meeting at node 0's address: the adapter of the
+    # two-process run, and only node 0 writes outputs.
+    nodes = [_workspace(train_inputs, tmp_path / f"node{rank}") for rank in range(2)]
+    port = _free_port()
+    launches = [subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train"], cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**stage_env(), "DISTILLERY_NPROC": "1", "DISTILLERY_NNODES": "2", "DISTILLERY_NODE_RANK": str(rank),
+             "DISTILLERY_MASTER_ADDR": "127.0.0.1", "DISTILLERY_MASTER_PORT": str(port)})
+        for rank, ws in enumerate(nodes)]
+    outs = [proc.communicate(timeout=600)[0] for proc in launches]
+    assert [proc.returncode for proc in launches] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "--nnodes=2 --node_rank=1" in outs[1] and not (nodes[1] / "models/adapter").exists()
+    assert _metrics(nodes[0])["processes"] == 2 and _metrics(nodes[0])["nodes"] == 2
+    pair_adapter, node_adapter = _adapter(two), _adapter(nodes[0])
+    worst = max(float((pair_adapter[k] - node_adapter[k]).abs().max()) for k in pair_adapter)
+    print(f"2 nodes vs 2 processes on one node: adapter max abs difference {worst:.3g}")
+    assert worst < 1e-5, worst
 
     sharded = _workspace(train_inputs, tmp_path / "fsdp", "train.distributed.strategy=fsdp")
     _train(sharded, nproc=2)
