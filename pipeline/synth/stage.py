@@ -290,7 +290,7 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache) 
         "teacher": {"name": params.teacher.name, "model": params.teacher.model, "backend": params.teacher.backend,
                     "prefills_think": prefilled},
         "requests": {**{k: teacher.counts[k] for k in ("requests", "cached", "sent", "errors")},
-                     **({"servers": servers} if servers else {})},
+                     **({"servers": servers} if len(servers) > 1 else {})},
         "rows": {task: {"valid": sum(r["valid"] for r in rows if r["task"] == task),
                         "rejected": sum(not r["valid"] for r in rows if r["task"] == task)}
                  for task in ("plain", "think", "search", "qgen", "conversation")
