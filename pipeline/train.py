@@ -78,7 +78,7 @@ def checkpoint_to_resume(fingerprint: str, resume: bool, ckpt_dir: Path = CHECKP
     previous = json.loads(run_file.read_text()) if run_file.exists() else {}
     if previous.get("status") == "running":
         found = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1]))
-        complete = [d for d in found if (d / "trainer_state.json").exists()]
+        complete = _complete(found)
         if complete and resume and previous.get("fingerprint") == fingerprint:
             for partial in found:
                 if partial not in complete:
@@ -103,9 +103,13 @@ def shared_checkpoint(fingerprint: str, resume: bool, ckpt_dir: Path = CHECKPOIN
     previous = json.loads(run_file.read_text()) if run_file.exists() else {}
     if not resume or previous.get("status") != "running" or previous.get("fingerprint") != fingerprint:
         return None
-    complete = sorted((d for d in ckpt_dir.glob("checkpoint-*") if (d / "trainer_state.json").exists()),
-                      key=lambda d: int(d.name.rsplit("-", 1)[1]))
+    complete = _complete(sorted(ckpt_dir.glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1])))
     return str(complete[-1]) if complete else None
+
+
+def _complete(checkpoints: list[Path]) -> list[Path]:
+    """The checkpoints the Trainer finished writing (trainer_state.json is its last file)."""
+    return [d for d in checkpoints if (d / "trainer_state.json").exists()]
 
 
 def finish_checkpoints(ckpt_dir: Path = CHECKPOINT_DIR) -> None:
