@@ -161,6 +161,19 @@ def _form(req: Request) -> str:
     return "ids" if req.prompt_ids is not None else "text" if req.completion else "chat"
 
 
+def chat_body(req: Request, model: str) -> dict:
+    """A chat request as the body of POST /v1/chat/completions: what the HTTP backend sends and
+    what an OpenAI batch file (pipeline/synth/batch.py) holds, so both get the same answers."""
+    body = {"model": model, "messages": req.chat(), "n": req.n, "temperature": req.temperature,
+            "top_p": req.top_p, "max_tokens": req.max_tokens, "seed": req.seed}
+    if req.json_schema:
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "output", "schema": json.loads(req.json_schema)}}
+    if req.stop:
+        body["stop"] = list(req.stop)
+    return body
+
+
 @dataclass
 class _Server:
     """One OpenAI-compatible server of the pool, and what it did."""
@@ -234,25 +247,17 @@ class OpenAIHTTP:
             self.slots.notify_all()
 
     def _call(self, client, req: Request) -> Result:
-        kwargs = {}
-        if req.json_schema:
-            kwargs["response_format"] = {"type": "json_schema",
-                                         "json_schema": {"name": "output", "schema": json.loads(req.json_schema)}}
-        if req.stop:
-            kwargs["stop"] = list(req.stop)
         if _form(req) != "chat":  # /v1/completions; the schema in vLLM's own request field
-            if "response_format" in kwargs:
+            kwargs: dict = {"stop": list(req.stop)} if req.stop else {}
+            if req.json_schema:
                 kwargs["extra_body"] = {"structured_outputs": {"json": json.loads(req.json_schema)}}
-                kwargs.pop("response_format")
             prompt = list(req.prompt_ids) if req.prompt_ids is not None else req.prompt()
             resp = client.completions.create(
                 model=self.model_id, prompt=prompt, n=req.n, temperature=req.temperature,
                 top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
             choices = sorted(resp.choices, key=lambda c: c.index)
             return Result([c.text or "" for c in choices], finished=[c.finish_reason == "stop" for c in choices])
-        resp = client.chat.completions.create(
-            model=self.model_id, messages=req.chat(), n=req.n, temperature=req.temperature,
-            top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, **kwargs)
+        resp = client.chat.completions.create(**chat_body(req, self.model_id))
         choices = sorted(resp.choices, key=lambda c: c.index)
         return Result([c.message.content or "" for c in choices], finished=[c.finish_reason == "stop" for c in choices])
 

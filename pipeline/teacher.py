@@ -19,6 +19,10 @@ from pipeline.engines import make_engine
 from pipeline.request_cache import Request, RequestCache
 
 
+PENDING = "batch_pending"
+"""The answer to a request collected for a batch file instead of sent (Teacher.pending)."""
+
+
 @dataclass(frozen=True)
 class Template:
     path: str
@@ -89,6 +93,9 @@ class Teacher:
         self.chunk_size = chunk_size
         self.backend = None
         self.counts = collections.Counter()
+        self.pending: dict[str, tuple[str, Request]] | None = None
+        """Set to {} to collect instead of send: every missing request is kept here (key ->
+        (what, request)) and answered PENDING; the backend never starts (batch export)."""
 
     def run(self, requests: list[Request], what: str) -> dict[str, list[str] | str]:
         """key -> outputs, or key -> error text for a request the backend could not serve."""
@@ -98,6 +105,11 @@ class Teacher:
         missing = [k for k in unique if k not in found]
         self.counts["requests"] += len(unique)
         self.counts["cached"] += len(unique) - len(missing)
+        if missing and self.pending is not None:
+            for k in missing:
+                self.pending.setdefault(k, (what, unique[k]))
+                found[k] = PENDING
+            return found
         if missing:
             from tqdm import tqdm
 

@@ -7,7 +7,8 @@ fresh HTTP cache reruns the crawls and prepare only,
 `dvc exp run -S lr=1e-5` reruns train and the stages below it only, a judge setting reruns
 the judge and the report only, a new dedup threshold reruns dedup, not crawl or prepare,
 and leaves the stages below it out of date, and a dataset's setting puts its import out of date
-and no crawl."""
+and no crawl. Beside it, the teacher's requests exported as an OpenAI batch file, run by vLLM's
+run_batch and imported, come back with the engine backend's answers."""
 
 from __future__ import annotations
 
@@ -113,6 +114,47 @@ def _check_synth(repo: Path) -> None:
 
     loaded = load_dataset("json", data_files={"train": str(repo / "data/sft/train.jsonl")}, cache_dir=str(repo.parent / "hf-cache"))
     assert loaded["train"].num_rows == len(rows) and "tools" in loaded["train"].column_names
+
+
+def _check_batch(repo: Path, tmp_path: Path) -> None:
+    """The teacher's requests through OpenAI batch files and vLLM's run_batch (on the tiny model)
+    come back with the answers the vllm engine backend gave in `dvc repro`: exported, run,
+    imported, nothing left to export, and every answer equal to the engine's. One round: qgen and
+    the search answers (later rounds) are off, so that one run_batch engine starts."""
+    import sqlite3
+
+    import yaml
+
+    from pipeline.config import load_params
+    from pipeline.engines import vllm_cpu_env
+    from pipeline.synth.batch import run_batch_command
+
+    ws = tmp_path / "batch"
+    for sub in ("data/dedup", "data/search", "models/base", "conf/synth/prompts"):
+        shutil.copytree(repo / sub, ws / sub)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["synth"].update(max_sources=4)  # a subset of the run's sources: the same requests
+    params["synth"]["qgen"]["enabled"] = params["synth"]["search_answer"]["enabled"] = False
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    env = vllm_cpu_env({**_env(), "PYTHONPATH": str(ROOT)})
+
+    def synth(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "pipeline.synth", *args], cwd=ws, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    out = synth("--export-batch", "batch")
+    assert "exported" in out and (ws / "batch/requests-00000.jsonl").exists()
+    cfg = load_params(ws / "params.yaml")
+    proc = subprocess.run(run_batch_command(cfg.teacher, cfg.synth.seed, "batch/requests-00000.jsonl", "batch/results-00000.jsonl"),
+                          cwd=ws, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = synth("--import-batch", "batch", "--export-batch", "batch")
+    assert "nothing to export" in out and not list((ws / "batch").glob("requests-*")), out
+    answers = dict(sqlite3.connect(ws / "data/synth_cache/requests.sqlite").execute("SELECT key, outputs FROM responses"))
+    engine = dict(sqlite3.connect(repo / "data/synth_cache/requests.sqlite").execute("SELECT key, outputs FROM responses"))
+    assert len(answers) > 10
+    assert {k: engine.get(k) for k in answers} == answers
 
 
 def _check_evaluation(repo: Path) -> None:
@@ -292,6 +334,7 @@ def test_repro_noop_and_experiment(tmp_path):
     assert (repo / "reports/train/plots/metrics/train/loss.tsv").exists()
     assert (repo / "reports/train/plots/metrics/eval/loss.tsv").exists()
     _check_synth(repo)
+    _check_batch(repo, tmp_path)
     _check_evaluation(repo)
     _check_export(repo, ["q8_0", "q4_k_m"])
     trained = json.loads((repo / "metrics/train.json").read_text())

@@ -457,3 +457,112 @@ def test_synthesis_across_servers_routes_by_load_and_survives_a_killed_one(synth
     assert servers[slow_url]["answered"] == 4 and servers[slow_url]["down"] and servers[slow_url]["failed"] >= 1
     assert servers[fast_url]["answered"] == requests["sent"] - 4 > 4 and not servers[fast_url]["down"]
     assert _rows(pooled) == _rows(single)
+
+
+def _batch_reply(body: dict) -> list[str]:
+    """A scripted teacher's n replies as a function of the request alone: well-formed decisions
+    (search) and pairs (qgen) where JSON is asked for, else reasoning that ends at the gold answer
+    the prompt shows. The same answers whether they come over HTTP or in a batch file."""
+    prompt = body["messages"][-1]["content"]
+    if "response_format" in body:
+        schema = body["response_format"]["json_schema"]["schema"]
+        if "pairs" in schema["properties"]:
+            text = json.dumps({"pairs": [{"question": "Where does DS 101 require acids to be stored?",
+                                          "answer": "In a ventilated cabinet"}]})
+        else:
+            needs = schema["properties"]["needs_search"].get("enum", [True])[0]
+            text = json.dumps({"needs_search": needs, "reason": "That is a detail of a document.", "query": "storage"})
+        return [text] * body.get("n", 1)
+    gold = prompt.split("Correct answer: ", 1)[1].split("\n", 1)[0] if "Correct answer: " in prompt else "it"
+    return [f"Step {k + 1}: it comes to {gold}.\nAnswer: {gold}" for k in range(body.get("n", 1))]
+
+
+class _BatchTeacher(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        openai_reply(self, body["model"], _batch_reply(body))
+
+    def log_message(self, *args):
+        pass
+
+
+def _run_batch_file(requests: Path, results: Path, fail: int | None = None) -> list[str]:
+    """What a batch engine does with a request file, scripted: one result line per request, in
+    OpenAI's batch output format; request number `fail` fails (a 500). Returns the custom_ids."""
+    ids = []
+    with results.open("w", encoding="utf-8") as out:
+        for n, line in enumerate(requests.read_text(encoding="utf-8").splitlines()):
+            item = json.loads(line)
+            assert item["url"] == "/v1/chat/completions" and item["method"] == "POST"
+            ids.append(item["custom_id"])
+            if n == fail:
+                out.write(json.dumps({"id": f"b{n}", "custom_id": item["custom_id"], "response": {"status_code": 500, "body": None},
+                                      "error": {"code": "server_error", "message": "engine died"}}) + "\n")
+                continue
+            choices = [{"index": k, "finish_reason": "stop", "message": {"role": "assistant", "content": t}}
+                       for k, t in enumerate(_batch_reply(item["body"]))][::-1]  # any order: sorted by index
+            out.write(json.dumps({"id": f"b{n}", "custom_id": item["custom_id"], "error": None,
+                                  "response": {"status_code": 200, "body": {"object": "chat.completion", "choices": choices}}}) + "\n")
+    return ids
+
+
+def test_batch_export_import_in_rounds_gives_the_live_backends_rows(synth_workspace, tmp_path, monkeypatch, capsys):
+    """--export-batch / --import-batch with a scripted batch engine: the requests come in rounds
+    (the search answers and qgen's questions' decisions only once the answers they are built from
+    are in), each answered once in the cache: a failed request is exported again, a malformed line
+    is named by file and line, a file imported twice stores nothing twice; the stage then sends
+    nothing and writes the rows a live HTTP run writes. A completion-format teacher is refused."""
+    from pipeline.synth import batch
+
+    server = _serve(_BatchTeacher)
+    common = ("synth.max_sources=4", f"teacher.base_url=http://127.0.0.1:{server.server_port}/v1")
+    try:
+        live = _workspace(synth_workspace, tmp_path / "live", *common)
+        run_stage("pipeline.synth", live)
+    finally:
+        server.shutdown()
+    ws = _workspace(synth_workspace, tmp_path / "batch", *common)
+    monkeypatch.chdir(ws)
+
+    def synth(*args: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["pipeline.synth", *args])
+        batch.cli()
+        captured = capsys.readouterr()
+        return captured.out + captured.err
+
+    out = synth("--export-batch", "b")
+    rounds, failed = [], None
+    while "nothing to export" not in out:
+        assert len(rounds) < 5, out
+        shard = Path("b/requests-00000.jsonl")
+        manifest = json.loads(Path("b/manifest.json").read_text())
+        rounds.append(manifest["by_request"])
+        ids = _run_batch_file(shard, Path(f"b/results-{len(rounds)}.jsonl"), fail=0 if len(rounds) == 1 else None)
+        if len(rounds) == 1:
+            failed = ids[0]
+            with Path("b/results-1.jsonl").open("a") as f:
+                f.write('{"custom_id": "x", "response": {"status_code": 200, "body": {"choi\n')
+        else:
+            assert ids[0] == failed if len(rounds) == 2 else failed not in ids  # exported again, then answered
+        out = synth("--import-batch", f"b/results-{len(rounds)}.jsonl", "--export-batch", "b")
+        if len(rounds) == 1:
+            assert f"imported {len(ids) - 1} answers" in out and "skipped: failed 1, malformed_line 1" in out, out
+            assert "b/results-1.jsonl:1: failed (engine died)" in out and f"b/results-1.jsonl:{len(ids) + 1}: malformed_line" in out
+    # think, qgen and the crawled questions' decisions first; then the generated questions'
+    # decisions and the search answers they allow (and the request that failed); last the
+    # generated questions' search answers
+    assert [set(r) for r in rounds] == [{"think+qgen", "search"}, {"think+qgen", "search", "search answers"}, {"search answers"}]
+    assert rounds[1]["think+qgen"] == 1
+    held = _cached(ws)
+    out = synth("--import-batch", "b")  # every result file again: nothing stored twice
+    assert "imported 0 answers" in out and f"already_cached {held}" in out and _cached(ws) == held
+    synth()
+    metrics = json.loads(Path("metrics/synth.json").read_text())
+    assert metrics["requests"]["sent"] == 0 and metrics["requests"]["cached"] == metrics["requests"]["requests"] == held
+    assert _rows(ws) == _rows(live)
+    assert json.loads((live / "metrics/synth.json").read_text())["rows"] == metrics["rows"]
+
+    compose_params(ws, "sites.elements_qa.sample.port=0", "sites.bank_gbk.sample.port=0",
+                   "sites.standards.sample.port=0", "teacher=gemma-3-270m")
+    with pytest.raises(SystemExit, match="prompt_format is completion .*run_batch serves /v1/chat/completions"):
+        synth("--export-batch", "b")

@@ -99,11 +99,15 @@ def _check_hint(task_cfg, key: str, templates: tasks.TemplateSet) -> None:
                                  "($gold): use a template without it (rejection sampling) or set the hint to answer")
 
 
-def synthesize(params: Params, records: list[dict], index, cache: RequestCache) -> tuple[list[dict], dict]:
-    """All rows (valid and rejected) and the metrics."""
+def synthesize(params: Params, records: list[dict], index, cache: RequestCache,
+               pending: dict | None = None) -> tuple[list[dict], dict]:
+    """All rows (valid and rejected) and the metrics. With `pending` (a dict), nothing is sent:
+    the requests missing from the cache are collected there (Teacher.pending), and those that
+    depend on their answers are not made yet (the batch export's rounds)."""
     cfg, system = params.synth, params.chat.system_prompt
     tcfg = params.teacher
     teacher = Teacher(tcfg, cfg.seed, cfg.chunk_size, cache)
+    teacher.pending = pending
     prefilled = prefills_think(tcfg)
     sources = [r for r in records if r["split"] in SPLITS]
     questions = [r for r in sources if r["kind"] in ("mcq", "qa")]
