@@ -242,6 +242,10 @@ class SiteConfig:
     sitemap_rules: list[str] = field(default_factory=list)
     """Regular expressions: a URL from the sitemaps is crawled when one of them matches it
     (re.search); [] crawls every URL listed."""
+    scheduler: Literal["memory", "redis"] = "memory"
+    """`memory`: one Scrapy process, its queue on disk (data/crawl_state/<site>/job). `redis`: the
+    frontier lives in Redis (crawl.redis) and crawl.workers processes share it; more machines join
+    with `python -m pipeline.crawl <site> --worker` (crawlers/distributed.py)."""
 
     def __post_init__(self) -> None:
         if self.spider == "doc" and self.sections is None:
@@ -286,8 +290,32 @@ class RedisConfig:
     port: int
     db: int
     basename: str
-    """Prefix of the index's keys in Redis; the stage clears it before and after a run.
+    """Prefix of the stage's keys in Redis (dedup: the LSH index, cleared before and after a run;
+    crawl: each site's frontier under <basename>:<site>, deleted when its crawl is complete).
     A password, when the server wants one, comes from the environment: REDIS_PASSWORD."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port: expected 1..65535, got {self.port}")
+        if self.db < 0:
+            raise ConfigError(f"db: expected a database number >= 0, got {self.db}")
+        if not self.basename or any(c.isspace() or c in "%*?[]" for c in self.basename):
+            raise ConfigError(f"basename: expected a non-empty key prefix without spaces, % or glob "
+                              f"characters, got {self.basename!r}")
+
+
+@dataclass
+class CrawlConfig:
+    """Crawls of sites whose `scheduler` is redis (the others run in one process)."""
+
+    workers: int = 2
+    """Local worker processes the stage starts; the site's concurrency (crawlers/settings.py) is
+    shared out among them."""
+    redis: RedisConfig = field(default_factory=lambda: RedisConfig("127.0.0.1", 6379, 0, "distillery-crawl"))
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"workers: expected at least 1 worker process, got {self.workers}")
 
 
 @dataclass
@@ -927,6 +955,8 @@ class Params:
     serve: ServeConfig
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
     """Datasets to import, by name: data/imported/<name>.jsonl, the `site` field of its records."""
+    crawl: CrawlConfig = field(default_factory=CrawlConfig)
+    """Distributed crawls (sites.<name>.scheduler: redis)."""
 
     def __post_init__(self) -> None:
         missing = [p for p in self.eval.exam_sets if p not in self.dedup.decontaminate_against]

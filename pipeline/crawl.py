@@ -11,8 +11,18 @@
   before: no finished page is fetched twice either way.
 - The output is written whole at the end (sorted by id, replacing the previous file), with
   the crawl's counters in metrics/crawl/<site>.json.
+- `sites.<site>.scheduler: redis`: the frontier lives in Redis (crawl.redis; crawlers/distributed.py)
+  and the stage starts crawl.workers worker processes on it, each with its share of the site's
+  concurrency and its own files in data/crawl_state/<site>/ (worker-<id>.items.jsonl, .ledger.jsonl:
+  its requests' counters, .stats.json: written when it exits). More machines join with `--worker`.
+  The crawl is complete when the queue is empty, nothing is in flight and every worker that took
+  part exited and left its files here; then the items and counters of all workers are merged (as a
+  one-process crawl's: unique_ids, counters summed once per request) and the crawl's Redis keys are
+  deleted. Otherwise the stage exits non-zero and keeps the state: a rerun puts a lost worker's
+  in-flight requests back in the queue and goes on.
 
-    python -m pipeline.crawl elements_qa      # reads params.yaml (dvc repro crawl@elements_qa)
+    python -m pipeline.crawl elements_qa           # reads params.yaml (dvc repro crawl@elements_qa)
+    python -m pipeline.crawl elements_qa --worker  # join a redis crawl from another machine
 """
 
 from __future__ import annotations
@@ -23,12 +33,15 @@ import importlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.config import SiteConfig, load_or_exit
+from pipeline.config import CrawlConfig, SiteConfig, load_or_exit
 from pipeline.paths import CRAWL_METRICS_DIR, CRAWL_STATE_DIR, HTTP_CACHE_DIR, RAW_DIR
 CLEAN_STOP = "stopped-cleanly"
 
@@ -108,35 +121,53 @@ def unique_ids(items: list[dict]) -> tuple[dict[str, dict], int]:
     return out, collisions
 
 
-def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path = HTTP_CACHE_DIR,
-          state_dir: Path = CRAWL_STATE_DIR) -> dict:
-    """Crawl one site; returns its metrics. Writes <raw_dir>/<name>.jsonl."""
-    from scrapy import signals
-    from scrapy.crawler import CrawlerProcess
+def _settings(site: SiteConfig, cache: Path):
     from scrapy.utils.project import get_project_settings
 
+    settings = get_project_settings()
+    settings.setmodule("crawlers.settings", priority="project")
+    settings.update({"HTTPCACHE_DIR": str(cache.resolve()), "HTTPCACHE_IGNORE_MISSING": site.offline},
+                    priority="cmdline")
+    return settings
+
+
+def _sample(site: SiteConfig, cache: Path):
     from crawlers.sample_sites import GENERATORS
+
+    sample = GENERATORS[site.sample.generator](seed=site.sample.seed) if site.sample is not None else None
+    if sample is not None and not site.offline:
+        _match_cache_to_sample(cache, sample.pages)
+    return sample
+
+
+def _serve_sample(stack: ExitStack, site: SiteConfig, sample) -> str | None:
     from crawlers.sample_sites.serve import serve
+
+    if sample is None:
+        return None
+    if site.offline:
+        return f"http://127.0.0.1:{site.sample.port}"
+    base_url, _ = stack.enter_context(serve(sample.pages, port=site.sample.port))
+    return base_url
+
+
+def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path = HTTP_CACHE_DIR,
+          state_dir: Path = CRAWL_STATE_DIR, crawl_cfg: CrawlConfig | None = None) -> dict:
+    """Crawl one site; returns its metrics. Writes <raw_dir>/<name>.jsonl."""
+    if site.scheduler == "redis":
+        return crawl_distributed(name, site, crawl_cfg or CrawlConfig(), raw_dir, cache_dir, state_dir)
+    from scrapy import signals
+    from scrapy.crawler import CrawlerProcess
 
     state = state_dir / name
     resuming = _prepare_state(state)
     cache = cache_dir / name
-    sample = GENERATORS[site.sample.generator](seed=site.sample.seed) if site.sample is not None else None
-    if sample is not None and not site.offline:
-        _match_cache_to_sample(cache, sample.pages)
+    sample = _sample(site, cache)
     items_file = state / "items.jsonl"
     with ExitStack() as stack:
-        base_url = None
-        if sample is not None:
-            if site.offline:
-                base_url = f"http://127.0.0.1:{site.sample.port}"
-            else:
-                base_url, _ = stack.enter_context(serve(sample.pages, port=site.sample.port))
-        settings = get_project_settings()
-        settings.setmodule("crawlers.settings", priority="project")
+        base_url = _serve_sample(stack, site, sample)
+        settings = _settings(site, cache)
         settings.update({
-            "HTTPCACHE_DIR": str(cache.resolve()),
-            "HTTPCACHE_IGNORE_MISSING": site.offline,
             "JOBDIR": str(state.resolve() / "job"),
             "DISTILLERY_ITEMS_FILE": str(items_file.resolve()),
         }, priority="cmdline")
@@ -155,6 +186,15 @@ def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path 
         stats = crawler.stats.get_stats()
 
     items, collisions = unique_ids(_read_items(items_file))
+    _write_raw(raw_dir, name, items)
+    if stats.get("finish_reason") == "finished":
+        shutil.rmtree(state, ignore_errors=True)
+    else:
+        (state / CLEAN_STOP).touch()
+    return _metrics(name, stats, stats.get("finish_reason"), resuming, items, collisions)
+
+
+def _write_raw(raw_dir: Path, name: str, items: dict[str, dict]) -> None:
     raw_dir.mkdir(parents=True, exist_ok=True)
     out = raw_dir / f"{name}.jsonl"
     tmp = out.with_suffix(".jsonl.tmp")
@@ -163,18 +203,15 @@ def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path 
             f.write(json.dumps(items[item_id], ensure_ascii=False, sort_keys=True) + "\n")
     os.replace(tmp, out)
 
-    if stats.get("finish_reason") == "finished":
-        shutil.rmtree(state, ignore_errors=True)
-    else:
-        (state / CLEAN_STOP).touch()
 
+def _metrics(name: str, stats: dict, finish_reason: str | None, resumed: bool, items: dict, collisions: int) -> dict:
     def prefixed(prefix: str) -> dict:
         return {k[len(prefix):]: v for k, v in sorted(stats.items()) if k.startswith(prefix)}
 
     return {
         "site": name,
-        "finish_reason": stats.get("finish_reason"),
-        "resumed": resuming,
+        "finish_reason": finish_reason,
+        "resumed": resumed,
         "pages": stats.get("response_received_count", 0),
         "pages_fetched": stats.get("httpcache/miss", 0),
         "pages_from_cache": stats.get("httpcache/hit", 0),
@@ -190,12 +227,174 @@ def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path 
     }
 
 
+def _crawl_state(name: str, cfg: CrawlConfig):
+    """This site's crawl in Redis; a server that does not answer ends the process with one line."""
+    import redis
+
+    from crawlers.distributed import CrawlState, redis_client
+
+    client = redis_client(cfg.redis.host, cfg.redis.port, cfg.redis.db)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        sys.exit(f"error: sites.{name}.scheduler is redis but {cfg.redis.host}:{cfg.redis.port} "
+                 f"(crawl.redis) does not answer: {exc}")
+    return CrawlState(client, f"{cfg.redis.basename}:{name}")
+
+
+def run_worker(name: str, site: SiteConfig, cfg: CrawlConfig, worker: str | None = None, seed: bool = False,
+               cache_dir: Path = HTTP_CACHE_DIR, state_dir: Path = CRAWL_STATE_DIR) -> str:
+    """One worker of a redis crawl, in this process: fetch from the shared frontier until it is done.
+    Its items, ledger and stats go to <state_dir>/<name>/worker-<id>.*, its responses to the HTTP
+    cache. The site's concurrency (crawlers/settings.py) is divided by crawl.workers, and its
+    DOWNLOAD_DELAY multiplied: the workers together ask no more of the site than one process would.
+    Returns the finish reason."""
+    from scrapy.crawler import CrawlerProcess
+
+    from crawlers.distributed import TRACKED, new_worker_id
+
+    state = _crawl_state(name, cfg)
+    if not state.exists():
+        sys.exit(f"error: no crawl of {name} to join in redis {cfg.redis.host}:{cfg.redis.port}; "
+                 f"start it with `dvc repro crawl@{name}` (python -m pipeline.crawl {name})")
+    worker = worker or new_worker_id()
+    files = (state_dir / name).resolve() / f"worker-{worker}"
+    settings = _settings(site, cache_dir / name)
+    share = cfg.workers
+    settings.update({
+        "SCHEDULER": "crawlers.distributed.RedisScheduler",
+        "SCHEDULER_QUEUE_CLASS": "scrapy_redis.queue.PriorityQueue",
+        "DUPEFILTER_CLASS": "scrapy_redis.dupefilter.RFPDupeFilter",
+        "SCHEDULER_QUEUE_KEY": f"{state.p}:requests",
+        "SCHEDULER_DUPEFILTER_KEY": f"{state.p}:dupefilter",
+        "SCHEDULER_PERSIST": True,
+        "REDIS_HOST": cfg.redis.host,
+        "REDIS_PORT": cfg.redis.port,
+        "REDIS_DB": cfg.redis.db,
+        "REDIS_PARAMS": {"password": os.environ.get("REDIS_PASSWORD")},
+        "STATS_CLASS": "crawlers.distributed.LedgerStats",
+        "DISTILLERY_REDIS_PREFIX": state.p,
+        "DISTILLERY_WORKER_ID": worker,
+        "DISTILLERY_SEED": seed,
+        "DISTILLERY_ITEMS_FILE": f"{files}.items.jsonl",
+        "DISTILLERY_LEDGER_FILE": f"{files}.ledger.jsonl",
+        "CONCURRENT_REQUESTS": max(1, settings.getint("CONCURRENT_REQUESTS") // share),
+        "CONCURRENT_REQUESTS_PER_DOMAIN": max(1, settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") // share),
+        "AUTOTHROTTLE_TARGET_CONCURRENCY": max(1.0, settings.getfloat("AUTOTHROTTLE_TARGET_CONCURRENCY") / share),
+        "DOWNLOAD_DELAY": settings.getfloat("DOWNLOAD_DELAY") * share,
+        "DOWNLOADER_MIDDLEWARES": {**settings.getdict("DOWNLOADER_MIDDLEWARES"),
+                                   "crawlers.distributed.AttributeDownloadMiddleware": 0},
+        "SPIDER_MIDDLEWARES": {**settings.getdict("SPIDER_MIDDLEWARES"),
+                               "crawlers.distributed.AttributeSpiderMiddleware": 0},
+    }, priority="cmdline")
+    process = CrawlerProcess(settings)
+    crawler = process.create_crawler(spider_class(site.spider))
+    process.crawl(crawler, site_name=name, site=dataclasses.asdict(site), base_url=state.base_url())
+    process.start()
+    stats = crawler.stats
+    reason = stats.get_value("finish_reason") or "unknown"
+    counts = {k: v for k, v in stats.get_stats().items()
+              if isinstance(v, (int, float)) and not k.startswith(TRACKED)}
+    counts.update(stats.by_request.get(None, {}))  # tracked counts that belong to no request
+    tmp = Path(f"{files}.stats.json.tmp")
+    tmp.write_text(json.dumps({"worker": worker, "finish_reason": reason, "counts": counts}, indent=1, sort_keys=True))
+    os.replace(tmp, f"{files}.stats.json")
+    state.r.hset(f"{state.p}:finished", worker, reason)
+    return reason
+
+
+def _merge_workers(state: Path) -> tuple[list[dict], dict]:
+    """Every worker's items (in start order) and the crawl's stats: each request's counters once
+    (the ledger, by request), plus what each worker counted outside any request."""
+    items: list[dict] = []
+    for path in sorted(state.glob("worker-*.items.jsonl")):
+        items += _read_items(path)
+    by_request: dict[str, dict] = {}
+    for path in sorted(state.glob("worker-*.ledger.jsonl")):
+        for line in _read_items(path):
+            by_request[line["request"]] = line["counts"]
+    stats: Counter = Counter()
+    for counts in by_request.values():
+        stats.update(counts)
+    for path in sorted(state.glob("worker-*.stats.json")):
+        stats.update(json.loads(path.read_text())["counts"])
+    return items, dict(stats)
+
+
+def crawl_distributed(name: str, site: SiteConfig, cfg: CrawlConfig, raw_dir: Path = RAW_DIR,
+                      cache_dir: Path = HTTP_CACHE_DIR, state_dir: Path = CRAWL_STATE_DIR) -> dict:
+    """Seed the site's frontier in Redis (or resume it), run cfg.workers local workers, merge.
+
+    A worker process that dies (SIGKILL, OOM, power) leaves its in-flight requests in Redis: the
+    others stop once only those are left (`worker_lost`), this run reports the crawl incomplete, and
+    the next run puts them back in the queue first. Items and counters are merged from the workers'
+    files each run (data/raw is rewritten even when incomplete, as a stopped one-process crawl does)."""
+    from crawlers.distributed import new_worker_id
+
+    state = _crawl_state(name, cfg)
+    st = state_dir / name
+    resuming = state.exists()
+    if resuming:
+        lost = state.recover()
+        if lost:
+            print(f"crawl {name}: {len(lost)} lost worker(s); their in-flight requests are queued again", flush=True)
+    else:
+        shutil.rmtree(st, ignore_errors=True)
+    st.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / name
+    sample = _sample(site, cache)
+    with ExitStack() as stack:
+        base_url = _serve_sample(stack, site, sample)
+        state.create(base_url)
+        ids = [new_worker_id() + f"-{i}" for i in range(cfg.workers)]
+        procs = {wid: subprocess.Popen([sys.executable, "-m", "pipeline.crawl", name, "--worker", "--seed", "--id", wid])
+                 for wid in ids}
+        codes: dict[str, int] = {}
+        while len(codes) < len(procs):
+            for wid, proc in procs.items():
+                if wid not in codes and proc.poll() is not None:
+                    codes[wid] = proc.returncode
+                    if proc.returncode != 0:
+                        state.mark_dead(wid)  # the others need not wait for its heartbeat to expire
+            time.sleep(0.1)
+
+    queued, live, dead = state.progress()
+    finished = state.finished()
+    waiting = []
+    if queued or live or dead:
+        waiting.append(f"{queued} queued and {live + dead} in flight")
+    running = [w for w in state.workers() if w not in finished]
+    if running:
+        waiting.append(f"worker(s) {', '.join(running)} did not finish")
+    missing = [w for w in state.workers() if finished.get(w) != "lost" and not (st / f"worker-{w}.stats.json").exists()]
+    if missing:
+        waiting.append(f"no files of worker(s) {', '.join(missing)} in {st}: copy them here (README)")
+    items, stats = _merge_workers(st)
+    items, collisions = unique_ids(items)
+    _write_raw(raw_dir, name, items)
+    reasons = sorted({r for w, r in finished.items() if w in codes}) or ["none"]
+    finish_reason = "finished" if not waiting else ("incomplete: " + "; ".join(waiting) + f" (workers: {', '.join(reasons)})")
+    metrics = _metrics(name, stats, finish_reason, resuming, items, collisions)
+    metrics["workers"] = len(state.workers())
+    if not waiting:
+        state.delete()
+        shutil.rmtree(st, ignore_errors=True)
+    return metrics
+
+
 def main() -> None:
     params = load_or_exit()
-    if len(sys.argv) != 2 or sys.argv[1] not in params.sites:
-        sys.exit(f"usage: python -m pipeline.crawl SITE, with SITE one of: {', '.join(params.sites)}")
-    name = sys.argv[1]
-    metrics = crawl(name, params.sites[name])
+    args = sys.argv[1:]
+    if not args or args[0] not in params.sites or args[1:2] not in ([], ["--worker"]):
+        sys.exit(f"usage: python -m pipeline.crawl SITE [--worker], with SITE one of: {', '.join(params.sites)}")
+    name = args[0]
+    if "--worker" in args:  # --seed and --id: a local worker the stage started
+        if params.sites[name].scheduler != "redis":
+            sys.exit(f"error: --worker joins a crawl on redis; sites.{name}.scheduler is {params.sites[name].scheduler}")
+        worker = args[args.index("--id") + 1] if "--id" in args else None
+        reason = run_worker(name, params.sites[name], params.crawl, worker=worker, seed="--seed" in args)
+        sys.exit(0 if reason == "finished" else f"crawl {name}: worker stopped ({reason})")
+    metrics = crawl(name, params.sites[name], crawl_cfg=params.crawl)
     CRAWL_METRICS_DIR.mkdir(parents=True, exist_ok=True)
     (CRAWL_METRICS_DIR / f"{name}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(f"crawl {name}: {metrics['items']} items from {metrics['pages']} pages "

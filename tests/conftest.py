@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,43 @@ def compose_params(dest: Path, *overrides: str) -> Path:
         overrides = ("profile=tiny", *overrides)
     compose(list(overrides), out=out, conf_dir=ROOT / "conf")
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server (Debian's package) on a free loopback port, stopped afterwards; skipped
+    without it on a laptop, failed under CI=true."""
+    exe = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+    if exe is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed; .ci/run installs Debian's redis-server package")
+        pytest.skip("redis-server not installed (apt-get install redis-server, or make setup-dev)")
+    import redis
+
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield port, client
+    client.close()
+    proc.terminate()
+    proc.wait(timeout=20)
 
 
 SITES = ("elements_qa", "bank_gbk", "standards")

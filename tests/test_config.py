@@ -117,6 +117,11 @@ def test_qwen_tiny_is_the_gpu_profile_with_tiny_sizes(tmp_path):
     ("+eval.enable_thinking=false", "eval.enable_thinking: a switch of the model's own template (Qwen3's)"),
     ("model=qwen-tiny", ""),  # the tiny Qwen composes with either template
     ("model.tiny.vocab_size=null", "model.tiny.vocab_size: required with the sentencepiece tokenizer"),
+    ("crawl.workers=0", "crawl.workers: expected at least 1 worker process, got 0"),
+    ("crawl.redis.port=0", "crawl.redis.port: expected 1..65535, got 0"),
+    ("crawl.redis.basename=a*b", "crawl.redis.basename: expected a non-empty key prefix without spaces"),
+    ("+crawl.redis.password=secret", "unknown key 'crawl.redis.password'"),  # only from REDIS_PASSWORD
+    ("sites.bank_gbk.scheduler=redis crawl.workers=3", ""),
 ])
 def test_bad_train_settings_are_named(tmp_path, override, message):
     if not message:
@@ -136,6 +141,7 @@ DTYPES = ("float32", "bfloat16", "float16")
     ("sites.standards.spider=pdf", "sites.standards.spider", ("qa", "bank", "doc", "json")),
     ("dedup.shingle=token", "dedup.shingle", ("auto", "char", "word")),
     ("dedup.lsh_storage=disk", "dedup.lsh_storage", ("memory", "redis")),
+    ("sites.elements_qa.scheduler=celery", "sites.elements_qa.scheduler", ("memory", "redis")),
     ("++teacher.prompt_format=instruct", "teacher.prompt_format", ("chat", "completion")),
     ("teacher.backend=ollama", "teacher.backend", ("vllm", "openai", "transformers")),
     ("judge.backend=ollama", "judge.backend", ("vllm", "openai", "transformers")),

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, compose_params
+from conftest import ROOT, compose_params, free_port
 from crawlers.sample_sites import GENERATORS
 from pipeline import minhash
 from pipeline.config import ConfigError, load_params
@@ -169,42 +165,6 @@ def test_dedup_config_errors_name_the_key(tmp_path):
         _cfg(tmp_path / "c", "dedup.bands=8")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    """A real redis-server (Debian's package) on a free loopback port, stopped afterwards."""
-    exe = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
-    if exe is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed; .ci/run installs Debian's redis-server package")
-        pytest.skip("redis-server not installed (apt-get install redis-server, or make setup-dev)")
-    import redis
-
-    port = _free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-    yield port, client
-    client.close()
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
 def test_redis_backed_index_gives_the_same_clusters_as_memory(redis_server, crawled_workspace, tmp_path):
     from pipeline.minhash import near_duplicate_clusters
 
@@ -224,7 +184,7 @@ def test_redis_not_answering_is_one_clear_line_and_keeps_earlier_outputs(crawled
     from conftest import run_stage
 
     ws = tmp_path / "ws"
-    compose_params(ws, "dedup.lsh_storage=redis", f"dedup.redis.port={_free_port()}")
+    compose_params(ws, "dedup.lsh_storage=redis", f"dedup.redis.port={free_port()}")
     shutil.copytree(crawled_workspace / "data/clean", ws / "data/clean")
     shutil.copytree(crawled_workspace / "evalsets", ws / "evalsets")
     (ws / "data/dedup").mkdir(parents=True)

@@ -17,6 +17,8 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.gz import gunzip, gzip_magic_number
 from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 
+from crawlers.distributed import attribute
+
 XPATH = "xpath:"
 
 
@@ -137,6 +139,7 @@ class SiteSpider(scrapy.Spider):
 
     def on_error(self, failure):
         """Count a failed request under its reason; the crawl goes on."""
+        attribute(failure.request)  # a crawl on redis counts it for that request (crawlers.distributed)
         if failure.check(HttpError):
             reason = f"http_{failure.value.response.status}"
         elif failure.check(IgnoreRequest) and "redirect" in str(failure.value).lower():
