@@ -26,17 +26,73 @@ command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found; Distillery 
 # pip prints one warning per missing local index folder on some machines; keep the log readable.
 quiet_pip() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
-# llama.cpp (llama-cpp-python) is compiled here. A portable build, not -march=native: a native
-# build on a CPU with AMX ran llama.cpp's AMX kernels and crashed (SIGSEGV in
-# ggml_backend_amx_mul_mat) on a Xeon VM, and a native wheel from pip's cache breaks on other
-# CPUs. AVX2/FMA/F16C (llama.cpp's defaults without GGML_NATIVE). Built without pip's cache, so
-# that an earlier native wheel is never reused; once per venv.
-LLAMA_STAMP=$VENV/.llama-cpp-portable
+# llama.cpp (llama-cpp-python) is compiled here, never -march=native: a native build on a CPU
+# with AMX ran llama.cpp's AMX kernels and crashed (SIGSEGV in ggml_backend_amx_mul_mat) on a Xeon
+# VM, and a native wheel from pip's cache breaks on other CPUs. On x86-64, ggml's CPU backend is
+# built once per instruction-set level (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS, cut down to
+# LLAMA_CPU_VARIANTS: the AVX2 baseline and the AVX-512/AVX-VNNI levels, never sapphirerapids,
+# the one with AMX) into $LLAMA_CPU_DIR, whose path is compiled into libggml: every process
+# loads the best variant its CPU runs (ggml scores each by the CPU's flags; pipeline.llama_build
+# tells which, and forces another). haswell (AVX2/FMA/F16C/BMI2) is exactly the portable build
+# this replaced. Elsewhere: the portable build (GGML_NATIVE=OFF). Built without pip's cache, so
+# that an earlier native wheel is never reused; once per venv (the stamp names what was built).
+LLAMA_STAMP=$VENV/.llama-cpp-build
+LLAMA_CPU_VARIANTS=${LLAMA_CPU_VARIANTS:-haswell skylakex cascadelake icelake zen4 alderlake}
+LLAMA_CPU_DIR=$(cd "$VENV" && pwd -P)/lib/ggml-cpu-variants
 llama_spec=$(grep -o '"llama_cpp_python\[server\]==[^"]*"' pyproject.toml | tr -d '"')
-if [ "$(cat "$LLAMA_STAMP" 2>/dev/null)" != "$llama_spec" ]; then
-  echo "setup: compiling $llama_spec (portable CPU build, a few minutes)"
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" quiet_pip install -q --no-cache-dir --force-reinstall --no-deps "${llama_spec%%\[*}==${llama_spec##*==}"
-  echo "$llama_spec" > "$LLAMA_STAMP"
+llama_version=${llama_spec##*==}
+# cmake --build compiles one file at a time unless told: use every core (about half the wall time on 2)
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+if [ "$(uname -m)" = x86_64 ]; then
+  llama_want="$llama_spec cpu-variants: $LLAMA_CPU_VARIANTS in $LLAMA_CPU_DIR"
+else
+  llama_want="$llama_spec portable"
+fi
+rm -f "$VENV/.llama-cpp-portable"  # the stamp of the single portable build, before the variants
+if [ "$(cat "$LLAMA_STAMP" 2>/dev/null)" != "$llama_want" ]; then
+  if [ "$(uname -m)" = x86_64 ]; then
+    case " $LLAMA_CPU_VARIANTS " in
+      *" haswell "*) ;;
+      *) echo "setup: LLAMA_CPU_VARIANTS must include haswell (the AVX2 baseline)" >&2; exit 1 ;;
+    esac
+    case " $LLAMA_CPU_VARIANTS " in
+      *" sapphirerapids "*) echo "setup: sapphirerapids (AMX) is never built: its kernels crashed" >&2; exit 1 ;;
+    esac
+    echo "setup: compiling $llama_spec, CPU variants $LLAMA_CPU_VARIANTS (about 7 minutes on 2 cores)"
+    llama_src=$(mktemp -d)
+    trap 'rm -rf "$llama_src"' EXIT
+    quiet_pip download -q --no-cache-dir --no-deps --no-binary llama_cpp_python -d "$llama_src" "llama_cpp_python==$llama_version"
+    tar xzf "$llama_src/llama_cpp_python-$llama_version.tar.gz" -C "$llama_src"
+    llama_dir=$llama_src/llama_cpp_python-$llama_version
+    ggml_cmake=$llama_dir/vendor/llama.cpp/ggml/src/CMakeLists.txt
+    # GGML_CPU_ALL_VARIANTS builds 14 x86 variants (about 30 s of CPU each); keep the listed ones
+    for v in x64 sse42 sandybridge ivybridge piledriver haswell skylakex cannonlake cascadelake icelake \
+             cooperlake zen4 alderlake sapphirerapids; do
+      case " $LLAMA_CPU_VARIANTS " in
+        *" $v "*) ;;
+        *) sed -i -E "/^ *ggml_add_cpu_backend_variant\($v[ )]/d" "$ggml_cmake" ;;
+      esac
+    done
+    kept=$(grep -cE '^ *ggml_add_cpu_backend_variant\((x64|sse42|sandybridge|ivybridge|piledriver|haswell|skylakex|cannonlake|cascadelake|icelake|cooperlake|zen4|alderlake|sapphirerapids)[ )]' "$ggml_cmake" || true)
+    if [ "$kept" != "$(echo $LLAMA_CPU_VARIANTS | wc -w)" ] || grep -q 'ggml_add_cpu_backend_variant(.*AMX' "$ggml_cmake"; then
+      echo "setup: llama.cpp's variant list is not the expected one ($kept kept of: $LLAMA_CPU_VARIANTS)" >&2; exit 1
+    fi
+    rm -rf "$LLAMA_CPU_DIR"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_BACKEND_DIR=$LLAMA_CPU_DIR ${CMAKE_ARGS:-}" \
+      quiet_pip install -q --no-cache-dir --force-reinstall --no-deps "$llama_dir"
+    rm -rf "$llama_src"
+    built=$(cd "$LLAMA_CPU_DIR" && ls libggml-cpu-*.so | sed -E 's/^libggml-cpu-(.*)\.so$/\1/' | sort | tr '\n' ' ')
+    if [ "$built" != "$(printf '%s\n' $LLAMA_CPU_VARIANTS | sort | tr '\n' ' ')" ]; then
+      echo "setup: $LLAMA_CPU_DIR holds $built, not $LLAMA_CPU_VARIANTS" >&2; exit 1
+    fi
+    if grep -l ggml_backend_amx "$LLAMA_CPU_DIR"/*.so; then
+      echo "setup: a CPU variant above has llama.cpp's AMX kernels" >&2; exit 1
+    fi
+  else
+    echo "setup: compiling $llama_spec (portable CPU build, a few minutes)"
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" quiet_pip install -q --no-cache-dir --force-reinstall --no-deps "${llama_spec%%\[*}==$llama_version"
+  fi
+  echo "$llama_want" > "$LLAMA_STAMP"
 fi
 
 if [ "$flavour" = cpu ]; then

@@ -1,0 +1,89 @@
+"""scripts/setup.sh's llama.cpp: one CPU backend per x86 level, the best one the CPU runs loaded
+by default, the AVX2 one (haswell: the portable build's instructions) when forced, never the AMX
+one (sapphirerapids), whose kernels crashed. The forced and the default variant generate the same
+greedy tokens on the tiny exported model. No timing here: bench/llama_cpp.py measures speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import stage_env
+from pipeline import llama_build
+
+AMX_XEON = ("fpu sse4_2 avx f16c fma bmi2 avx2 avx512f avx512cd avx512vl avx512dq avx512bw avx512vbmi "
+            "avx512_vnni avx512_bf16 avx_vnni amx_tile amx_int8 amx_bf16")
+BUILT = ["haswell", "skylakex", "cascadelake", "icelake", "zen4", "alderlake"]
+
+
+def need_variant_build() -> list[str]:
+    built = llama_build.built_variants()
+    if not built:
+        msg = (f"no CPU variants in {llama_build.variants_dir()}: llama.cpp is not scripts/setup.sh's variant build "
+               "(make setup)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return built
+
+
+def probe(*args: str, env_cpu: str | None = None) -> dict:
+    env = stage_env()
+    env.pop(llama_build.ENV, None)
+    if env_cpu:
+        env[llama_build.ENV] = env_cpu
+    proc = subprocess.run([sys.executable, "-m", "pipeline.llama_build", "--json", *args], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_ggml_loader_choice_by_cpu_flags_never_amx():
+    """The variant ggml scores best per CPU, among what setup.sh builds: the AMX Xeon gets zen4
+    (AVX-512 VBMI/VNNI/BF16, no AMX), an AVX2-only CPU the AVX2 baseline."""
+    assert llama_build.best_variant(llama_build.cpu_flags(f"flags\t\t: {AMX_XEON}\n"), BUILT) == "zen4"
+    assert llama_build.best_variant(set(AMX_XEON.split()), BUILT + ["sapphirerapids"]) == "sapphirerapids"
+    assert llama_build.best_variant({"sse4_2", "avx", "f16c", "fma", "bmi2", "avx2"}, BUILT) == "haswell"
+    assert llama_build.best_variant({"sse4_2", "avx", "f16c", "fma", "bmi2", "avx2", "avx_vnni"}, BUILT) == "alderlake"
+    skylake = {"sse4_2", "avx", "f16c", "fma", "bmi2", "avx2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
+    assert llama_build.best_variant(skylake, BUILT) == "skylakex"
+    assert llama_build.best_variant(skylake | {"avx512_vnni"}, BUILT) == "cascadelake"
+    assert llama_build.best_variant({"sse4_2", "avx"}, BUILT) is None
+
+
+def test_the_default_variant_is_the_best_and_avx2_forced_generates_the_same(exported):
+    built = need_variant_build()
+    assert "sapphirerapids" not in built
+    assert "haswell" in built
+    model = str(exported / "models/gguf/quant/distillery-q8_0.gguf")
+    default = probe("--generate", model, "--logits")
+    forced = probe("--generate", model, "--logits", env_cpu="haswell")  # DISTILLERY_LLAMA_CPU=haswell
+    expected = llama_build.best_variant(llama_build.cpu_flags(), built)
+    assert default["loaded"] == expected, default
+    assert forced["loaded"] == "haswell", forced
+    # llama.cpp's own report of the loaded backend's instructions
+    assert "AVX2 = 1" in forced["system_info"] and "AVX512 = 1" not in forced["system_info"], forced["system_info"]
+    want_avx512 = "AVX512" in llama_build.VARIANTS[expected]
+    assert ("AVX512 = 1" in default["system_info"]) == want_avx512, default["system_info"]
+    assert "AMX" not in default["system_info"] + forced["system_info"]
+    assert len(default["tokens"]) == 16
+    assert forced["tokens"] == default["tokens"]
+    # the same logits but for the order of the sums (AVX-512 kernels take 2 blocks at a time)
+    a, b = np.array(default["logits"]), np.array(forced["logits"])
+    assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max(), np.abs(a - b).max()
+
+
+def test_forcing_a_variant_once_one_is_loaded_is_refused():
+    need_variant_build()
+    code = ("from pipeline import llama_build as b\n"
+            "b.load_backends()\n"
+            "try:\n    b.force_cpu_variant('haswell' if b.loaded_variant() != 'haswell' else 'alderlake')\n"
+            "except RuntimeError as e:\n    print('refused:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=stage_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "refused: llama.cpp has already loaded its CPU backend" in proc.stdout, proc.stdout
