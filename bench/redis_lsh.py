@@ -4,7 +4,7 @@
     .venv/bin/python bench/redis_lsh.py --docs 5000 50000
 
 Starts a private redis-server (Debian's package) on a free loopback port, then for each N inserts
-N signatures into the index exactly as the dedup stage does (params.yaml's dedup settings:
+N random signatures into the index exactly as the dedup stage does (params.yaml's dedup settings:
 num_perm, threshold, bands and rows, false-negative weight; pipeline.minhash.lsh_index and its
 insertion session), reads `INFO memory` (used_memory) before and after, and clears the keys.
 Prints bytes per document and the fitted cost of a million; memory grows linearly in N (one key

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import ast
 import json
-import socket
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from conftest import compose_params, run_stage
+from conftest import compose_params, free_port, run_stage
 from crawlers.sample_sites import GENERATORS
 
 # style -> (endpoint, pagination, API requests a complete crawl makes: 26 questions, the last request
@@ -22,12 +21,6 @@ JSON_STYLES = {
     "offset": ("/api/offset/questions", {"style": "offset", "param": "offset", "size_param": "limit", "size": 10}, 4),
     "cursor": ("/api/cursor/questions", {"style": "cursor", "param": "cursor", "cursor": "meta.next_cursor"}, 3),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _edit_site(params_path, name: str, **keys) -> None:
@@ -56,7 +49,7 @@ def _assert_ground_truth(items: list[dict], metrics: dict, name: str) -> None:
 def test_json_api_is_crawled_whole_in_each_pagination_style_then_replayed_offline(tmp_path, style):
     endpoint, pagination, requests = JSON_STYLES[style]
     # a fixed port: the offline replay asks for the same URLs, which key the HTTP cache
-    params = compose_params(tmp_path, "+site@sites.json_bank=json_bank", f"sites.json_bank.sample.port={_free_port()}")
+    params = compose_params(tmp_path, "+site@sites.json_bank=json_bank", f"sites.json_bank.sample.port={free_port()}")
     # the broken and the robots-disallowed endpoints stay, the bank is asked for in this style
     _edit_site(params, "json_bank", start_urls=[endpoint, "/api/v0/questions", "/api/drafts/questions"])
     api = yaml.safe_load(params.read_text())["sites"]["json_bank"]["api"]

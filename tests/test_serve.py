@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_params, run_stage, stage_env
+from conftest import ROOT, compose_params, free_port, run_stage, stage_env
 from pipeline import chat
 from pipeline.search import SEARCH_TOOL
 
@@ -33,16 +32,10 @@ QUESTION = [{"role": "system", "content": "You are a careful domain expert."},
             {"role": "user", "content": "What is the atomic number of hydrogen?"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(ws: Path, target: str, log: Path, timeout_s: float = 600):
     """`make TARGET PORT=<free port>` with the project's Makefile in workspace `ws`; waits until
     /v1/models answers and returns (proc, url)."""
-    port = _free_port()
+    port = free_port()
     # vLLM's engine core in the API server's process: the same server, arguments and code paths,
     # without importing vLLM in two more processes (about 20 s of each start on 2 cores).
     env = stage_env() | {"VLLM_API_KEY": KEY, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}

@@ -17,7 +17,6 @@ import http.server
 import json
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,15 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_params, openai_reply, run_stage, stage_env
+from conftest import ROOT, compose_params, free_port, openai_reply, run_stage, stage_env
 
 SENTINEL = "sk-distillery-sentinel-7f3a9c"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +74,7 @@ def _cached(ws: Path) -> int:
 
 @pytest.fixture(scope="module")
 def vllm_server(synth_workspace):
-    port = _free_port()
+    port = free_port()
     log = open(synth_workspace / "vllm-server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "models/base", "--host", "127.0.0.1",

@@ -10,14 +10,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import compose_params, run_stage, stage_env
+from conftest import compose_params, free_port, run_stage, stage_env
 from pipeline import chat
 from pipeline.search import SEARCH_TOOL
 
@@ -266,12 +265,6 @@ def _train(ws, nproc=1, check=True):
     return proc.stdout + proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _adapter(ws):
     from safetensors.torch import load_file
 
@@ -333,7 +326,7 @@ def test_sigkill_resume_and_two_processes(train_inputs, tmp_path):
     # node with its own copy of the inputs, meeting at node 0's address: the adapter of the
     # two-process run, and only node 0 writes outputs.
     nodes = [_workspace(train_inputs, tmp_path / f"node{rank}") for rank in range(2)]
-    port = _free_port()
+    port = free_port()
     launches = [subprocess.Popen(
         [sys.executable, "-m", "pipeline.train"], cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**stage_env(), "DISTILLERY_NPROC": "1", "DISTILLERY_NNODES": "2", "DISTILLERY_NODE_RANK": str(rank),

@@ -37,9 +37,8 @@ from pathlib import Path
 
 from pipeline.config import Params, TeacherConfig, load_or_exit
 from pipeline.engines import chat_body
-from pipeline.paths import INDEX, SPLIT, SYNTH_CACHE
+from pipeline.paths import SYNTH_CACHE
 from pipeline.request_cache import Request, RequestCache
-from pipeline.search import SearchIndex
 from pipeline.synth import stage
 from pipeline.teacher import model_identity
 
@@ -69,18 +68,8 @@ def _refuse_completion(cfg: TeacherConfig) -> None:
 
 def collect(params: Params) -> dict[str, tuple[str, Request]]:
     """The requests missing from the cache whose prompts are known now: key -> (what, request)."""
-    for path in (SPLIT, INDEX):
-        if not path.exists():
-            raise SystemExit(f"error: no {path} (run: dvc repro search_index)")
-    with SPLIT.open(encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
     pending: dict[str, tuple[str, Request]] = {}
-    cache, index = RequestCache(SYNTH_CACHE), SearchIndex(INDEX)
-    try:
-        stage.synthesize(params, records, index, cache, pending=pending)
-    finally:
-        index.close()
-        cache.close()
+    stage.synthesize_inputs(params, pending=pending)
     odd = [k for k, (_, r) in pending.items() if r.completion or r.prompt_ids is not None]
     if odd:
         raise SystemExit(f"error: {len(odd)} requests are completion prompts, which OpenAI batch files cannot hold")

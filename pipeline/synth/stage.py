@@ -325,21 +325,27 @@ def write_outputs(rows: list[dict], metrics: dict, params: Params, out_dir: Path
     metrics["test_rows"] = dict(sorted(collections.Counter(r["task"] for r in test).items()))
 
 
-def main() -> None:
-    params = load_or_exit()
+def synthesize_inputs(params: Params, pending: dict | None = None) -> tuple[list[dict], dict]:
+    """synthesize() on the stage's inputs (data/dedup/split.jsonl, the search index, the request
+    cache), opened and closed here."""
     for path in (SPLIT, INDEX):
         if not path.exists():
             sys.exit(f"error: no {path} (run: dvc repro search_index)")
     with SPLIT.open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    started = time.perf_counter()
     cache = RequestCache(SYNTH_CACHE)
     index = SearchIndex(INDEX)
     try:
-        rows, metrics = synthesize(params, records, index, cache)
+        return synthesize(params, records, index, cache, pending=pending)
     finally:
         index.close()
         cache.close()
+
+
+def main() -> None:
+    params = load_or_exit()
+    started = time.perf_counter()
+    rows, metrics = synthesize_inputs(params)
     write_outputs(rows, metrics, params)
     SYNTH_METRICS.parent.mkdir(parents=True, exist_ok=True)
     SYNTH_METRICS.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
