@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import logging
 import os
 import re
 import sys
@@ -152,12 +153,43 @@ def load_backends() -> None:
     llama_cpp.llama_backend_init()
 
 
-def greedy(model: str, prompt: str, tokens: int) -> tuple[list[int], list[float]]:
-    """Greedy token ids from llama.cpp's logits, and the logits of the first step."""
+REPACK_LOG = re.compile(r"CPU_REPACK model buffer size = *([0-9.]+) MiB")
+
+
+def repacked_mib(log: str) -> float:
+    """MiB of weights llama.cpp repacked for its CPU matrix kernels (0: none), from its load log:
+    q8_0 weights are repacked only by Distillery's AVX-512 VNNI kernel (scripts/llama-cpp/)."""
+    return sum(float(m.group(1)) for m in REPACK_LOG.finditer(log))
+
+
+def _load_logged(model: str, **kwargs):
+    """llama_cpp.Llama(model, verbose=True) with llama.cpp's log (written to fd 2) captured."""
+    import tempfile
+
+    import llama_cpp
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            llm = llama_cpp.Llama(model_path=model, verbose=True, **kwargs)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return llm, tmp.read().decode("utf-8", errors="replace")
+
+
+def greedy(model: str, prompt: str, tokens: int) -> tuple[list[int], list[float], float]:
+    """Greedy token ids from llama.cpp's logits, the logits of the first step, and the MiB of
+    weights repacked for the CPU's matrix kernels."""
     import llama_cpp
     import numpy as np
 
-    llm = llama_cpp.Llama(model_path=model, n_ctx=256, n_batch=256, n_threads=1, verbose=False, seed=0)
+    llm, log = _load_logged(model, n_ctx=256, n_batch=256, n_threads=1, seed=0)
+    llm.verbose = False
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama-cpp-python's log level, as verbose=False
     ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     llm.eval(ids)
     out, first = [], None
@@ -166,7 +198,7 @@ def greedy(model: str, prompt: str, tokens: int) -> tuple[list[int], list[float]
         first = logits.tolist() if first is None else first
         out.append(int(np.argmax(logits)))
         llm.eval([out[-1]])
-    return out, first
+    return out, first, repacked_mib(log)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     out = {"variants_dir": str(variants_dir()), "built": built, "expected": best_variant(flags, built),
            "loaded": loaded_variant(), "system_info": system_info()}
     if args.generate:
-        out["tokens"], logits = greedy(args.generate, args.prompt, args.tokens)
+        out["tokens"], logits, out["repacked_mib"] = greedy(args.generate, args.prompt, args.tokens)
         if args.logits:
             out["logits"] = logits
     if args.json:

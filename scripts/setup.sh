@@ -13,7 +13,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
 else
   flavour=cpu
 fi
-want=$(cat pyproject.toml requirements/constraints-cpu.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)-$flavour
+want=$(cat pyproject.toml requirements/constraints-cpu.txt scripts/setup.sh scripts/llama-cpp/* | sha256sum | cut -d' ' -f1)-$flavour
 
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
   echo "setup: $VENV is up to date ($flavour)"
@@ -44,7 +44,9 @@ llama_version=${llama_spec##*==}
 # cmake --build compiles one file at a time unless told: use every core (about half the wall time on 2)
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 if [ "$(uname -m)" = x86_64 ]; then
-  llama_want="$llama_spec cpu-variants: $LLAMA_CPU_VARIANTS in $LLAMA_CPU_DIR"
+  # with Distillery's q8_0 kernel for the AVX-512 VNNI variants (scripts/llama-cpp/): its hash is in the stamp
+  llama_kernel=$(cat scripts/llama-cpp/patch.py scripts/llama-cpp/distillery-q8_0-x16.inc | sha256sum | cut -c1-16)
+  llama_want="$llama_spec cpu-variants: $LLAMA_CPU_VARIANTS in $LLAMA_CPU_DIR, q8_0 kernel $llama_kernel"
 else
   llama_want="$llama_spec portable"
 fi
@@ -65,6 +67,7 @@ if [ "$(cat "$LLAMA_STAMP" 2>/dev/null)" != "$llama_want" ]; then
     tar xzf "$llama_src/llama_cpp_python-$llama_version.tar.gz" -C "$llama_src"
     llama_dir=$llama_src/llama_cpp_python-$llama_version
     ggml_cmake=$llama_dir/vendor/llama.cpp/ggml/src/CMakeLists.txt
+    "$VENV/bin/python" scripts/llama-cpp/patch.py "$llama_dir/vendor/llama.cpp"
     # GGML_CPU_ALL_VARIANTS builds 14 x86 variants (about 30 s of CPU each); keep the listed ones
     for v in x64 sse42 sandybridge ivybridge piledriver haswell skylakex cannonlake cascadelake icelake \
              cooperlake zen4 alderlake sapphirerapids; do
