@@ -3,8 +3,9 @@
     python scripts/llama-cpp/patch.py <llama.cpp source dir>
 
 scripts/setup.sh runs this on llama-cpp-python's vendored llama.cpp before compiling it. It copies
-the kernel next to ggml-cpu/repack.cpp and makes three insertions there, each after an exact line
-of llama.cpp's source; if a line is missing (a llama-cpp-python version whose repack.cpp changed),
+the kernel next to ggml-cpu/repack.cpp and makes four insertions there (the headers it needs, at
+the top; the kernel's #include; its instance; where q8_0 weights pick it), each next to an exact
+line of llama.cpp's source; if a line is missing (a llama-cpp-python version whose repack.cpp changed),
 it stops with the line it looked for and changes nothing. Running it twice changes nothing more.
 """
 
@@ -19,6 +20,11 @@ KERNEL = "distillery-q8_0-x16.inc"
 MARK = "// distillery-q8_0-x16"
 # (line of repack.cpp, lines to insert before (-1) or after (+1) it)
 EDITS = [
+    ('#include "repack.h"', +1,
+     ["#include <vector>  " + MARK,
+      "#if defined(__AVX512F__)",
+      "#include <immintrin.h>",
+      "#endif"]),
     ("class tensor_traits_base : public ggml::cpu::tensor_traits {", -1,
      [f'#include "{KERNEL}"  {MARK}', ""]),
     ("    static const ggml::cpu::repack::tensor_traits<block_q8_0, 8, 4, GGML_TYPE_Q8_0> q8_0_4x8_q8_0;", +1,
