@@ -172,13 +172,17 @@ def _load_logged(model: str, **kwargs):
     saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
+        llm = None
         try:
             llm = llama_cpp.Llama(model_path=model, verbose=True, **kwargs)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        tmp.seek(0)
-        return llm, tmp.read().decode("utf-8", errors="replace")
+            tmp.seek(0)
+            log = tmp.read().decode("utf-8", errors="replace")
+            if llm is None:  # a model that does not load: llama.cpp's reasons on stderr as usual
+                sys.stderr.write(log[-20000:])
+        return llm, log
 
 
 def greedy(model: str, prompt: str, tokens: int) -> tuple[list[int], list[float], float]:
