@@ -176,9 +176,12 @@ def qwen_exported(crawled_workspace, tmp_path_factory) -> Path:
 
     need_qwen3_tokenizer()
     ws = tmp_path_factory.mktemp("qwen")
-    # the f32 GGUF only (quantizing is the tiny model's test); a small vLLM KV cache for make serve
+    # the f32 GGUF only (quantizing is the tiny model's test); a small vLLM KV cache for make serve.
+    # On a CPU the fraction is of the NUMA node's memory and must also hold the server process
+    # (about 0.9 GiB): 0.05 of a VM whose node 0 has 17.6 GiB left no room ("requested memory
+    # for kv (-0.01/0.88 GiB)"); 0.1 is 1.8 GiB there, 2.4 GiB on a 24 GiB node.
     compose_params(ws, "profile=qwen-tiny", "export.quant=[]", "export.verify.prompts=2", "export.verify.speed_tokens=16",
-                   "serve.gpu_memory_utilization=0.05",
+                   "serve.gpu_memory_utilization=0.1",
                    "serve.max_model_len=1024", "serve.max_tokens=64")
     params = load_params(ws / "params.yaml")
     (ws / "data/dedup").mkdir(parents=True)
