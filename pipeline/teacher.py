@@ -87,8 +87,11 @@ class Teacher:
     is missing from the cache. The synth stage's teacher, and the judge stage's judge (with its
     own model and cache)."""
 
-    def __init__(self, cfg: TeacherConfig, seed: int, chunk_size: int, cache: RequestCache, stage: str = "synth") -> None:
-        self.cfg, self.seed, self.cache, self.stage = cfg, seed, cache, stage
+    def __init__(self, cfg: TeacherConfig, seed: int, chunk_size: int, cache: RequestCache, stage: str = "synth",
+                 device: str | None = None) -> None:
+        """`device`: pipeline.device's answer for params.yaml's `device`, for a vllm backend
+        (pipeline.engines.VLLMEngine); None: the installed vLLM build decides."""
+        self.cfg, self.seed, self.cache, self.stage, self.device = cfg, seed, cache, stage, device
         self.model = model_identity(self.cfg.model)
         self.chunk_size = chunk_size
         self.backend = None
@@ -114,7 +117,7 @@ class Teacher:
             from tqdm import tqdm
 
             if self.backend is None:
-                self.backend = make_engine(self.cfg, self.seed)
+                self.backend = make_engine(self.cfg, self.seed, self.device)
             with tqdm(total=len(missing), desc=f"{self.stage} {what}", unit="req", file=sys.stderr) as bar:
                 for i in range(0, len(missing), self.chunk_size):
                     chunk = missing[i:i + self.chunk_size]

@@ -15,6 +15,7 @@ DVCLive writes the loss curves to reports/train/; metrics/train.json gets the ru
 
     python -m pipeline.train                       # reads params.yaml (dvc repro train)
     DISTILLERY_NPROC=2 python -m pipeline.train    # 2 processes under torchrun (make train GPUS=2)
+    python -m pipeline.train --plan                # the GPU memory it needs, estimated, nothing loaded
 
 Several machines (make train GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=host): DISTILLERY_NNODES,
 DISTILLERY_NODE_RANK, DISTILLERY_MASTER_ADDR and DISTILLERY_MASTER_PORT go to torchrun's static
@@ -25,6 +26,7 @@ from their own path, train and write nothing.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import hashlib
@@ -38,8 +40,10 @@ from pathlib import Path
 
 from pipeline import chat
 from pipeline.config import Params, TrainConfig, load_or_exit
+from pipeline.device import gpu_count, torch_dtype
+from pipeline.device import require as require_device
 from pipeline.digest import tree_sha256
-from pipeline.models import load_base, new_token_ids, torch_dtype
+from pipeline.models import GRADIENT_CHECKPOINTING_KWARGS, load_base, new_token_ids
 from pipeline.packing import SFTCollator
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, CHECKPOINT_DIR, SFT_DIR, TRAIN_LIVE_DIR, TRAIN_METRICS
 from pipeline.records import encode_rows, load_sft, repeat_rows
@@ -205,28 +209,16 @@ def live_callback(live_dir: Path):
     return DVCLiveLoss()
 
 
-def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cfg: TrainConfig,
-                  output_dir: Path = CHECKPOINT_DIR, callbacks: list | None = None, nproc: int = 1):
-    """TRL's SFTTrainer with a LoRA adapter on `model`, over our pre-tokenised examples.
-
-    The examples carry `labels` built by pipeline.chat.encode and pipeline.packing's collator
-    keeps them, so the loss is exactly the assistant tokens and their end-of-turn tokens.
-    """
+def trainer_arguments(cfg: TrainConfig, nproc: int, device: str, output_dir: Path = CHECKPOINT_DIR) -> dict:
+    """SFTConfig's arguments for this configuration, process count and device (pipeline.device's
+    choice): the one place they are decided, so each profile's can be checked without a GPU."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import EarlyStoppingCallback
-    from trl import SFTConfig, SFTTrainer
 
-    on_gpu = torch.cuda.is_available()
+    on_gpu = device == "cuda"
     micro_batch, accum = batch_layout(cfg, nproc)
-    source = getattr(model, "name_or_path", "")  # the directory the base was loaded from
-    new_tokens = new_token_ids(Path(source)) if cfg.lora.train_new_tokens and source else []
-    if new_tokens:
-        use_sparse_trainable_tokens()
-    dtype = torch_dtype(cfg.dtype)
+    dtype = torch_dtype(cfg.dtype, device)
     fsdp = nproc > 1 and cfg.distributed.strategy == "fsdp"
-    args = SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.scheduler,
@@ -238,6 +230,8 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
         per_device_eval_batch_size=micro_batch,
         gradient_accumulation_steps=accum,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        # re-entrant checkpointing (torch's old default) marks LoRA parameters ready twice under DDP
+        gradient_checkpointing_kwargs=dict(GRADIENT_CHECKPOINTING_KWARGS) if cfg.gradient_checkpointing else None,
         logging_steps=cfg.logging_steps,
         eval_strategy="steps",
         eval_steps=cfg.eval_steps,
@@ -256,7 +250,11 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
         # Mixed precision only on a GPU; on a CPU without bf16 units autocast makes each step ~10x slower.
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
-        ddp_backend=("gloo" if not on_gpu else "nccl") if nproc > 1 else None,
+        ddp_backend=("nccl" if on_gpu else "gloo") if nproc > 1 else None,
+        # Every trainable parameter (LoRA matrices, trained token rows) takes part in every step:
+        # the Trainer's default for a PeftModel (True) costs a graph traversal per step and, with
+        # gradient checkpointing, fails as "marked ready twice".
+        ddp_find_unused_parameters=False if nproc > 1 else None,
         # FSDP2, full sharding, one unit per decoder layer
         fsdp=fsdp,
         fsdp_config={"fsdp_version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
@@ -264,6 +262,26 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cfg: TrainConfig,
+                  output_dir: Path = CHECKPOINT_DIR, callbacks: list | None = None, nproc: int = 1,
+                  device: str = "cpu"):
+    """TRL's SFTTrainer with a LoRA adapter on `model`, over our pre-tokenised examples.
+
+    The examples carry `labels` built by pipeline.chat.encode and pipeline.packing's collator
+    keeps them, so the loss is exactly the assistant tokens and their end-of-turn tokens.
+    """
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    source = getattr(model, "name_or_path", "")  # the directory the base was loaded from
+    new_tokens = new_token_ids(Path(source)) if cfg.lora.train_new_tokens and source else []
+    if new_tokens:
+        use_sparse_trainable_tokens()
+    args = SFTConfig(**trainer_arguments(cfg, nproc, device, output_dir))
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
@@ -271,13 +289,14 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
         target_modules=cfg.lora.target_modules,
         use_dora=cfg.lora.use_dora,
         task_type="CAUSAL_LM",
-        trainable_token_indices=new_tokens or None,
+        trainable_token_indices=trainable_token_indices(model, new_tokens),
     )
     callbacks = list(callbacks or [])
     if cfg.early_stopping.patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
     trainer_cls = _label_logits_trainer(SFTTrainer)
     trainer_cls.new_tokens_lr = cfg.lora.new_tokens_lr if new_tokens else None
+    trainer_cls.loss_chunk_tokens = cfg.loss_chunk_tokens
     return trainer_cls(
         model=model,
         args=args,
@@ -290,10 +309,25 @@ def build_trainer(model, tokenizer, train_ex: list[dict], val_ex: list[dict], cf
     )
 
 
+def trainable_token_indices(model, ids: list[int]) -> list[int] | dict[str, list[int]] | None:
+    """PEFT's trainable_token_indices for the rows of the tokens base_model added: the
+    embedding's, which a tied output layer shares (PEFT ties its rows to them), and an untied
+    output layer's own rows as well (gpu-qlora-7b's DeepSeek-R1-Distill-Qwen-7B): the logits of
+    the new tokens come from there, and a model whose output row for <|im_end|> never trains may
+    never learn to stop."""
+    if not ids:
+        return None
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is embed.weight:
+        return ids
+    names = {module: name for name, module in model.named_modules()}
+    return {names[embed]: ids, names[head]: ids}
+
+
 def sparse_trainable_tokens_forward(layer, x, active_adapters, *args, **kwargs):
     """PEFT's trainable-tokens forward without the dense copy of the weight matrix.
 
-    PEFT builds the whole embedding (and, tied, output) matrix with the trained rows copied in
+    PEFT builds the whole embedding (or output) matrix with the trained rows copied in
     on every call, so autograd also computes a dense gradient for it: for gemma-3-270m's
     262k x 640 matrix that made a training step ~10x slower than LoRA alone. Here the frozen
     matrix is used as is and only the trained rows are swapped in (embedding: the rows looked
@@ -321,7 +355,7 @@ def sparse_trainable_tokens_forward(layer, x, active_adapters, *args, **kwargs):
             result = result.masked_scatter(hit.unsqueeze(-1), rows[slot[hit]].to(result.dtype))
         scale = layer._get_embed_scale()
         return result * scale.to(result.dtype) if scale is not None else result
-    result = F.linear(x, base.weight)  # a tied output layer: the trained rows are those ids' logits
+    result = F.linear(x, base.weight)  # an output layer, tied or not: the trained rows are those ids' logits
     return result.index_copy(-1, index, F.linear(x, rows).to(result.dtype))
 
 
@@ -338,43 +372,14 @@ def use_sparse_trainable_tokens() -> None:
         TrainableTokensLayer.forward_adapters = sparse_trainable_tokens_forward
 
 
-def label_logits_loss(model, inputs: dict, num_items_in_batch=None):
-    """Causal-LM loss computing the output layer only where a label follows.
-
-    The output layer of a small model with a large vocabulary (gemma-3-270m: 262k tokens, 168M of
-    its 268M parameters) costs more than the rest of the network, and most positions of a chat
-    row (system prompt, question, tool declaration and passages) have no label. The model's own
-    `logits_to_keep` (a tensor of sequence positions) limits the head to the union of the
-    batch's labelled positions; the loss is the same cross-entropy the model would compute over
-    all positions (a sum over labelled tokens divided by their number, or by the Trainer's
-    num_items_in_batch under gradient accumulation). Calling the (possibly DDP-wrapped) model
-    itself keeps gradient synchronisation intact."""
-    import torch
-    import torch.nn.functional as F
-
-    labels = inputs["labels"]
-    targets = labels[:, 1:]
-    keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)
-    if keep.numel() == 0:  # nothing to learn in this batch: a zero loss that still has a graph
-        keep = torch.zeros(1, dtype=torch.long, device=labels.device)
-    kwargs = {k: v for k, v in inputs.items() if k != "labels"}
-    outputs = model(**kwargs, logits_to_keep=keep, use_cache=False)
-    logits = outputs.logits.float()
-    picked = targets[:, keep]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), picked.reshape(-1), ignore_index=-100, reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else (picked != -100).sum()
-    if torch.is_tensor(count):
-        count = count.to(loss.device)
-    return loss / count if (picked != -100).any() else loss * 0.0, outputs
-
-
 def _label_logits_trainer(base):
     class LabelLogitsSFTTrainer(base):
-        """TRL's SFTTrainer whose loss computes the output layer at labelled positions only
-        (label_logits_loss); TRL's per-token accuracy and entropy logs, which need every
-        position's logits, are not computed."""
+        """TRL's SFTTrainer whose loss computes the output layer at labelled positions only, a
+        chunk of them at a time (pipeline.loss.chunked_label_loss); TRL's per-token accuracy and
+        entropy logs, which need every position's logits, are not computed."""
 
         new_tokens_lr: float | None = None
+        loss_chunk_tokens: int
 
         def create_optimizer(self):
             """The Trainer's optimizer, with the trained token rows in a group of their own at
@@ -396,9 +401,11 @@ def _label_logits_trainer(base):
             # As Trainer.compute_loss: normalised by num_items_in_batch only where the Trainer
             # expects it (it then skips its own division by the accumulation steps), and scaled
             # by the number of processes when tokens are averaged across them.
+            from pipeline.loss import chunked_label_loss
+
             if not self.model_accepts_loss_kwargs:
                 num_items_in_batch = None
-            loss, outputs = label_logits_loss(model, inputs, num_items_in_batch)
+            loss, outputs = chunked_label_loss(model, inputs, num_items_in_batch, self.loss_chunk_tokens)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
@@ -437,19 +444,19 @@ def peak_memory(trainer) -> dict:
     import torch
 
     figures = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]  # Linux: KiB
-    if torch.cuda.is_available():
+    if trainer.args.device.type == "cuda":
         figures.append(torch.cuda.max_memory_allocated() / 2**20)
     gathered = trainer.accelerator.gather(torch.tensor([figures], device=trainer.args.device)).view(-1, len(figures))
     peak = gathered.max(dim=0).values.tolist()
     return {"peak_rss_mib": round(peak[0], 1), **({"peak_gpu_mib": round(peak[1], 1)} if len(peak) > 1 else {})}
 
 
-def train(params: Params, nproc: int, resume_from: str | None) -> dict:
+def train(params: Params, nproc: int, resume_from: str | None, device: str = "cpu") -> dict:
     from transformers import AutoTokenizer
 
     cfg = params.train
     tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)
-    model = load_base(cfg)
+    model = load_base(cfg, device=device)
     train_rows, val_rows = repeat_rows(load_sft("train"), cfg.repeat), load_sft("val")
     train_ex, train_counts = encode_rows(tokenizer, train_rows, cfg.max_seq_len)
     val_ex, val_counts = encode_rows(tokenizer, val_rows, cfg.max_seq_len)
@@ -463,7 +470,7 @@ def train(params: Params, nproc: int, resume_from: str | None) -> dict:
         sys.exit(f"error: {SFT_DIR} has {len(train_ex)} train and {len(val_ex)} val rows; both must be non-empty")
 
     live = live_callback(TRAIN_LIVE_DIR)
-    trainer = build_trainer(model, tokenizer, train_ex, val_ex, cfg, callbacks=[live], nproc=nproc)
+    trainer = build_trainer(model, tokenizer, train_ex, val_ex, cfg, callbacks=[live], nproc=nproc, device=device)
     micro_batch, accum = trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps
     if trainer.is_world_process_zero():
         print(f"train: effective batch {micro_batch * accum * nproc} = {micro_batch} per process x {nproc} "
@@ -516,8 +523,22 @@ def train(params: Params, nproc: int, resume_from: str | None) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description="Stage train (params.yaml).")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the run's GPU memory estimate (pipeline.memory_plan) without loading the model")
+    plan_only = parser.parse_args().plan
     params = load_or_exit()
     launch = Launch.from_env()
+    if plan_only:
+        from pipeline import memory_plan
+
+        print(memory_plan.render(memory_plan.plan(params, batch_layout(params.train, launch.world)[0])))
+        return
+    device = require_device(params.device, "train")
+    gpus = gpu_count(device)
+    if device == "cuda" and launch.nproc > gpus:
+        sys.exit(f"error: train: {launch.nproc} processes per node (GPUS={launch.nproc}) on a machine whose torch "
+                 f"sees {gpus} GPU(s); set GPUS to at most {gpus} (CUDA_VISIBLE_DEVICES limits what torch sees)")
     if "LOCAL_RANK" not in os.environ:
         # The launching process of node 0 owns models/checkpoints: it decides resume or a fresh
         # start once. Other nodes resume only from a checkpoint folder they share with it.
@@ -529,7 +550,7 @@ def main() -> None:
         os.environ["DISTILLERY_RESUME_FROM"] = resume_from or ""
         if launch.world > 1:
             relaunch_distributed(launch)
-    metrics = train(params, launch.world, os.environ.get("DISTILLERY_RESUME_FROM") or None)
+    metrics = train(params, launch.world, os.environ.get("DISTILLERY_RESUME_FROM") or None, device)
     if launch.nnodes > 1:
         metrics["nodes"] = launch.nnodes
     if int(os.environ.get("RANK", "0")) == 0:

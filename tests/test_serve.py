@@ -188,11 +188,13 @@ def test_an_adapter_with_trained_token_rows_is_served_merged(tmp_path):
     for d in (base, adapter, merged):
         d.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 16, "trainable_token_indices": [5, 6]}))
-    cmd = vllm_command(params, "127.0.0.1", 8000, base_dir=base, adapter_dir=adapter, merged_dir=merged)
+    cmd = vllm_command(params, "127.0.0.1", 8000, base_dir=base, adapter_dir=adapter, merged_dir=merged,
+                       platform="cpu")
     assert cmd[cmd.index("--model") + 1] == str(merged) and "--enable-lora" not in cmd
     assert cmd[cmd.index("--served-model-name") + 1] == params.serve.adapter_name
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 16, "trainable_token_indices": None}))
-    cmd = vllm_command(params, "127.0.0.1", 8000, base_dir=base, adapter_dir=adapter, merged_dir=merged)
+    cmd = vllm_command(params, "127.0.0.1", 8000, base_dir=base, adapter_dir=adapter, merged_dir=merged,
+                       platform="cpu")
     assert cmd[cmd.index("--model") + 1] == str(base) and "--enable-lora" in cmd
 
 

@@ -1,8 +1,10 @@
-"""Training: packed batches keep samples independent; a run killed with SIGKILL resumes to the
-same adapter; two processes keep the effective batch and the eval loss, and two nodes of one
-process each give the two processes' adapter; QLoRA (with gradient
-checkpointing) trains on CPU and its adapter lands on the full-precision base; early stopping
-keeps the best checkpoint."""
+"""Training: packed batches keep samples independent; the chunked loss over labelled positions is
+the model's own loss; new tokens added in a padded vocabulary with an untied output layer start at
+the mean and train both their rows; a run killed with SIGKILL resumes to the
+same adapter; two processes (with gradient checkpointing) keep the effective batch and the eval
+loss, and two nodes of one process each give the two processes' adapter; QLoRA (with gradient
+checkpointing, two processes) trains on CPU and its adapter lands on the full-precision base;
+early stopping keeps the best checkpoint."""
 
 from __future__ import annotations
 
@@ -89,43 +91,121 @@ def test_packed_batch_gives_each_sample_its_unpacked_loss():
     assert [leaked[placed.index(i)] for i in range(len(examples))] != pytest.approx(want, rel=1e-3)
 
 
-def test_label_logits_loss_equals_the_full_loss_and_its_gradients():
-    """The output layer only at labelled positions: the same loss (mean, and the sum over
-    num_items_in_batch under accumulation) and the same gradients as the model's own loss."""
+def _packed_batch(vocab: int = 300):
     import torch
 
     from pipeline.packing import SFTCollator
-    from pipeline.train import label_logits_loss
 
     gen = torch.Generator().manual_seed(2)
     examples = []
     for n in (40, 17, 90, 33, 61):
-        ids = torch.randint(4, 300, (n,), generator=gen).tolist()
+        ids = torch.randint(4, vocab, (n,), generator=gen).tolist()
         examples.append({"input_ids": ids, "labels": [-100] * (2 * n // 3) + ids[2 * n // 3:]})
-    batch = SFTCollator(pad_token_id=0, pack=True, row_len=128)(examples)
+    return SFTCollator(pad_token_id=0, pack=True, row_len=128)(examples)
+
+
+def _loss_and_grads(model, loss_fn):
+    model.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_loss_and_grads(model, batch, chunk_tokens):
+    """pipeline.loss against the model's own loss over every position: within 1e-6, loss and
+    every gradient. Returns the largest differences."""
+    import torch
+
+    from pipeline.loss import chunked_label_loss
+
+    want, want_grads = _loss_and_grads(model, lambda: model(**batch, use_cache=False).loss)
+    got, got_grads = _loss_and_grads(model, lambda: chunked_label_loss(model, batch, chunk_tokens=chunk_tokens)[0])
+    assert sorted(got_grads) == sorted(want_grads)
+    loss_diff = abs(got.item() - want.item())
+    grad_diff = max(float((got_grads[n] - want_grads[n]).abs().max()) for n in want_grads)
+    assert loss_diff <= 1e-6 and grad_diff <= 1e-6, (loss_diff, grad_diff)
+    assert any(float(g.abs().max()) > 1e-3 for g in want_grads.values())  # gradients worth comparing
+    return loss_diff, grad_diff
+
+
+def test_chunked_label_loss_equals_the_full_loss_and_its_gradients():
+    """The output layer on labelled positions only, 16 at a time (82 are labelled): the model's
+    own loss and gradients within 1e-6 (the mean, and the sum over num_items_in_batch under
+    accumulation); no tensor over the vocabulary holds more than one chunk's rows, forward or
+    backward; a batch without labels gives zero with gradients (zero) for every parameter."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pipeline.loss import chunked_label_loss
+
+    batch = _packed_batch()
     labelled = int((batch["labels"][:, 1:] != -100).sum())
     model = _tiny_llama().train()
+    assert labelled > 16
+    _assert_same_loss_and_grads(model, batch, chunk_tokens=16)
 
-    def grads(loss):
-        model.zero_grad()
+    class LargestOverVocabulary(TorchDispatchMode):
+        rows = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                # (64, 300): the output layer's weight and its gradient, transposed
+                if isinstance(t, torch.Tensor) and t.dim() and t.shape[-1] == 300 and t.shape != (64, 300):
+                    self.rows = max(self.rows, t.numel() // 300)
+            return out
+
+    with LargestOverVocabulary() as seen:
+        loss, out = chunked_label_loss(model, batch, chunk_tokens=16)
         loss.backward()
-        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert seen.rows == 16 and out.logits.shape[1] == 0
 
-    want = model(**batch, use_cache=False).loss
-    want_grads = grads(want)
-    got, out = label_logits_loss(model, batch)
-    assert out.logits.shape[1] < batch["input_ids"].shape[1]  # fewer positions through the head
-    assert got.item() == pytest.approx(want.item(), rel=1e-5)
-    for a, b in zip(grads(got), want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    summed, _ = label_logits_loss(model, batch, num_items_in_batch=torch.tensor(2 * labelled))
-    assert summed.item() == pytest.approx(want.item() / 2, rel=1e-5)
+    full = model(**batch, use_cache=False).loss
+    summed, _ = chunked_label_loss(model, batch, num_items_in_batch=torch.tensor(2 * labelled), chunk_tokens=16)
+    assert summed.item() == pytest.approx(full.item() / 2, rel=1e-6)
+    with torch.no_grad():  # evaluation
+        assert chunked_label_loss(model, batch, chunk_tokens=16)[0].item() == pytest.approx(full.item(), rel=1e-6)
+
+    unlabelled = {**batch, "labels": torch.full_like(batch["labels"], -100)}
+    zero, grads = _loss_and_grads(model, lambda: chunked_label_loss(model, unlabelled, chunk_tokens=16)[0])
+    assert zero.item() == 0.0 and all(float(g.abs().max()) == 0.0 for g in grads.values())
+    assert len(grads) == len(list(model.parameters()))
 
 
-def test_trained_new_tokens_give_peft_s_loss_and_gradients_without_the_dense_copy():
-    """train.lora.train_new_tokens: PEFT trainable tokens on a tied embedding / output layer.
-    Our sparse forward (pipeline.train.sparse_trainable_tokens_forward) gives PEFT's own loss
-    and gradients; the new tokens' rows get gradients, the frozen matrix none."""
+def test_chunked_label_loss_with_soft_capping_and_peft_output_layers():
+    """Gemma's final_logit_softcapping, and output layers that PEFT wraps: trained rows of new
+    tokens on a tied head (as gemma-3-270m trains), LoRA on an untied head."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from pipeline import train
+
+    batch = _packed_batch()
+    torch.manual_seed(0)
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                               num_attention_heads=2, num_key_value_heads=1, head_dim=32, pad_token_id=0,
+                                               final_logit_softcapping=5.0, attn_implementation="sdpa"))
+    gemma = get_peft_model(gemma, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], trainable_token_indices=[296, 299],
+                                             init_lora_weights=False)).train()
+    train.use_sparse_trainable_tokens()
+    try:
+        _assert_same_loss_and_grads(gemma, batch, chunk_tokens=16)
+    finally:
+        from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+        TrainableTokensLayer.forward_adapters = train._PEFT_TRAINABLE_TOKENS_FORWARD
+        train._PEFT_TRAINABLE_TOKENS_FORWARD = None
+    llama = get_peft_model(_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "lm_head"], init_lora_weights=False))
+    _assert_same_loss_and_grads(llama.train(), batch, chunk_tokens=16)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_trained_new_tokens_give_peft_s_loss_and_gradients_without_the_dense_copy(tied):
+    """train.lora.train_new_tokens: PEFT trainable tokens on the embedding and the output layer,
+    tied (one set of rows) or untied (each its own). Our sparse forward
+    (pipeline.train.sparse_trainable_tokens_forward) gives PEFT's own loss and gradients; the new
+    tokens' rows get gradients (untied: input and output rows both), the frozen matrix none."""
     import torch
     from peft import LoraConfig, get_peft_model
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
@@ -136,14 +216,16 @@ def test_trained_new_tokens_give_peft_s_loss_and_gradients_without_the_dense_cop
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
-                                         tie_word_embeddings=True))
+                                         tie_word_embeddings=tied)).double()  # float64: the two sum in different orders
     new = [296, 297, 298, 299]
-    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], trainable_token_indices=new,
+    indices = train.trainable_token_indices(model, new)
+    assert indices == (new if tied else {"model.embed_tokens": new, "lm_head": new})
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], trainable_token_indices=indices,
                                              init_lora_weights=False))
     with torch.no_grad():  # trained rows that differ from the originals
         for module in model.modules():
             if isinstance(module, TrainableTokensLayer) and not module.tied_adapter:
-                module.trainable_tokens_delta["default"].add_(torch.randn(len(new), 64))
+                module.trainable_tokens_delta["default"].add_(torch.randn(len(new), 64, dtype=torch.float64))
     gen = torch.Generator().manual_seed(3)
     ids = torch.randint(4, 300, (2, 40), generator=gen)
     ids[0, 5], ids[1, 7] = 297, 299  # new tokens in the input, and as labels
@@ -165,9 +247,79 @@ def test_trained_new_tokens_give_peft_s_loss_and_gradients_without_the_dense_cop
         TrainableTokensLayer.forward_adapters = original
         train._PEFT_TRAINABLE_TOKENS_FORWARD = None
     assert got_loss == pytest.approx(want_loss, rel=1e-6)
-    assert sorted(got) == sorted(want) and any("trainable_tokens_delta" in n for n in got)
+    assert sorted(got) == sorted(want)
+    trained = sorted(n.split(".trainable_tokens_delta")[0].rsplit(".", 2)[-2]
+                     for n in got if "trainable_tokens_delta" in n)
+    assert trained == (["embed_tokens"] if tied else ["embed_tokens", "lm_head"])
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
+
+
+def _padded_untied_base(src):
+    """A pretrained-like checkpoint whose vocabulary is padded and whose output layer is untied,
+    as Qwen2.5-7B's and DeepSeek-R1-Distill-Qwen-7B's: 64 tokens (word-level) in 80 rows."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    words = ["<unk>", "<|endoftext|>", *(f"w{i}" for i in range(62))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|endoftext|>").save_pretrained(src)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=80, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False))
+    model.save_pretrained(src)
+    return len(words), 80
+
+
+def test_added_tokens_in_a_padded_untied_vocabulary_start_at_the_mean_and_train_both_rows(tmp_path):
+    """base_model adds chat and tag tokens to a padded vocabulary: their ids land in padding rows,
+    which get the exact mean of the real tokens' rows (padding left out of it), in the embedding
+    and in the untied output layer, without growing the matrices. One training step (the real
+    trainer: trainable token rows, sparse forward, chunked loss) then changes the input and the
+    output rows of a new token, and nothing else of either matrix."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.base_model import build_hf, exact_row_mean
+    from pipeline.config import load_params
+    from pipeline.models import load_tuned, new_token_ids
+    from pipeline.train import build_trainer
+
+    tokens, rows = _padded_untied_base(tmp_path / "hf")
+    pretrained = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    build_hf(str(tmp_path / "hf"), tmp_path / "base")
+    new = new_token_ids(tmp_path / "base")
+    assert new == list(range(tokens, tokens + len(new))) and tokens + len(new) < rows
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    for name in ("embed_tokens", "lm_head"):
+        was = (pretrained.get_input_embeddings() if name == "embed_tokens" else pretrained.get_output_embeddings()).weight
+        now = (base.get_input_embeddings() if name == "embed_tokens" else base.get_output_embeddings()).weight
+        assert now.shape[0] == rows
+        assert all(torch.equal(now[i], exact_row_mean(was[:tokens])) for i in new), name
+        keep = [i for i in range(rows) if i not in new]
+        assert torch.equal(now[keep], was[keep]), name
+    assert not torch.equal(exact_row_mean(was[:tokens]), exact_row_mean(was))  # the padding is not in the mean
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base")
+    im_start, im_end = tokenizer.convert_tokens_to_ids([chat.IM_START, chat.IM_END])
+    ids = [im_start, 5, 6, 7, im_end, im_start, 8, 9, 10, 11, im_end]
+    examples = [{"input_ids": ids, "labels": [-100] * 6 + ids[6:]}] * 4
+    cfg = load_params(compose_params(tmp_path / "ws")).train
+    cfg = dataclasses.replace(cfg, max_steps=1, batch_size=4, grad_accum=1, warmup_ratio=0.0, eval_steps=1,
+                              select_best=False, early_stopping=dataclasses.replace(cfg.early_stopping, patience=0))
+    trainer = build_trainer(base, tokenizer, examples, examples[:1], cfg, output_dir=tmp_path / "ckpt")
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    tuned = load_tuned(tmp_path / "adapter", tmp_path / "base")
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    for layer in ("get_input_embeddings", "get_output_embeddings"):
+        before, after = getattr(trained, layer)().weight, getattr(tuned, layer)().weight
+        changed = sorted(int(i) for i in (before != after).any(dim=1).nonzero())
+        assert im_end in changed and set(changed) <= set(new), (layer, changed)
 
 
 def test_first_fit_decreasing_respects_capacity():
@@ -314,7 +466,8 @@ def test_sigkill_resume_and_two_processes(train_inputs, tmp_path):
     assert all((whole / "models/adapter" / f).read_bytes() == (killed / "models/adapter" / f).read_bytes()
                for f in files)
 
-    two = _workspace(train_inputs, tmp_path / "two")
+    # with gradient checkpointing (non-re-entrant) under DDP: re-entrant marks parameters ready twice
+    two = _workspace(train_inputs, tmp_path / "two", "train.gradient_checkpointing=true")
     out = _train(two, nproc=2)
     assert "effective batch 8 = 4 per process x 2 process(es) x 1 accumulation step(s)" in out
     pair = _metrics(two)
@@ -354,13 +507,15 @@ def test_qlora_trains_on_cpu_and_merges_onto_the_full_precision_base(train_input
 
     from pipeline.models import load_tuned
 
+    # two processes (gloo): DDP's reducer over QLoRA with gradient checkpointing is what `make
+    # train GPUS=2` runs on nccl, and fails the same way where the checkpointing is re-entrant
     ws = _workspace(train_inputs, tmp_path / "qlora", "train=qlora", "train.max_steps=8",
                     "train.gradient_checkpointing=true")
-    out = _train(ws)
+    out = _train(ws, nproc=2)
     # bitsandbytes' CPU kernels need input widths in multiples of 64: the tiny MLP's 352 is not.
     assert "QLoRA on CPU keeps down_proj in full precision" in out
     metrics = _metrics(ws)
-    assert metrics["method"] == "qlora" and metrics["steps"] == 8
+    assert metrics["method"] == "qlora" and metrics["steps"] == 8 and metrics["processes"] == 2
     config = json.loads((ws / "models/adapter/adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
 

@@ -42,6 +42,8 @@ from pathlib import Path
 
 from pipeline import chat, scoring
 from pipeline.config import ExportVerifyConfig, Params, load_or_exit
+from pipeline.device import cpu_threads
+from pipeline.device import require as require_device
 from pipeline.gguf_tools import gguf_name
 from pipeline.parity import (Reference, compare_logits, first_difference, llama_logits, llama_piece, load_llama,
                              tokenizer_parity)
@@ -154,7 +156,7 @@ def best_rate(run, n: int) -> float:
 def hf_tokens_per_s(ref: Reference, prompt: list[int], n: int) -> float:
     import torch
 
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=ref.model.device)
 
     def run():
         with torch.no_grad():
@@ -217,7 +219,7 @@ def merged_answers(ref: Reference, prompts: list[list[int]], max_new: int) -> tu
 
     texts, stopped = [], []
     for prompt in prompts:
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([prompt], device=ref.model.device)
         with torch.no_grad():
             out = ref.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
                                      eos_token_id=ref.eot_id, pad_token_id=ref.tokenizer.pad_token_id)
@@ -235,7 +237,7 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
 
     result: dict = {"file": str(path), "size_mib": round(path.stat().st_size / 2**20, 3)}
     try:
-        llm = load_llama(path, cfg.n_ctx, cfg.threads)
+        llm = load_llama(path, cfg.n_ctx, cpu_threads(cfg.threads))
     except Exception as exc:  # llama.cpp refuses the file: nothing else can be checked
         result["loads"] = False
         result["passed"] = False
@@ -352,13 +354,13 @@ def gguf_files(params: Params, full_dir: Path = FULL_DIR, quant_dir: Path = QUAN
 
 
 def verify(params: Params, merged_dir: Path = MERGED_DIR, files: list[tuple[str, Path]] | None = None,
-           split_path: Path = SPLIT, metrics_path: Path = EXPORT_METRICS) -> dict:
+           split_path: Path = SPLIT, metrics_path: Path = EXPORT_METRICS, device: str = "cpu") -> dict:
     import torch
 
     cfg = params.export.verify
-    torch.set_num_threads(cfg.threads)  # the same threads as llama.cpp, for the speed comparison
+    torch.set_num_threads(cpu_threads(cfg.threads))  # llama.cpp's threads, for the speed comparison
     files = files if files is not None else gguf_files(params)
-    ref = Reference.load(merged_dir)
+    ref = Reference.load(merged_dir, device)
     prompts, conversations, skipped = verify_prompts(ref, params, split_path)
     if not prompts:
         raise SystemExit(f"error: no test question of {split_path} fits export.verify.n_ctx {cfg.n_ctx} with "
@@ -438,8 +440,9 @@ def summary(report: dict) -> str:
 
 def main() -> None:
     params = load_or_exit()
+    device = require_device(params.device, "verify_export")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    report = verify(params)
+    report = verify(params, device=device)
     served = report["served"]
     print(f"verify_export: {len(report['gguf'])} GGUF files against {MERGED_DIR} -> {EXPORT_METRICS}\n{summary(report)}")
     for failure in report["failures"]:

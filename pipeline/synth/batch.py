@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Params, TeacherConfig, load_or_exit
-from pipeline.engines import chat_body
+from pipeline.engines import Parallel, chat_body, vllm_platform, vllm_server_flags
 from pipeline.paths import SYNTH_CACHE
 from pipeline.request_cache import Request, RequestCache
 from pipeline.synth import stage
@@ -49,11 +49,12 @@ REQUESTS = "requests-"  # shard names: requests-00000.jsonl; results are any oth
 
 def run_batch_command(cfg: TeacherConfig, seed: int, inp: str, out: str) -> list[str]:
     """vLLM's run_batch with the settings the vllm backend gives its engine (seed, dtype, context,
-    compact JSON, no chunked prefill, no sampling defaults from the model's generation config),
-    so that its answers are the ones the stage would have got."""
+    compact JSON, chunked prefill off on a CPU, no sampling defaults from the model's generation
+    config), so that its answers are the ones the stage would have got."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", inp, "-o", out, "--model", cfg.model,
            "--seed", str(seed), "--dtype", cfg.dtype, "--max-model-len", str(cfg.max_model_len),
-           "--gpu-memory-utilization", str(cfg.gpu_memory_utilization), "--no-enable-chunked-prefill",
+           "--gpu-memory-utilization", str(cfg.gpu_memory_utilization),
+           *vllm_server_flags(vllm_platform(), Parallel(1, 1)),
            "--generation-config", "vllm",
            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
     return cmd + (["--enforce-eager"] if cfg.enforce_eager else [])

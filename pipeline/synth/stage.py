@@ -32,6 +32,9 @@ from pathlib import Path
 
 from pipeline import chat, stats
 from pipeline.config import Params, load_or_exit
+from pipeline.device import require as require_device
+from pipeline.device import resolve as resolve_device
+from pipeline.hub import offline_when_cached
 from pipeline.paths import INDEX, SFT_DIR, SPLIT, SYNTH_CACHE, SYNTH_METRICS
 from pipeline.request_cache import Request, RequestCache
 from pipeline.search import SEARCH_TOOL, SearchIndex, format_results
@@ -106,7 +109,9 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache,
     depend on their answers are not made yet (the batch export's rounds)."""
     cfg, system = params.synth, params.chat.system_prompt
     tcfg = params.teacher
-    teacher = Teacher(tcfg, cfg.seed, cfg.chunk_size, cache)
+    # where a local teacher's vLLM runs (main refused a device that is not usable already)
+    device = resolve_device(params.device, "synth") if tcfg.backend != "openai" else None
+    teacher = Teacher(tcfg, cfg.seed, cfg.chunk_size, cache, device=device)
     teacher.pending = pending
     prefilled = prefills_think(tcfg)
     sources = [r for r in records if r["split"] in SPLITS]
@@ -344,6 +349,9 @@ def synthesize_inputs(params: Params, pending: dict | None = None) -> tuple[list
 
 def main() -> None:
     params = load_or_exit()
+    if params.teacher.backend != "openai":  # a teacher on a server needs no GPU here
+        require_device(params.device, "synth")
+        offline_when_cached([params.teacher.model])
     started = time.perf_counter()
     rows, metrics = synthesize_inputs(params)
     write_outputs(rows, metrics, params)
