@@ -71,8 +71,9 @@ def resolve(setting: str, what: str) -> str:
         return "cpu" if problem else "cuda"
     if problem:
         raise DeviceError(f"{what}: params.yaml says device: cuda (this profile needs a GPU), and CUDA is not "
-                          f"usable: {problem}. Nothing was started. On a machine without a GPU, compose a CPU "
-                          "profile: make params PROFILE=cpu (or OVERRIDES='device=cpu')")
+                          f"usable: {problem}. Nothing was started (under dvc repro, `dvc checkout` puts back "
+                          "the previous outputs DVC removed before running the stage). On a machine without a "
+                          "GPU, compose a CPU profile: make params PROFILE=cpu (or OVERRIDES='device=cpu')")
     return "cuda"
 
 
