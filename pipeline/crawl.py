@@ -23,13 +23,12 @@
 
     python -m pipeline.crawl elements_qa           # reads params.yaml (dvc repro crawl@elements_qa)
     python -m pipeline.crawl elements_qa --worker  # join a redis crawl from another machine
+    python -m pipeline.crawl elements_qa --preview [URL ...]  # what the YAML extracts (pipeline.crawl_preview)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -43,16 +42,8 @@ from urllib.parse import urlsplit
 
 from pipeline.config import CrawlConfig, SiteConfig, load_or_exit
 from pipeline.paths import CRAWL_METRICS_DIR, CRAWL_STATE_DIR, HTTP_CACHE_DIR, RAW_DIR
+from pipeline.scrapy_setup import extractor_selector, sample_for, scrapy_settings, serve_sample, spider_class
 CLEAN_STOP = "stopped-cleanly"
-
-
-SPIDERS = {"qa": "crawlers.spiders.qa:QASpider", "bank": "crawlers.spiders.bank:BankSpider",
-           "doc": "crawlers.spiders.doc:DocSpider", "json": "crawlers.spiders.api:ApiSpider"}
-
-
-def spider_class(kind: str):
-    module, name = SPIDERS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _prepare_state(state: Path) -> bool:
@@ -62,20 +53,6 @@ def _prepare_state(state: Path) -> bool:
         return True
     shutil.rmtree(state, ignore_errors=True)
     return False
-
-
-def _match_cache_to_sample(cache: Path, pages: dict) -> None:
-    """A sample site is regenerated each crawl; when its content changed (a new seed, a new
-    generator), the cached responses describe another site and are dropped."""
-    digest = hashlib.sha256()
-    for path in sorted(pages):
-        digest.update(f"{path}\0{pages[path]!r}\0".encode())
-    stamp = cache / "SAMPLE_SITE_SHA256"
-    if stamp.exists() and stamp.read_text() == digest.hexdigest():
-        return
-    shutil.rmtree(cache, ignore_errors=True)
-    cache.mkdir(parents=True)
-    stamp.write_text(digest.hexdigest())
 
 
 def _read_items(path: Path) -> list[dict]:
@@ -121,36 +98,6 @@ def unique_ids(items: list[dict]) -> tuple[dict[str, dict], int]:
     return out, collisions
 
 
-def _settings(site: SiteConfig, cache: Path):
-    from scrapy.utils.project import get_project_settings
-
-    settings = get_project_settings()
-    settings.setmodule("crawlers.settings", priority="project")
-    settings.update({"HTTPCACHE_DIR": str(cache.resolve()), "HTTPCACHE_IGNORE_MISSING": site.offline},
-                    priority="cmdline")
-    return settings
-
-
-def _sample(site: SiteConfig, cache: Path):
-    from crawlers.sample_sites import GENERATORS
-
-    sample = GENERATORS[site.sample.generator](seed=site.sample.seed) if site.sample is not None else None
-    if sample is not None and not site.offline:
-        _match_cache_to_sample(cache, sample.pages)
-    return sample
-
-
-def _serve_sample(stack: ExitStack, site: SiteConfig, sample) -> str | None:
-    from crawlers.sample_sites.serve import serve
-
-    if sample is None:
-        return None
-    if site.offline:
-        return f"http://127.0.0.1:{site.sample.port}"
-    base_url, _ = stack.enter_context(serve(sample.pages, port=site.sample.port))
-    return base_url
-
-
 def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path = HTTP_CACHE_DIR,
           state_dir: Path = CRAWL_STATE_DIR, crawl_cfg: CrawlConfig | None = None) -> dict:
     """Crawl one site; returns its metrics. Writes <raw_dir>/<name>.jsonl."""
@@ -162,11 +109,11 @@ def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path 
     state = state_dir / name
     resuming = _prepare_state(state)
     cache = cache_dir / name
-    sample = _sample(site, cache)
+    sample = sample_for(site, cache)
     items_file = state / "items.jsonl"
     with ExitStack() as stack:
-        base_url = _serve_sample(stack, site, sample)
-        settings = _settings(site, cache)
+        base_url = serve_sample(stack, site, sample)
+        settings = scrapy_settings(site, cache)
         settings.update({
             "JOBDIR": str(state.resolve() / "job"),
             "DISTILLERY_ITEMS_FILE": str(items_file.resolve()),
@@ -222,9 +169,34 @@ def _metrics(name: str, stats: dict, finish_reason: str | None, resumed: bool, i
         "dropped": prefixed("distillery/dropped/"),
         "broken": prefixed("distillery/broken/"),
         "images_skipped": stats.get("distillery/images_skipped", 0),
+        # per extractor (layouts[i], sections, api.items): items it gave, pages where it gave none
+        "extracted": prefixed("distillery/extracted/"),
+        "matched_nothing": prefixed("distillery/matched_nothing/"),
+        "first_page_without": prefixed("distillery/first_page_without/"),
         "robots_denied": stats.get("robotstxt/forbidden", 0),
         "http_status": prefixed("downloader/response_status_count/"),
     }
+
+
+def too_few_items(name: str, site: SiteConfig, metrics: dict) -> str | None:
+    """Why the crawl stage fails, or None: a site that kept fewer than min_items items (a layout
+    or selector that matched nothing should not flow on into training as a thin dataset)."""
+    if metrics["items"] >= site.min_items:
+        return None
+    lines = [f"crawl {name}: kept {metrics['items']} items from {metrics['pages']} pages, fewer than "
+             f"sites.{name}.min_items = {site.min_items}"]
+    extracted, first = metrics.get("extracted", {}), metrics.get("first_page_without", {})
+    for extractor in sorted(set(extracted) | set(first)):
+        where = f"; it matched nothing on {metrics['matched_nothing'].get(extractor, 0)} pages, e.g. {first[extractor]}" \
+            if extractor in first else ""
+        lines.append(f"  {extractor} ({extractor_selector(site, extractor)}): {extracted.get(extractor, 0)} items{where}")
+    if not extracted:
+        lines.append("  no page reached an extractor: see broken, robots_denied and http_status in "
+                     f"metrics/crawl/{name}.json")
+    if metrics["dropped"]:
+        lines.append(f"  dropped by validation: {metrics['dropped']}")
+    lines.append(f"  try the selectors on a page: python -m pipeline.crawl {name} --preview URL")
+    return "\n".join(lines)
 
 
 def _crawl_state(name: str, cfg: CrawlConfig):
@@ -259,7 +231,7 @@ def run_worker(name: str, site: SiteConfig, cfg: CrawlConfig, worker: str | None
                  f"start it with `dvc repro crawl@{name}` (python -m pipeline.crawl {name})")
     worker = worker or new_worker_id()
     files = (state_dir / name).resolve() / f"worker-{worker}"
-    settings = _settings(site, cache_dir / name)
+    settings = scrapy_settings(site, cache_dir / name)
     share = cfg.workers
     settings.update({
         "SCHEDULER": "crawlers.distributed.RedisScheduler",
@@ -342,9 +314,9 @@ def crawl_distributed(name: str, site: SiteConfig, cfg: CrawlConfig, raw_dir: Pa
         shutil.rmtree(st, ignore_errors=True)
     st.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / name
-    sample = _sample(site, cache)
+    sample = sample_for(site, cache)
     with ExitStack() as stack:
-        base_url = _serve_sample(stack, site, sample)
+        base_url = serve_sample(stack, site, sample)
         state.create(base_url)
         ids = [new_worker_id() + f"-{i}" for i in range(cfg.workers)]
         procs = {wid: subprocess.Popen([sys.executable, "-m", "pipeline.crawl", name, "--worker", "--seed", "--id", wid])
@@ -385,9 +357,15 @@ def crawl_distributed(name: str, site: SiteConfig, cfg: CrawlConfig, raw_dir: Pa
 def main() -> None:
     params = load_or_exit()
     args = sys.argv[1:]
-    if not args or args[0] not in params.sites or args[1:2] not in ([], ["--worker"]):
-        sys.exit(f"usage: python -m pipeline.crawl SITE [--worker], with SITE one of: {', '.join(params.sites)}")
+    if not args or args[0] not in params.sites or args[1:2] not in ([], ["--worker"], ["--preview"]):
+        sys.exit(f"usage: python -m pipeline.crawl SITE [--worker | --preview [--pages N] [URL ...]], "
+                 f"with SITE one of: {', '.join(params.sites)}")
     name = args[0]
+    if args[1:2] == ["--preview"]:
+        from pipeline import crawl_preview
+
+        crawl_preview.main(name, params.sites[name], args[2:])
+        return
     if "--worker" in args:  # --seed and --id: a local worker the stage started
         if params.sites[name].scheduler != "redis":
             sys.exit(f"error: --worker joins a crawl on redis; sites.{name}.scheduler is {params.sites[name].scheduler}")
@@ -401,6 +379,9 @@ def main() -> None:
           f"({metrics['pages_fetched']} fetched, {metrics['pages_from_cache']} from cache) -> {RAW_DIR}/{name}.jsonl")
     if metrics["finish_reason"] != "finished":
         sys.exit(f"crawl {name}: stopped ({metrics['finish_reason']}); run it again to resume")
+    problem = too_few_items(name, params.sites[name], metrics)
+    if problem:
+        sys.exit(f"error: {problem}")
 
 
 if __name__ == "__main__":

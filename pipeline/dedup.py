@@ -13,7 +13,8 @@
    never straddle train/val/test, and a question keeps its split when the corpus grows. An
    imported record whose dataset names its split keeps it, and takes its cluster with it (the
    most held-out one when a cluster's records name several: test, then val).
-5. Decontamination: the items of `dedup.decontaminate_against` (eval sets from elsewhere) are
+5. Decontamination: the items of every exam set evaluate scores (eval.exam_sets, eval.general_sets)
+   and of `dedup.decontaminate_against` (further eval sets from elsewhere) are
    clustered together with the corpus; a cluster holding one of them sends no record to train.
    (A near-duplicate of a val/test record is in that record's cluster, so it is not in train.)
 
@@ -58,14 +59,28 @@ def split_of(text: str, cfg: DedupConfig) -> str:
     return "test"
 
 
-def load_external(cfg: DedupConfig) -> list[dict]:
+def load_external(paths: list[str]) -> list[dict]:
+    """The items of the eval sets to keep out of training (Params.decontamination_files)."""
     items = []
-    for path in cfg.decontaminate_against:
+    for path in paths:
         try:
             items += load_eval_set(path)
         except EvalSetError as exc:
-            sys.exit(f"error: dedup.decontaminate_against: {exc}")
+            sys.exit(f"error: eval.exam_sets / dedup.decontaminate_against: {exc}")
     return items
+
+
+def too_few_train_rows(metrics: dict, cfg: DedupConfig, domain: str) -> str | None:
+    """Why the run stops here (before any model work), or None: a domain whose data leaves fewer
+    train rows than dedup.min_train_rows would go on to a teacher and a fine-tune on a handful
+    of examples."""
+    train = metrics["splits"].get("train", 0)
+    if train >= cfg.min_train_rows:
+        return None
+    return (f"dedup left {train} train rows of {metrics['input']} records (kept {metrics['kept']}: "
+            f"{metrics['splits']}), fewer than dedup.min_train_rows = {cfg.min_train_rows}, for domain "
+            f"{domain!r}. Add sites or pages to the domain (python -m pipeline.crawl <site> --preview shows "
+            "what a site yields), or lower dedup.min_train_rows knowingly; reports/dedup_clusters.md shows what was removed")
 
 
 def dedup(records: list[dict], external: list[dict], cfg: DedupConfig) -> tuple[list[dict], list[dict], dict, list[dict]]:
@@ -199,7 +214,7 @@ def main() -> None:
         sys.exit(f"error: no {CLEAN} (run prepare first: dvc repro prepare)")
     with CLEAN.open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    kept, removed, metrics, report = dedup(records, load_external(cfg), cfg)
+    kept, removed, metrics, report = dedup(records, load_external(params.decontamination_files()), cfg)
     write_jsonl(DEDUP_DIR / "split.jsonl", kept)
     write_jsonl(DEDUP_DIR / "removed.jsonl", removed)
     DEDUP_METRICS.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +224,9 @@ def main() -> None:
     print(f"dedup: kept {metrics['kept']} of {metrics['input']} ({metrics['exact_duplicates']} exact, "
           f"{metrics['near_duplicates']} near-duplicates, {metrics['decontaminated']} decontaminated) "
           f"in {metrics['seconds']} s; splits {metrics['splits']}")
+    problem = too_few_train_rows(metrics, cfg, params.domain)
+    if problem:
+        sys.exit(f"error: {problem}")
 
 
 if __name__ == "__main__":

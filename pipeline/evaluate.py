@@ -18,7 +18,7 @@ same prompts and sampling (greedy by default) for both:
   BFCL-style argument match (pipeline.scoring); then the conversation runs to its end: each
   search call runs on the real index (data/search/index.sqlite), the result goes back as the
   tool's turn, up to eval.max_tool_rounds times, and the final answer is scored;
-- exam:<name>: each file in eval.exam_sets, answered in words (generation accuracy, the option
+- exam:<name>: each file in eval.exam_sets and eval.general_sets, answered in words (generation accuracy, the option
   named in the answer; kept beside the log-likelihood figure, named as such).
 
 On every prompt set: think rate (one well-formed think block first), stop rate, and free-form
@@ -136,7 +136,7 @@ def eval_items(params: Params, split_path: Path | None = None, sft_dir: Path = S
         search = sorted((r for r in map(json.loads, f) if r["task"] == "search"), key=lambda r: r["id"])
     by_id = {r["id"]: r for r in questions}
     items += [tool_item(r, by_id) for r in search[:cfg.max_tool_prompts or None]]
-    for path in cfg.exam_sets:
+    for path in cfg.exam_files():
         items += [question_item(r, system, f"exam:{Path(path).stem}")
                   for r in exam_records(path)[:cfg.max_exam_prompts or None]]
     return items
@@ -147,7 +147,7 @@ def mc_sets(params: Params, split_path: Path | None = None) -> dict[str, list[di
     each exam set's (by file stem). Only items whose answer is one of their options."""
     test = sorted(load_split("test", *([split_path] if split_path else [])), key=lambda r: r["id"])
     sets = {"questions": test}
-    for path in params.eval.exam_sets:
+    for path in params.eval.exam_files():
         sets[Path(path).stem] = exam_records(path)
     return {name: [r for r in recs if r.get("options") and r.get("answer") in r["options"]]
             for name, recs in sets.items()}

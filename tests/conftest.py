@@ -62,14 +62,15 @@ def openai_reply(handler, model: str, text: str | list[str]) -> None:
 
 def compose_params(dest: Path, *overrides: str) -> Path:
     """Compose the real conf/ into `dest`/params.yaml, with Hydra overrides; the tiny profile
-    unless an override names another (the default profile, cpu, is for users' runs)."""
+    unless an override names another (the default profile, cpu, is for users' runs). The choice a
+    developer's own `make params` left in conf/selection/ is left out (~selection)."""
     from pipeline.params import compose
 
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / "params.yaml"
     if not any(o.startswith("profile=") for o in overrides):
         overrides = ("profile=tiny", *overrides)
-    compose(list(overrides), out=out, conf_dir=ROOT / "conf")
+    compose(["~selection", *overrides], out=out, conf_dir=ROOT / "conf")
     return out
 
 

@@ -14,10 +14,10 @@ from pipeline.config import ConfigError, load_params
 def test_default_profile_is_cpu_and_tests_pin_tiny(tmp_path):
     from pipeline.params import compose
 
-    compose([], out=tmp_path / "default.yaml", conf_dir=ROOT / "conf")
+    compose(["~selection"], out=tmp_path / "default.yaml", conf_dir=ROOT / "conf")
     default = load_params(tmp_path / "default.yaml")
     assert default.profile == "cpu" and default.model.source == "gguf" and default.teacher.prompt_format == "completion"
-    assert default.chat.think_from_explanation and default.synth.search_labels
+    assert default.chat.think_from_explanation and default.search_labels() == {"elements_qa": False, "bank_gbk": False}
     params = load_params(compose_params(tmp_path))
     assert params.profile == "tiny"
     assert params.model.source == "tiny"
@@ -110,7 +110,7 @@ def test_qwen_tiny_is_the_gpu_profile_with_tiny_sizes(tmp_path):
     ("judge=openai", ""),  # composes: the hosted judge's key comes from the environment
     ("judge.backend=openai", "judge.base_url: required for the openai backend"),
     ("teacher=openai +teacher.base_urls=[http://a/v1]", "teacher.base_url, base_urls: give one of them"),
-    ("eval.exam_sets=[evalsets/other.csv]", "eval.exam_sets: evalsets/other.csv not in dedup.decontaminate_against"),
+    ("eval.exam_sets=[/tmp/other.csv]", "eval.exam_sets[0]: '/tmp/other.csv' is not under evalsets/"),
     ("export.quant=[q8_0,q8_0]", "export.quant: a type is listed twice"),
     ("export.name=../x", "export.name: expected a file stem"),
     ("export.verify.min_quant_top1=1.5", "export.verify.min_quant_top1: expected a share in [0, 1]"),

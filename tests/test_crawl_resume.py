@@ -143,7 +143,7 @@ def test_a_new_site_needs_only_a_yaml_file(tmp_path):
         (conf / "site/glossary.yaml").write_text(GLOSSARY_YAML.format(start=f"{base}/glossary/1.html"))
         from pipeline.params import compose
 
-        compose(["profile=tiny", "+site@sites.glossary=glossary"], out=tmp_path / "params.yaml", conf_dir=conf)
+        compose(["~selection", "profile=tiny", "+site@sites.glossary=glossary"], out=tmp_path / "params.yaml", conf_dir=conf)
         run_stage("pipeline.crawl", tmp_path, args=["glossary"])
     items = [json.loads(line) for line in (tmp_path / "data/raw/glossary.jsonl").read_text().splitlines()]
     assert {it["id"]: (it["question"], it["answer"], it["kind"]) for it in items} == \

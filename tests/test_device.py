@@ -1,6 +1,6 @@
 """The device a profile asks for: a gpu profile on a machine whose torch cannot use CUDA fails in
 every stage that loads a model, before any work, naming the cause; the Trainer's arguments for
-each profile on CUDA; the profile `make repro` and `make train` keep; hub models offline once
+each profile on CUDA; the choice `make repro` and `make train` keep; hub models offline once
 cached."""
 
 from __future__ import annotations
@@ -119,19 +119,15 @@ def test_trainer_arguments_for_each_profile(profile, tmp_path, monkeypatch):
         assert cfg.qlora.enabled and cfg.gradient_checkpointing and cfg.qlora.compute_dtype == "bfloat16"
 
 
-def test_make_repro_and_train_keep_the_profile_last_composed(tmp_path):
-    from pipeline.params import kept_profile
-
-    params = compose_params(tmp_path, "profile=gpu")
-    conf = ROOT / "conf"
-    assert kept_profile([], params, conf) == ["profile=gpu"]
-    assert kept_profile(["train.epochs=1"], params, conf) == ["profile=gpu", "train.epochs=1"]
-    assert kept_profile(["profile=tiny"], params, conf) == ["profile=tiny"]  # PROFILE= given again wins
-    assert kept_profile([], tmp_path / "none.yaml", conf) == []  # nothing composed yet: the defaults
+def test_make_repro_and_train_keep_the_choice_make_params_made():
+    # the choice itself (conf/selection/current.yaml) is tested in test_domain.py
     dry = subprocess.run(["make", "-n", "train", "GPUS=2"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "pipeline.params --keep-profile" in dry and "DISTILLERY_NPROC=2" in dry
+    assert "pipeline.params --keep" in dry and "DISTILLERY_NPROC=2" in dry
     dry = subprocess.run(["make", "-n", "repro"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "pipeline.params --keep-profile" in dry
+    assert "pipeline.params --keep" in dry
+    dry = subprocess.run(["make", "-n", "params", "PROFILE=gpu", "DOMAIN=mine"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert "pipeline.params profile=gpu  domain=mine" in dry or "pipeline.params profile=gpu domain=mine" in dry
 
 
 def test_hub_models_download_once_then_stay_offline(tmp_path, monkeypatch):

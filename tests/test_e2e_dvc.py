@@ -153,7 +153,7 @@ def _check_batch(repo: Path, tmp_path: Path) -> None:
     assert "nothing to export" in out and not list((ws / "batch").glob("requests-*")), out
     answers = dict(sqlite3.connect(ws / "data/synth_cache/requests.sqlite").execute("SELECT key, outputs FROM responses"))
     engine = dict(sqlite3.connect(repo / "data/synth_cache/requests.sqlite").execute("SELECT key, outputs FROM responses"))
-    assert len(answers) > 10
+    assert len(answers) >= 8  # 4 sources a split; the closed-book banks' questions send no search request
     assert {k: engine.get(k) for k in answers} == answers
 
 

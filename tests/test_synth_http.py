@@ -44,10 +44,14 @@ def synth_workspace(crawled_workspace, tmp_path_factory) -> Path:
     return ws
 
 
+NO_SITE_LABELS = ("sites.elements_qa.search_label=null", "sites.bank_gbk.search_label=null")
+
+
 def _workspace(base: Path, dest: Path, *overrides: str) -> Path:
     shutil.copytree(base, dest)
+    # the scripted teacher decides every search: the sample domain's closed-book labels are lifted
     compose_params(dest, "sites.elements_qa.sample.port=0", "sites.bank_gbk.sample.port=0",
-                   "sites.standards.sample.port=0", "teacher=openai", *overrides)
+                   "sites.standards.sample.port=0", "teacher=openai", *NO_SITE_LABELS, *overrides)
     return dest
 
 

@@ -560,7 +560,7 @@ def test_early_stopping_ends_with_the_best_checkpoint(train_inputs, tmp_path):
     # vLLM cannot load DoRA adapters: evaluate says so and generates with transformers
     compose_params(ws, *SHORT_RUN, "train.early_stopping.patience=2", "train.early_stopping.threshold=10.0",
                    "train.lora.use_dora=true", "train.repeat.plain=2", "eval.max_questions=6", "eval.max_new_tokens=12",
-                   "eval.exam_sets=[evalsets/elements_exam.csv]", "eval.mc.framings=[plain]")
+                   "eval.exam_sets=[evalsets/elements_exam.csv]", "eval.general_sets=[]", "eval.mc.framings=[plain]")
     run_stage("pipeline.search_index", ws)  # evaluate runs the search conversations on it
     out = run_stage("pipeline.evaluate", ws).stdout
     assert "vLLM cannot load a DoRA adapter; generating with transformers" in out

@@ -99,7 +99,9 @@ class ApiSpider(SiteSpider):
         records = self.items_path.search(data)
         if not isinstance(records, list):
             self.count("broken/no_item_list")  # `api.items` finds no list in this response
+            self.extracted("api.items", 0, response.url)
             return
+        self.extracted("api.items", len(records), response.url)
         items = [self.item(record, response.url) for record in records]
         new_ids = {item["id"] for item in items} - self.seen_ids
         self.seen_ids |= new_ids

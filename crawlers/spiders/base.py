@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import email.utils
+import os
 import re
+import urllib.request
 import struct
 from urllib.parse import urljoin, urlsplit
 
@@ -36,9 +38,13 @@ def text_of(selection) -> str:
 def fetch_time(response) -> str:
     """When the page was fetched: the server's Date header, which a replay from the HTTP cache
     keeps, so a re-crawl of unchanged pages writes byte-identical items (and DVC reruns
-    nothing below it). Without the header, now."""
+    nothing below it); a file:// page's modification time. Otherwise, now."""
     date = response.headers.get(b"Date")
     when = None
+    if response.url.startswith("file://"):  # a folder of pages: the file's own time, as stable
+        with contextlib.suppress(OSError):
+            path = urllib.request.url2pathname(urlsplit(response.url).path)
+            when = dt.datetime.fromtimestamp(os.stat(path).st_mtime, dt.timezone.utc)
     if date:
         with contextlib.suppress(TypeError, ValueError):
             when = email.utils.parsedate_to_datetime(date.decode("latin-1"))
@@ -63,6 +69,19 @@ class SiteSpider(scrapy.Spider):
 
     def count(self, key: str, n: int = 1) -> None:
         self.crawler.stats.inc_value(f"distillery/{key}", n)
+
+    def extracted(self, extractor: str, n: int, url: str) -> None:
+        """What one extractor (a layout, the section splitter, the API's item list) gave on one
+        page: counted per extractor, with the first page where it gave nothing, so that a crawl
+        that keeps too few items can name the selector and a page to try it on."""
+        self.count(f"extracted/{extractor}", n)
+        if getattr(self, "preview", None) is not None:  # python -m pipeline.crawl <site> --preview
+            self.preview.setdefault(url, {})[extractor] = n
+        if n == 0:
+            self.count(f"matched_nothing/{extractor}")
+            key = f"distillery/first_page_without/{extractor}"
+            if self.crawler.stats.get_value(key) is None:
+                self.crawler.stats.set_value(key, url)
 
     async def start(self):
         if self.sitemap_urls:

@@ -19,12 +19,14 @@ class DocSpider(SiteSpider):
         number = re.compile(cfg["number_pattern"])
         doc_title = text_of(select(response, self.site["title"]))
         slug = response.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".html")
+        sections = 0
         for content in select(response, cfg["content"]):
             current, body = None, []
             for child in content.xpath("./*"):
                 tag = child.root.tag.lower() if isinstance(child.root.tag, str) else ""
                 if tag in headings:
                     if current:
+                        sections += 1
                         yield self.section(slug, doc_title, current, body)
                     heading = text_of(child.xpath(".//text()"))
                     match = number.match(heading)
@@ -35,7 +37,9 @@ class DocSpider(SiteSpider):
                     if paragraph:
                         body.append(paragraph)
             if current:
+                sections += 1
                 yield self.section(slug, doc_title, current, body)
+        self.extracted("sections", sections, response.url)
 
     def section(self, slug: str, doc_title: str, heading: tuple[str, str], body: list[str]) -> RawItem:
         number, title = heading

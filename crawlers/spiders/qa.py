@@ -19,8 +19,10 @@ class QASpider(SiteSpider):
 
     def items(self, response):
         title = text_of(select(response, self.site["title"]))
-        for layout in self.site["layouts"]:
-            for block in select(response, layout["item"]):
+        for i, layout in enumerate(self.site["layouts"]):
+            blocks = select(response, layout["item"])
+            self.extracted(f"layouts[{i}]", len(blocks), response.url)
+            for block in blocks:
                 yield self.item(block, layout, response, title)
 
     def question_text(self, block, layout) -> str:

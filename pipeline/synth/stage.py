@@ -225,7 +225,8 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache,
     # (the decision too, where no label fixes it), then the call runs on the real index.
     search_src = (questions + generated) if cfg.search.enabled else []
     by_id.update({r["id"]: r for r in generated})
-    labels = {r["id"]: tasks.search_label(r, cfg.search_labels.get(r.get("site"))) for r in search_src}
+    site_labels = params.search_labels()
+    labels = {r["id"]: tasks.search_label(r, site_labels.get(r.get("site"))) for r in search_src}
     search_reqs = [tasks.search_request(r, search_tpl.pick(r.get("lang")), cfg.search.sampling, cfg.seed, tcfg,
                                         label=labels[r["id"]][0], max_reason_chars=cfg.search.max_reason_chars)
                    for r in search_src if labels[r["id"]][0] is not False]

@@ -374,7 +374,7 @@ def parse_decision(output: str) -> tuple[dict | None, str | None]:
 
 def search_label(rec: dict, site_label: bool | None) -> tuple[bool | None, str]:
     """The search label of a question and where it comes from: the data's own (questions written
-    from documents need them), else the site's (synth.search_labels), else none (the teacher decides)."""
+    from documents need them), else the site's (sites.<name>.search_label, set by the domain), else none (the teacher decides)."""
     if rec.get("needs_search") is not None:
         return rec["needs_search"], "data"
     if site_label is not None:
