@@ -275,6 +275,10 @@ class SiteConfig:
     min_items: int = 1
     """The crawl stage fails when it keeps fewer items than this from the site (a layout or
     selector that matches nothing should not flow on into training as a thin dataset)."""
+    html_end_check: bool = True
+    """A page that opens <html> and has no </html> is taken as cut off in transfer: its last item
+    is dropped and counted (broken/truncated_html). False for sites that leave out the optional end
+    tags (SQLite's documentation does): `--preview` flags such pages."""
 
     def __post_init__(self) -> None:
         if self.min_items < 0:

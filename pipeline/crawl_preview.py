@@ -88,6 +88,9 @@ def render(name: str, site: SiteConfig, result: list[dict]) -> str:
     lines = []
     for i, entry in enumerate(result, 1):
         lines.append(f"page {i}/{len(result)}: {entry['url']} (HTTP {entry['status']})")
+        if entry["extracted"].pop("truncated", False):
+            lines.append("  no </html>: taken as cut off in transfer, its last item dropped (broken/truncated_html); "
+                         f"if the site leaves out end tags, set sites.{name}.html_end_check: false")
         for extractor, n in sorted(entry["extracted"].items()):
             lines.append(f"  {extractor} ({extractor_selector(site, extractor)}): matched {n}")
         for item in entry["items"]:

@@ -126,8 +126,11 @@ class SiteSpider(scrapy.Spider):
             return
         body = response.body.lower()
         truncated = b"<html" in body[:1024] and b"</html>" not in body  # cut off in transfer
+        truncated = truncated and self.site.get("html_end_check", True)
         if truncated:
             self.count("broken/truncated_html")
+            if getattr(self, "preview", None) is not None:
+                self.preview.setdefault(response.url, {})["truncated"] = True
         page_items = list(self.items(response))
         if truncated and page_items:
             page_items.pop()  # the last item on a cut page is the one that was cut
