@@ -768,6 +768,12 @@ def reset_peak(dev: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def failed(fig: dict, errors: list[str], what: str, exc: Exception) -> None:
+    """One model variant's step failed: its figure says why and where, the step's errors name it."""
+    fig.update(status="failed", error=f"{type(exc).__name__}: {exc}", where=traceback.format_exc()[-1500:])
+    errors.append(f"{what}: {type(exc).__name__}: {exc}")
+
+
 def sync(dev: str) -> None:
     import torch
 
@@ -901,8 +907,7 @@ def step_heldout_and_mc(ws: Path, device_arg: str) -> dict:
                 rows_by[key] = rows
                 del model
             except Exception as exc:
-                fig.update(status="failed", error=f"{type(exc).__name__}: {exc}", where=traceback.format_exc()[-1500:])
-                errors.append(f"{which} {key}: {type(exc).__name__}: {exc}")
+                failed(fig, errors, f"{which} {key}", exc)
             per[key] = fig
         if REFERENCE in rows_by and len(rows_by) > 1:
             per["agreement_with_" + REFERENCE] = {key: mc_agreement(rows_by[key], rows_by[REFERENCE], per[key], per[REFERENCE])
@@ -973,8 +978,7 @@ def step_generation(ws: Path, device_arg: str, n_prompts: int = 6) -> dict:
                 texts[key] = [r.outputs[0] if r.outputs else None for r in results]
                 del engine
             except Exception as exc:
-                fig.update(status="failed", error=f"{type(exc).__name__}: {exc}", where=traceback.format_exc()[-1500:])
-                errors.append(f"{which} {key}: {type(exc).__name__}: {exc}")
+                failed(fig, errors, f"{which} {key}", exc)
             per[key] = fig
         if REFERENCE in texts and len(texts) > 1:
             ref = texts[REFERENCE]
