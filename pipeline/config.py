@@ -541,6 +541,10 @@ class SynthConfig:
     """Questions and sections per split the teacher gets (plain rows use all); 0: all."""
     qgen_pairs: int
     """Question-answer pairs asked for per document section."""
+    fewshot_dir: str
+    """The folder of few-shot templates whose worked examples a profile's few-shot prompts name
+    (`${synth.fewshot_dir}/think.txt`): the domain's examples (a domain sets it; default:
+    conf/synth/prompts/fewshot/neutral, examples that name no subject)."""
     think: SynthTaskConfig
     search: SynthTaskConfig
     qgen: SynthTaskConfig

@@ -54,8 +54,8 @@ from pipeline.engines import Result, TransformersEngine, VLLMEngine
 from pipeline.evalsets import EvalSetError, load_eval_set
 from pipeline.device import require as require_device
 from pipeline.models import adapter_trains_tokens, load_for_scoring, merge, vllm_lora_rank
-from pipeline.paths import ADAPTER_DIR, BASE_DIR, EVAL_METRICS, EVAL_REPORT_DIR, INDEX, SFT_DIR
-from pipeline.records import encode_records, load_split
+from pipeline.paths import ADAPTER_DIR, BASE_DIR, EVAL_METRICS, EVAL_REPORT_DIR, INDEX, SFT_DIR, SPLIT
+from pipeline.records import encode_records, load_split, test_questions
 from pipeline.request_cache import Request
 from pipeline.search import SearchIndex, execute_call
 
@@ -126,7 +126,7 @@ def exam_records(path: str) -> list[dict]:
 
 def eval_items(params: Params, split_path: Path | None = None, sft_dir: Path = SFT_DIR) -> list[dict]:
     cfg, system = params.eval, params.chat.system_prompt
-    questions = sorted(load_split("test", *([split_path] if split_path else [])), key=lambda r: r["id"])
+    questions, _ = test_questions(split_path or SPLIT, sft_dir)
     think = params.chat.think_from_explanation
     items = [question_item(r, system, "questions", think) for r in questions[:cfg.max_questions or None]]
     test_rows = sft_dir / "test.jsonl"
@@ -145,7 +145,7 @@ def eval_items(params: Params, split_path: Path | None = None, sft_dir: Path = S
 def mc_sets(params: Params, split_path: Path | None = None) -> dict[str, list[dict]]:
     """The multiple-choice items scored by log-likelihood: the test split's (`questions`) and
     each exam set's (by file stem). Only items whose answer is one of their options."""
-    test = sorted(load_split("test", *([split_path] if split_path else [])), key=lambda r: r["id"])
+    test, _ = test_questions(split_path or SPLIT)
     sets = {"questions": test}
     for path in params.eval.exam_files():
         sets[Path(path).stem] = exam_records(path)
@@ -408,9 +408,11 @@ def evaluate(params: Params, device: str = "cpu") -> tuple[dict, list[dict], lis
     torch.manual_seed(params.seed)
     cfg = params.eval
     tokenizer = AutoTokenizer.from_pretrained(ADAPTER_DIR)  # the tokenizer saved with the adapter
-    test = sorted(load_split("test"), key=lambda r: r["id"])
+    test, source = test_questions()
     if not test:
-        raise SystemExit("error: the test split is empty; check dedup.splits.test in params.yaml")
+        raise SystemExit(f"error: no test questions: the test split of {SPLIT} holds no question, and the teacher "
+                         f"wrote none from its sections ({SFT_DIR / 'test.jsonl'} has no valid qgen row); check "
+                         "dedup.splits.test in params.yaml, and synth's qgen rejects in metrics/synth.json")
     items = eval_items(params)
     sets = mc_sets(params)
     shots = likelihood.pick_shots(load_split("train"), cfg.mc.shots)
@@ -459,6 +461,8 @@ def evaluate(params: Params, device: str = "cpu") -> tuple[dict, list[dict], lis
     metrics = {
         "backend": backend,
         "test_examples": len(examples),
+        # a domain of documents only: the questions are the teacher's, from held-out sections
+        **({"test_questions_from": "teacher (qgen rows of the test split's sections)"} if source == "teacher" else {}),
         "test_tokens": tokens,
         "prompts": {s: sum(it["set"] == s for it in items) for s in sorted({it["set"] for it in items})},
         "skipped_too_long": skipped,

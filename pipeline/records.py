@@ -1,6 +1,8 @@
 """Reading the records that flow between stages, and turning them into token ids.
 
 - split records (dedup's data/dedup/split.jsonl): `load_split` gives one split's questions;
+  `test_questions` the questions evaluation asks (for a domain of documents only, those the
+  teacher wrote from the test split's sections);
 - SFT rows (synth's data/sft/*.jsonl): `load_sft`, and `encode_rows` tokenises them with their
   declared tools;
 - a crawled question as a conversation (`encode_records`): what the held-out loss is measured on.
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from pipeline import chat
 from pipeline.paths import SFT_DIR, SPLIT
+from pipeline.text import is_cjk
 
 
 def load_split(split: str, split_path: Path = SPLIT) -> list[dict]:
@@ -24,6 +27,27 @@ def load_split(split: str, split_path: Path = SPLIT) -> list[dict]:
     with split_path.open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     return [r for r in records if r["split"] == split and r["kind"] in ("mcq", "qa")]
+
+
+def test_questions(split_path: Path = SPLIT, sft_dir: Path = SFT_DIR) -> tuple[list[dict], str]:
+    """The held-out questions evaluation and export's check ask, sorted by id, and where they come
+    from: the test split's crawled (or imported) questions, `crawl`; where the domain has none (a
+    domain of documents only), `teacher`: the questions the teacher wrote from the test split's
+    sections (its valid qgen rows in data/sft/test.jsonl), held out by the same cluster-aware
+    split, as records (id, question, answer citing the section, clause, url)."""
+    crawled = sorted(load_split("test", split_path), key=lambda r: r["id"])
+    if crawled or not (sft_dir / "test.jsonl").exists():
+        return crawled, "crawl"
+    records = []
+    for row in load_sft("test", sft_dir):
+        if row["task"] != "qgen" or not row.get("valid", True):
+            continue
+        question, answer = (m["content"] for m in row["messages"][1:3])
+        records.append({"id": row["id"].removeprefix("qgen/"), "kind": "qa", "question": question, "answer": answer,
+                        "options": {}, "explanation": "", "lang": "zh" if is_cjk(question) else "en",
+                        "url": row["urls"][0], "split": "test", "source_ids": row["source_ids"],
+                        "clause": (row.get("provenance") or {}).get("clause", ""), "chapter": ""})
+    return sorted(records, key=lambda r: r["id"]), "teacher"
 
 
 def load_sft(split: str, sft_dir: Path = SFT_DIR) -> list[dict]:

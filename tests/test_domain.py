@@ -196,3 +196,74 @@ def test_a_folder_of_pages_is_a_site_and_crawls_to_the_same_bytes(tmp_path):
     assert (ws / "data/raw/handbook.jsonl").read_bytes() == first  # fetched_at: the files' own time
     proc = run_stage("pipeline.crawl", ws, args=["handbook", "--preview"])
     assert set(_item_lines(proc.stdout)) == {i["id"] for i in items}
+
+
+def test_few_shot_examples_are_the_domains_and_neutral_ones_fit_every_template(conf_copy, tmp_path):
+    """The cpu profile's few-shot prompts take their worked examples from the domain's folder: the
+    sample keeps today's files at today's paths; any other domain gets examples that name no
+    subject of the sample's, with the same placeholders, so every task renders."""
+    import string
+
+    from pipeline.params import compose
+
+    paths = {}
+    for domain in ("sample", "handbook"):
+        out = tmp_path / f"{domain}.yaml"
+        compose(["~selection", "profile=cpu", f"domain={domain}"], out=out, conf_dir=conf_copy)
+        synth = load_params(out).synth
+        paths[domain] = {t: getattr(synth, t).template for t in ("think", "search", "search_answer", "qgen")}
+        paths[domain]["think.zh"] = synth.think.templates_by_lang["zh"]
+    assert paths["sample"]["think"] == "conf/synth/prompts/fewshot/think.txt"
+    assert paths["sample"]["think.zh"] == "conf/synth/prompts/fewshot/think.zh.txt"
+    assert paths["handbook"]["qgen"] == "conf/synth/prompts/fewshot/neutral/qgen.txt"
+
+    def placeholders(path: str) -> set[str]:
+        text = (ROOT / path).read_text(encoding="utf-8")
+        return {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)} - {None}
+
+    sample_words = ("element", "atomic", "proton", "oxidi", "cylinder", "DX ", "GB/", "standard", "元素", "气瓶")
+    for task, path in paths["handbook"].items():
+        assert placeholders(path) == placeholders(paths["sample"][task]), task
+        text = (ROOT / path).read_text(encoding="utf-8")
+        assert not text.endswith("\n"), f"{path}: a completion prompt ends where the teacher goes on"
+        assert not [w for w in sample_words if w.lower() in text.lower()], path
+
+
+def test_a_documents_only_domain_is_evaluated_on_the_teachers_held_out_questions(tmp_path):
+    """No crawled question in the test split: evaluation (and export's check) asks the questions
+    the teacher wrote from the test split's sections, and the search prompts; a crawled test
+    question, where there is one, comes first and alone."""
+    from pipeline.evaluate import eval_items
+    from pipeline.records import test_questions
+
+    params = load_params(compose_params(tmp_path, "eval.exam_sets=[]", "eval.general_sets=[]"))
+    split, sft = tmp_path / "split.jsonl", tmp_path / "sft"
+    sft.mkdir()
+    docs = [{"id": f"h/doc#{i}", "kind": "doc", "split": s, "text": f"Section {i}", "url": f"http://x/{i}"}
+            for i, s in enumerate(["train", "test"])]
+    split.write_text("".join(json.dumps(d) + "\n" for d in docs))
+
+    def row(task, rid, question, answer, valid=True):
+        return {"id": f"{task}/{rid}", "task": task, "split": "test", "source_ids": ["h/doc#1"], "urls": ["http://x/1"],
+                "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": question},
+                             {"role": "assistant", "content": answer}],
+                "tools": [], "provenance": {"clause": "2.1"}, "valid": valid,
+                "search": {"needs_search": True, "query": "backup keep"}}
+
+    rows = [row("qgen", "h/doc#1/q0", "How many backups does the tool keep?", "At most 14 (2.1)."),
+            row("qgen", "h/doc#1/q1", "Where are the backups written?", "To /var/backups (2.1).")]
+    rows.append(row("search", "h/doc#1/q0", rows[0]["messages"][1]["content"], "At most 14 (2.1)."))
+    (sft / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    questions, source = test_questions(split, sft)
+    assert source == "teacher"
+    assert [(q["id"], q["answer"], q["clause"]) for q in questions] == [
+        ("h/doc#1/q0", "At most 14 (2.1).", "2.1"), ("h/doc#1/q1", "To /var/backups (2.1).", "2.1")]
+    items = eval_items(params, split, sft)
+    assert sorted((it["set"], it["source_id"]) for it in items) == [
+        ("questions", "h/doc#1/q0"), ("questions", "h/doc#1/q1"), ("tools", "h/doc#1")]
+    assert items[0]["reference_answer"] == "At most 14 (2.1)."
+    # a crawled test question: the domain has a question bank, and only its questions are asked
+    with split.open("a") as f:
+        f.write(json.dumps({"id": "h/q9", "kind": "qa", "split": "test", "question": "Q?", "answer": "A",
+                            "options": {}, "explanation": "", "url": "http://x/q9"}) + "\n")
+    assert [q["id"] for q in test_questions(split, sft)[0]] == ["h/q9"]

@@ -48,7 +48,7 @@ from pipeline.gguf_tools import gguf_name
 from pipeline.parity import (Reference, compare_logits, first_difference, llama_logits, llama_piece, load_llama,
                              tokenizer_parity)
 from pipeline.paths import EXPORT_METRICS, FULL_DIR, MERGED_DIR, QUANT_DIR, SFT_TEST, SPLIT
-from pipeline.records import load_split
+from pipeline.records import test_questions
 from pipeline.search import SEARCH_TOOL
 
 # Fixed strings for tokenizer parity: scripts, digits, whitespace runs and every tag.
@@ -307,7 +307,7 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
 def verify_prompts(ref: Reference, params: Params, split_path: Path = SPLIT) -> tuple[list[list[int]], list[list[dict]], int]:
     """The first export.verify.prompts test questions (by id) as chat prompts that fit n_ctx."""
     cfg = params.export.verify
-    records = sorted(load_split("test", split_path), key=lambda r: r["id"])
+    records, _ = test_questions(split_path)
     prompts, conversations, skipped = [], [], 0
     for rec in records:
         if len(prompts) == cfg.prompts:
