@@ -151,7 +151,8 @@ class SectionsConfig:
     """How the document spider splits a page into sections by its headings."""
 
     content: str
-    """The element holding the document (its direct children are headings and body)."""
+    """The element holding the document (its direct children are headings and body); where it
+    matches nested elements (Sphinx's <section>s), each is split on its own."""
     headings: str
     """Tag names of the section headings, outermost first (h2,h3,h4)."""
     number_pattern: str

@@ -267,3 +267,31 @@ def test_a_documents_only_domain_is_evaluated_on_the_teachers_held_out_questions
         f.write(json.dumps({"id": "h/q9", "kind": "qa", "split": "test", "question": "Q?", "answer": "A",
                             "options": {}, "explanation": "", "url": "http://x/q9"}) + "\n")
     assert [q["id"] for q in test_questions(split, sft)[0]] == ["h/q9"]
+
+
+def test_nested_sections_of_a_sphinx_page_are_split_each_on_its_own(tmp_path):
+    """Sphinx (Debian Policy, Python's docs) nests <section>s: each is a section, and its text is
+    not repeated in the one around it."""
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    (folder / "ch-files.html").write_text(
+        '<html><head><title>Files</title></head><body><div class="body"><section id="files">'
+        '<h1>10. Files<a class="headerlink" href="#files">¶</a></h1><p>Intro to files.</p>'
+        '<section id="binaries"><h2>10.1. Binaries<a class="headerlink" href="#binaries">¶</a></h2>'
+        "<p>Binaries must be stripped.</p>"
+        '<section id="suid"><h3>10.1.1. Setuid<a class="headerlink" href="#suid">¶</a></h3><p>Rarely.</p></section>'
+        "</section><p>After the binaries.</p></section></div></body></html>")
+    params_path = compose_params(tmp_path / "ws")
+    params = yaml.safe_load(params_path.read_text())
+    site = params["sites"]["standards"]
+    site.update(sample=None, start_urls=[(folder / "ch-files.html").as_uri()], allowed_domains=[], follow="",
+                title="title::text", sections={"content": "div.body section", "headings": "h1,h2,h3",
+                                               "number_pattern": r"^\s*(\d+(?:\.\d+)*)\.?\s+(.+?)\s*¶?$"})
+    params["sites"] = {"policy": site}
+    params_path.write_text(yaml.safe_dump(params, allow_unicode=True))
+    run_stage("pipeline.crawl", tmp_path / "ws", args=["policy"])
+    items = [json.loads(line) for line in (tmp_path / "ws/data/raw/policy.jsonl").read_text().splitlines()]
+    assert sorted((i["section"], i["title"], i["text"]) for i in items) == [
+        ("10", "Files", "Intro to files.\nAfter the binaries."),
+        ("10.1", "Binaries", "Binaries must be stripped."),
+        ("10.1.1", "Setuid", "Rarely.")]

@@ -20,9 +20,15 @@ class DocSpider(SiteSpider):
         doc_title = text_of(select(response, self.site["title"]))
         slug = response.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".html")
         sections = 0
-        for content in select(response, cfg["content"]):
+        contents = select(response, cfg["content"])
+        # nested containers (Sphinx's <section> in <section>): each is split on its own, and its
+        # text is not part of the section around it
+        nested = {c.root for c in contents}
+        for content in contents:
             current, body = None, []
             for child in content.xpath("./*"):
+                if child.root in nested:
+                    continue
                 tag = child.root.tag.lower() if isinstance(child.root.tag, str) else ""
                 if tag in headings:
                     if current:
