@@ -101,6 +101,8 @@ def unique_ids(items: list[dict]) -> tuple[dict[str, dict], int]:
 def crawl(name: str, site: SiteConfig, raw_dir: Path = RAW_DIR, cache_dir: Path = HTTP_CACHE_DIR,
           state_dir: Path = CRAWL_STATE_DIR, crawl_cfg: CrawlConfig | None = None) -> dict:
     """Crawl one site; returns its metrics. Writes <raw_dir>/<name>.jsonl."""
+    # the stage's DVC output, there even when empty: a site of file:// pages caches nothing
+    (cache_dir / name).mkdir(parents=True, exist_ok=True)
     if site.scheduler == "redis":
         return crawl_distributed(name, site, crawl_cfg or CrawlConfig(), raw_dir, cache_dir, state_dir)
     from scrapy import signals

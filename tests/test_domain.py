@@ -194,6 +194,7 @@ def test_a_folder_of_pages_is_a_site_and_crawls_to_the_same_bytes(tmp_path):
     shutil.rmtree(ws / "data/httpcache", ignore_errors=True)  # (file:// pages are not cached anyway)
     run_stage("pipeline.crawl", ws, args=["handbook"])
     assert (ws / "data/raw/handbook.jsonl").read_bytes() == first  # fetched_at: the files' own time
+    assert (ws / "data/httpcache/handbook").is_dir()  # the stage's DVC output, empty
     proc = run_stage("pipeline.crawl", ws, args=["handbook", "--preview"])
     assert set(_item_lines(proc.stdout)) == {i["id"] for i in items}
 
