@@ -168,6 +168,7 @@ def _metrics(name: str, stats: dict, finish_reason: str | None, resumed: bool, i
         "id_collisions": collisions,
         "ids_repeated_on_page": stats.get("distillery/id_repeated_on_page", 0),
         "sitemap_urls_skipped": stats.get("distillery/sitemap_urls_skipped", 0),
+        "links_outside_folder": stats.get("distillery/links_outside_folder", 0),
         "dropped": prefixed("distillery/dropped/"),
         "broken": prefixed("distillery/broken/"),
         "images_skipped": stats.get("distillery/images_skipped", 0),

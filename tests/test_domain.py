@@ -167,7 +167,9 @@ def test_a_folder_of_pages_is_a_site_and_crawls_to_the_same_bytes(tmp_path):
     for n, terms in ((1, range(1, 4)), (2, range(4, 7))):
         entries = "".join(f'<dt id="t{i}">What does the term {i} of the handbook mean?</dt><dd>It means thing {i}.</dd>'
                           for i in terms)
-        older = '<a class="older" href="2.html">Older</a>' if n == 1 else ""
+        # page 2's links leave the folder: to the web, and up to the folder above
+        older = ('<a class="older" href="2.html">Older</a>' if n == 1 else
+                 '<a class="older" href="https://example.invalid/3.html">3</a><a class="older" href="../4.html">4</a>')
         end = "</body></html>" if n == 1 else ""  # page 2 leaves out the optional end tags, as SQLite's docs do
         (folder / f"{n}.html").write_text(f"<html><head><title>Terms {n}</title></head><body>"
                                           f'<dl class="glossary">{entries}</dl>{older}{end}')
@@ -195,6 +197,8 @@ def test_a_folder_of_pages_is_a_site_and_crawls_to_the_same_bytes(tmp_path):
     run_stage("pipeline.crawl", ws, args=["handbook"])
     assert (ws / "data/raw/handbook.jsonl").read_bytes() == first  # fetched_at: the files' own time
     assert (ws / "data/httpcache/handbook").is_dir()  # the stage's DVC output, empty
+    metrics = json.loads((ws / "metrics/crawl/handbook.json").read_text())
+    assert (metrics["links_outside_folder"], metrics["broken"], metrics["pages"]) == (2, {}, 2)
     proc = run_stage("pipeline.crawl", ws, args=["handbook", "--preview"])
     assert set(_item_lines(proc.stdout)) == {i["id"] for i in items}
 

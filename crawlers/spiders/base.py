@@ -66,6 +66,21 @@ class SiteSpider(scrapy.Spider):
         self.start_urls = [urljoin(base_url, u) if base_url else u for u in site["start_urls"]]
         self.sitemap_urls = [urljoin(base_url, u) if base_url else u for u in site["sitemap_urls"]]
         self.sitemap_rules = [re.compile(rule) for rule in site["sitemap_rules"]]
+        # a folder of pages (every start URL file://): links are followed only inside the folder
+        # the start URLs are in, never out to the web or elsewhere on the disk
+        starts = self.start_urls + self.sitemap_urls
+        self.folder = (os.path.commonpath([os.path.dirname(urlsplit(u).path) for u in starts])
+                       if starts and all(urlsplit(u).scheme == "file" for u in starts) else None)
+
+    def follows(self, url: str) -> bool:
+        """Is a link followed? Not when it leaves a folder site's folder (counted)."""
+        if self.folder is None:
+            return True
+        parts = urlsplit(url)
+        inside = parts.scheme == "file" and os.path.normpath(parts.path).startswith(self.folder.rstrip("/") + "/")
+        if not inside:
+            self.count("links_outside_folder")
+        return inside
 
     def count(self, key: str, n: int = 1) -> None:
         self.crawler.stats.inc_value(f"distillery/{key}", n)
@@ -138,7 +153,8 @@ class SiteSpider(scrapy.Spider):
         for key in ("follow", "next_page"):
             if self.site[key]:
                 for href in select(response, self.site[key]).getall():
-                    yield response.follow(href, callback=self.parse, errback=self.on_error)
+                    if self.follows(response.urljoin(href)):
+                        yield response.follow(href, callback=self.parse, errback=self.on_error)
 
     def stamped(self, response, page_items: list):
         """A page's items with what every item carries: where and when it was fetched, the
