@@ -33,7 +33,6 @@ def preview(name: str, site: SiteConfig, urls: list[str] = (), pages: int = 5) -
     from scrapy import signals
     from scrapy.crawler import CrawlerProcess
 
-
     cache = HTTP_CACHE_DIR / name  # never touched: the cache is off and the sample's check is skipped
     found: dict[str, dict] = {}
     order: list[str] = []
@@ -114,8 +113,10 @@ def main(name: str, site: SiteConfig, args: list[str]) -> None:
     pages = 5
     if "--pages" in args:
         at = args.index("--pages")
-        pages = int(args[at + 1])
+        value = args[at + 1] if at + 1 < len(args) else ""
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"error: --pages wants a number of pages (1 or more), got {value or 'nothing'!r}")
+        pages = int(value)
         args = args[:at] + args[at + 2:]
     result = preview(name, site, args, pages=pages)
     print(render(name, site, result))
-
