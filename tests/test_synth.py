@@ -95,6 +95,32 @@ def test_search_rows_call_the_local_index_or_answer_directly(crawled_workspace, 
     index.close()
 
 
+def test_a_reasoning_that_writes_the_templates_fields_is_a_template_echo():
+    # the labels come from the template: each example's fields, in its own language, and the
+    # final-answer labels; a label of one passage ("Warranty:") is not a field
+    en = (ROOT / "conf/synth/prompts/fewshot/neutral/think.txt").read_text(encoding="utf-8")
+    zh = (ROOT / "conf/synth/prompts/fewshot/neutral/think.zh.txt").read_text(encoding="utf-8")
+    labels, zh_labels = tasks.template_labels(en), tasks.template_labels(zh)
+    assert {"Question", "Passages", "Correct answer", "Reasoning", "Answer"} <= set(labels)
+    assert "Warranty" not in labels and {"题目", "资料", "正确答案", "推理", "答案"} <= set(zh_labels)
+
+    def judge(rec, output, labels=labels):
+        return tasks.judge_candidate(rec, output, emits_tags=False, prefilled=False, hint="answer", min_f1=0.5,
+                                     labels=labels)["reason"]
+
+    # what a small teacher wrote on the SQLite manual: the answer right, the fields over and over
+    assert judge(EN, "Iron is element 26.\nAnswer: 26\nReasoning: Iron is element 26.\nAnswer: 26") == "template_echo"
+    assert judge(EN, "Iron is element 26.\nCorrect answer: 26\nAnswer: 26") == "template_echo"
+    assert judge(EN, "Result: Answer: 26\nAnswer: 26") == "template_echo"
+    assert judge(ZH, "铁是第26号元素。\n推理：铁是第26号元素。\n答案：26", zh_labels) == "template_echo"
+    # a reasoning that only concludes, in words the template's fields are not, is kept
+    assert judge(EN, "Iron is element 26, so the answer is 26.\nAnswer: 26") is None
+    assert judge(EN, "The question asks for Iron's atomic number: it is 26.\nAnswer: 26") is None
+    assert judge(ZH, "铁是第26号元素，所以答案是26。\n答案：26", zh_labels) is None
+    # without the template's labels (a caller that passes none) nothing is checked
+    assert judge(EN, "Iron is element 26.\nReasoning: 26\nAnswer: 26", ()) is None
+
+
 def test_cache_keys_cover_model_prompt_sampling_seed_and_schema(tmp_path):
     base = Request(messages=(("user", "q"),), n=1, temperature=0.7, top_p=0.95, max_tokens=64, seed=1)
     key = base.key("m")

@@ -247,8 +247,9 @@ def test_transformers_backend_samples_n_and_refuses_an_overlong_prompt(synth_wor
 class _VerifyingTeacher(http.server.BaseHTTPRequestHandler):
     """A teacher whose first candidate is never kept and whose second is right. Think and
     search-answer prompts (no gold shown: hint none) get two candidates: the first ends at a
-    wrong answer, or (every other source) states the gold as its answer after reasoning to
-    another (think_answer_mismatch); the second reasons to the gold. Questions whose length is a
+    wrong answer, or (every third source) states the gold as its answer after reasoning to
+    another (think_answer_mismatch), or (every third) is right but writes the template's fields
+    over again (template_echo); the second reasons to the gold. Questions whose length is a
     multiple of 3 get two wrong candidates (no row). With `prefill` the teacher
     writes tags and its completions start inside the think block, as a reasoning model's do
     when its template prefills `<think>`. Decisions and qgen pairs are well-formed JSON."""
@@ -277,14 +278,17 @@ class _VerifyingTeacher(http.server.BaseHTTPRequestHandler):
         if len(question) % 3 == 0:  # a question the teacher never gets right: no row, two rejects
             first, second = f"No.\nAnswer: {wrong}", f"Still no.\nAnswer: {wrong}"
         elif any("\u4e00" <= c <= "\u9fff" for c in question):
-            first = f"不是这个。\nAnswer: {wrong}" if len(cls.prompts) % 2 else f"所以答案是{wrong}。\nAnswer: {gold}"
+            first = [f"不是这个。\nAnswer: {wrong}", f"所以答案是{wrong}。\nAnswer: {gold}",
+                     f"得到{gold}。\n答案：{gold}\n推理：得到{gold}。\nAnswer: {gold}"][len(cls.prompts) % 3]
             second = f"✓ 一步步推理，得到{gold}。\nAnswer: {gold}"
         else:
-            first = (f"It is not that one.\nAnswer: {wrong}" if len(cls.prompts) % 2
-                     else f"Weighing it all, the answer is {wrong}.\nAnswer: {gold}")
+            first = [f"It is not that one.\nAnswer: {wrong}", f"Weighing it all, the answer is {wrong}.\nAnswer: {gold}",
+                     # right, but it goes on writing the template's fields (template_echo)
+                     f"It comes to {gold}.\nAnswer: {gold}\nReasoning: it comes to {gold}.\nAnswer: {gold}"
+                     ][len(cls.prompts) % 3]
             second = f"✓ Step by step it comes to {gold}.\nAnswer: {gold}"
-        if cls.prefill:
-            first, second = (t.replace("\nAnswer:", "</think>\nAnswer:") for t in (first, second))
+        if cls.prefill:  # the last answer line follows the think block
+            first, second = ("</think>\nAnswer:".join(t.rsplit("\nAnswer:", 1)) for t in (first, second))
         openai_reply(self, body["model"], [first, second][:body.get("n", 1)])
 
     def log_message(self, *args):
@@ -335,15 +339,17 @@ def test_verified_traces_keep_the_first_candidate_that_reaches_the_gold(synth_wo
             assert r["messages"][-1]["content"].startswith("<think>\n✓ ")
         rejected = collections.Counter(r["reject_reason"] for r in rows if r["task"] == task and not r["valid"]
                                        and r["split"] != "test")
-        assert set(rejected) == {"wrong_answer", "think_answer_mismatch"} and min(rejected.values()) >= 1, rejected
+        assert set(rejected) == {"wrong_answer", "think_answer_mismatch", "template_echo"}, rejected
         figures = metrics["verify"][task].values()
         sources = sum(v["sources"] for v in figures)
         assert sources > len(kept)  # some questions had no candidate that reached the gold: no row
         # a kept source's first candidate and both of a hopeless one's, each rejected once with its reason
         assert rejected.total() == 2 * sources - len(kept)
         for v in figures:
-            assert v["candidates"] == 2 * v["sources"] and v["pass@1"]["k"] == v["pass@n"]["k"] == v["yield"]["k"], v
-            assert set(v["rejects"]) <= {"wrong_answer", "think_answer_mismatch"}
+            assert v["candidates"] == 2 * v["sources"] and v["pass@n"]["k"] == v["yield"]["k"], v
+            # a candidate that echoes the template reached the gold (pass@1) but makes no row
+            assert v["pass@1"]["k"] == v["yield"]["k"] + v["rejects"].get("template_echo", 0), v
+            assert set(v["rejects"]) <= {"wrong_answer", "think_answer_mismatch", "template_echo"}
         assert sum(v["yield"]["k"] for v in figures) == len(kept)
     assert len({r["id"] for r in rows}) == len(rows)
     # only sources without a gold answer are unverifiable: the sections qgen writes from

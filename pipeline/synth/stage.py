@@ -157,8 +157,9 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache,
             verification.add(task, rec.get("lang"), None, False, res)
             add(task, rec, [], res, tpl, req)
             return None
+        labels = tasks.template_labels(tpl.pick(rec.get("lang")).text)
         verdicts = [tasks.judge_candidate(rec, text, emits_tags=tcfg.emits_tags, prefilled=prefilled,
-                                          hint=task_cfg.hint, min_f1=cfg.verify.min_f1) for text in res]
+                                          hint=task_cfg.hint, min_f1=cfg.verify.min_f1, labels=labels) for text in res]
         kept = next((k for k, v in enumerate(verdicts) if v["reason"] is None), None)
         verification.add(task, rec.get("lang"), verdicts, kept is not None)
         for k, v in enumerate(verdicts if kept is None else verdicts[:kept]):

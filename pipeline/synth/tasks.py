@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import re
 import unicodedata
@@ -141,6 +143,33 @@ _CONCLUSION = re.compile(r"(?:the answer is|answer:|therefore|thus|hence|so it i
 _LETTER = re.compile(r"(?:answer is|answer:|option|choice|答案[是为：:]?|选项?)\s*[（(]?([A-H])(?![A-Za-z])", re.I)
 
 
+# A field label at the start of a template's line: "Question:", "Correct answer:", "推理：".
+_LABEL_LINE = re.compile(r"^[ \t]*([^\W\d_][^\n:：$\[\]]{0,29}?)[ \t]*[:：]", re.M)
+_FINAL_LABELS = ("Answer", "Final answer", "答案", "最终答案")
+
+
+@functools.lru_cache(maxsize=64)
+def template_labels(text: str) -> tuple[str, ...]:
+    """The field labels of a few-shot template: those that start two of its lines or more (each
+    example and the slot the teacher fills repeat them), and the final-answer labels the
+    candidates are parsed by. Taken from the template, so a domain's own template (any language)
+    brings its own."""
+    counts = collections.Counter(m.group(1).strip() for m in _LABEL_LINE.finditer(text))
+    return tuple(sorted({label for label, n in counts.items() if n >= 2} | set(_FINAL_LABELS)))
+
+
+def echoed_label(reasoning: str, labels: tuple[str, ...]) -> str | None:
+    """The first template label a reasoning writes as a field ("Answer:", "Correct answer:" at a
+    line's start or after a space or a sentence's end), else None. A small teacher that goes on
+    writing the template's next example, or its fields over again, writes them; a student trained
+    on such a row learns to loop "Reasoning: ... Answer: ..." instead of ending its turn."""
+    if not labels:
+        return None
+    found = re.search(r"(?:^|(?<=[\s.,;!?。，；！？)）]))(" + "|".join(map(re.escape, sorted(labels, key=len, reverse=True)))
+                      + r")[ \t]*[:：]", reasoning)
+    return found.group(1) if found else None
+
+
 def reopen_think(output: str) -> str:
     """A completion of a template that opens the think block in the prompt: the opening tag
     the prompt already held goes back in front, so the output parses like any other."""
@@ -206,11 +235,12 @@ def concluded_answer(reasoning: str, rec: dict) -> str | None:
 
 
 def judge_candidate(rec: dict, output: str, *, emits_tags: bool, prefilled: bool, hint: str,
-                    min_f1: float) -> dict:
+                    min_f1: float, labels: tuple[str, ...] = ()) -> dict:
     """One candidate against its source's gold answer: {"content" (the assistant turn), "verified"
     (its final answer gives the gold and its reasoning concludes no other), "reason" (None when it
     makes a row)}. Reasons: the format's (unbalanced_tags, missing_think, empty_think), no_final_answer
-    (hint none and no answer line), wrong_answer, think_answer_mismatch, wrong_language."""
+    (hint none and no answer line), wrong_answer, think_answer_mismatch, wrong_language, and
+    template_echo (the reasoning writes one of `labels`, the template's fields: template_labels)."""
     out = {"content": "", "verified": False, "reason": None, "final": None}
     reasoning, final, reason = split_candidate(output, emits_tags, prefilled)
     if reason:
@@ -240,6 +270,8 @@ def judge_candidate(rec: dict, output: str, *, emits_tags: bool, prefilled: bool
     reason = chat.validate_assistant(content, lang=rec.get("lang"))
     if reason is None and rec.get("lang") and not chat.language_matches(reasoning, rec["lang"]):
         reason = "wrong_language"
+    if reason is None and echoed_label(reasoning, labels):
+        reason = "template_echo"
     return {**out, "content": content, "reason": reason}
 
 
