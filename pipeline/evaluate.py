@@ -55,7 +55,7 @@ from pipeline.evalsets import EvalSetError, load_eval_set
 from pipeline.device import require as require_device
 from pipeline.models import adapter_trains_tokens, load_for_scoring, merge, vllm_lora_rank
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, EVAL_METRICS, EVAL_REPORT_DIR, INDEX, SFT_DIR, SPLIT
-from pipeline.records import encode_records, load_split, test_questions
+from pipeline.records import encode_records, load_split, test_questions, written_test_questions
 from pipeline.request_cache import Request
 from pipeline.search import SearchIndex, execute_call
 
@@ -126,9 +126,14 @@ def exam_records(path: str) -> list[dict]:
 
 def eval_items(params: Params, split_path: Path | None = None, sft_dir: Path = SFT_DIR) -> list[dict]:
     cfg, system = params.eval, params.chat.system_prompt
-    questions, _ = test_questions(split_path or SPLIT, sft_dir)
+    questions, source = test_questions(split_path or SPLIT, sft_dir)
     think = params.chat.think_from_explanation
     items = [question_item(r, system, "questions", think) for r in questions[:cfg.max_questions or None]]
+    if source == "crawl":
+        # beside the crawled questions, those the teacher wrote from the test split's sections
+        # (a domain whose question bank is small and whose documents are many is judged on both)
+        items += [question_item(r, system, "written", think)
+                  for r in written_test_questions(sft_dir)[:cfg.max_questions or None]]
     test_rows = sft_dir / "test.jsonl"
     if not test_rows.exists():
         sys.exit(f"error: no {test_rows} (run the synth stage first: dvc repro synth)")

@@ -36,8 +36,17 @@ def test_questions(split_path: Path = SPLIT, sft_dir: Path = SFT_DIR) -> tuple[l
     sections (its valid qgen rows in data/sft/test.jsonl), held out by the same cluster-aware
     split, as records (id, question, answer citing the section, clause, url)."""
     crawled = sorted(load_split("test", split_path), key=lambda r: r["id"])
-    if crawled or not (sft_dir / "test.jsonl").exists():
+    if crawled:
         return crawled, "crawl"
+    written = written_test_questions(sft_dir)
+    return (written, "teacher") if written else ([], "crawl")
+
+
+def written_test_questions(sft_dir: Path = SFT_DIR) -> list[dict]:
+    """The questions the teacher wrote from the test split's sections (its valid qgen rows in
+    sft_dir/test.jsonl), as records sorted by id; none when there is no such file."""
+    if not (sft_dir / "test.jsonl").exists():
+        return []
     records = []
     for row in load_sft("test", sft_dir):
         if row["task"] != "qgen" or not row.get("valid", True):
@@ -47,7 +56,7 @@ def test_questions(split_path: Path = SPLIT, sft_dir: Path = SFT_DIR) -> tuple[l
                         "options": {}, "explanation": "", "lang": "zh" if is_cjk(question) else "en",
                         "url": row["urls"][0], "split": "test", "source_ids": row["source_ids"],
                         "clause": (row.get("provenance") or {}).get("clause", ""), "chapter": ""})
-    return sorted(records, key=lambda r: r["id"]), "teacher"
+    return sorted(records, key=lambda r: r["id"])
 
 
 def load_sft(split: str, sft_dir: Path = SFT_DIR) -> list[dict]:

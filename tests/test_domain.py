@@ -236,8 +236,8 @@ def test_few_shot_examples_are_the_domains_and_neutral_ones_fit_every_template(c
 
 def test_a_documents_only_domain_is_evaluated_on_the_teachers_held_out_questions(tmp_path):
     """No crawled question in the test split: evaluation (and export's check) asks the questions
-    the teacher wrote from the test split's sections, and the search prompts; a crawled test
-    question, where there is one, comes first and alone."""
+    the teacher wrote from the test split's sections, and the search prompts; where the domain
+    has crawled test questions too, those are the `questions` set and the teacher's are `written`."""
     from pipeline.evaluate import eval_items
     from pipeline.records import test_questions
 
@@ -267,11 +267,18 @@ def test_a_documents_only_domain_is_evaluated_on_the_teachers_held_out_questions
     assert sorted((it["set"], it["source_id"]) for it in items) == [
         ("questions", "h/doc#1/q0"), ("questions", "h/doc#1/q1"), ("tools", "h/doc#1")]
     assert items[0]["reference_answer"] == "At most 14 (2.1)."
-    # a crawled test question: the domain has a question bank, and only its questions are asked
+    # a crawled test question: the domain has a question bank; its questions are the held-out
+    # loss's and the `questions` set, and the teacher's are asked beside them as `written`
     with split.open("a") as f:
         f.write(json.dumps({"id": "h/q9", "kind": "qa", "split": "test", "question": "Q?", "answer": "A",
                             "options": {}, "explanation": "", "url": "http://x/q9"}) + "\n")
     assert [q["id"] for q in test_questions(split, sft)[0]] == ["h/q9"]
+    items = eval_items(params, split, sft)
+    assert sorted((it["set"], it["source_id"]) for it in items) == [
+        ("questions", "h/q9"), ("tools", "h/doc#1"), ("written", "h/doc#1/q0"), ("written", "h/doc#1/q1")]
+    # eval.max_questions caps each set
+    capped = load_params(compose_params(tmp_path, "eval.exam_sets=[]", "eval.general_sets=[]", "eval.max_questions=1"))
+    assert [it["source_id"] for it in eval_items(capped, split, sft) if it["set"] == "written"] == ["h/doc#1/q0"]
 
 
 def test_nested_sections_of_a_sphinx_page_are_split_each_on_its_own(tmp_path):

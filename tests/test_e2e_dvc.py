@@ -160,6 +160,10 @@ def _check_batch(repo: Path, tmp_path: Path) -> None:
 def _check_evaluation(repo: Path) -> None:
     """Every metric computed for base and tuned; predictions, judgments, report and plots written."""
     metrics = json.loads((repo / "metrics/eval.json").read_text())
+    sft_test = [json.loads(line) for line in (repo / "data/sft/test.jsonl").read_text().splitlines()]
+    # the teacher's questions from the test split's sections are asked beside the crawled ones
+    written = {"written"} if any(r["task"] == "qgen" and r["valid"] for r in sft_test) else set()
+    sets = {"questions", "tools", "exam:elements_exam", "exam:general_mc"} | written
     assert metrics["backend"] == "vllm" and metrics["tuned"]["loss"] < metrics["base"]["loss"]
     # The tuned model learned its end-of-turn token: most greedy generations stop on their own.
     assert metrics["tuned"]["stop_rate"] > 0.5 >= metrics["base"]["stop_rate"]
@@ -179,7 +183,7 @@ def _check_evaluation(repo: Path) -> None:
                     assert entry["ci95"][0] <= entry["acc"] <= entry["ci95"][1]
         assert m["mc"]["general_mc"]["plain"]["0shot"]["n"] >= 100
         assert metrics["prompts"]["exam:general_mc"] == 16  # eval.max_exam_prompts: answered in words
-        assert set(m["think"]["by_set"]) == {"questions", "tools", "exam:elements_exam", "exam:general_mc"}
+        assert set(m["think"]["by_set"]) == sets
         assert all({"rate", "n", "ci95"} <= set(v) for v in m["think"]["by_set"].values())
         assert all({"exact", "contains", "f1", "n"} <= set(v) for v in m["free_form"].values())
         answer = m["search_answer"]
@@ -192,7 +196,7 @@ def _check_evaluation(repo: Path) -> None:
     assert {"mc.general_mc.plain.0shot.acc", "think.questions", "search_answer"} <= set(comparison)
     assert all({"delta", "ci95", "p_value", "significant"} <= set(c) for c in comparison.values())
     rows = [json.loads(line) for line in (repo / "reports/eval/predictions.jsonl").read_text().splitlines()]
-    assert {r["set"] for r in rows} == {"questions", "tools", "exam:elements_exam", "exam:general_mc"}
+    assert {r["set"] for r in rows} == sets
     assert all(r["source_url"] for r in rows)  # lineage: back to the page or the eval-set line
     # a parsed call went on to a search and another turn (tests/test_evaluate.py scripts the model);
     # the random tiny model's calls are rarely JSON, and those end the turn, as in the chat client
