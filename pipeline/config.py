@@ -276,6 +276,9 @@ class SiteConfig:
     min_items: int = 1
     """The crawl stage fails when it keeps fewer items than this from the site (a layout or
     selector that matches nothing should not flow on into training as a thin dataset)."""
+    question_prefix: str = ""
+    """A regular expression: its match at the start of a question is removed (a FAQ's numbering,
+    "(12) How do I ...": `'\\(\\d+\\)\\s*'`); "" keeps the question as the page writes it."""
     html_end_check: bool = True
     """A page that opens <html> and has no </html> is taken as cut off in transfer: its last item
     is dropped and counted (broken/truncated_html). False for sites that leave out the optional end
@@ -295,6 +298,10 @@ class SiteConfig:
                 re.compile(rule)
             except re.error as exc:
                 raise ConfigError(f"sitemap_rules[{i}]: {rule!r} is not a regular expression: {exc}") from None
+        try:
+            re.compile(self.question_prefix)
+        except re.error as exc:
+            raise ConfigError(f"question_prefix: {self.question_prefix!r} is not a regular expression: {exc}") from None
 
 
 @dataclass

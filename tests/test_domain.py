@@ -293,17 +293,52 @@ def test_nested_sections_of_a_sphinx_page_are_split_each_on_its_own(tmp_path):
         "<p>Binaries must be stripped.</p>"
         '<section id="suid"><h3>10.1.1. Setuid<a class="headerlink" href="#suid">¶</a></h3><p>Rarely.</p></section>'
         "</section><p>After the binaries.</p></section></div></body></html>")
-    params_path = compose_params(tmp_path / "ws")
-    params = yaml.safe_load(params_path.read_text())
-    site = params["sites"]["standards"]
-    site.update(sample=None, start_urls=[(folder / "ch-files.html").as_uri()], allowed_domains=[], follow="",
-                title="title::text", sections={"content": "div.body section", "headings": "h1,h2,h3",
-                                               "number_pattern": r"^\s*(\d+(?:\.\d+)*)\.?\s+(.+?)\s*¶?$"})
-    params["sites"] = {"policy": site}
-    params_path.write_text(yaml.safe_dump(params, allow_unicode=True))
-    run_stage("pipeline.crawl", tmp_path / "ws", args=["policy"])
-    items = [json.loads(line) for line in (tmp_path / "ws/data/raw/policy.jsonl").read_text().splitlines()]
+    items = _crawl_one_site(tmp_path / "ws", "standards", "policy", [], sample=None,
+                            start_urls=[(folder / "ch-files.html").as_uri()], allowed_domains=[], follow="",
+                            title="title::text", sections={"content": "div.body section", "headings": "h1,h2,h3",
+                                                           "number_pattern": r"^\s*(\d+(?:\.\d+)*)\.?\s+(.+?)\s*¶?$"})
     assert sorted((i["section"], i["title"], i["text"]) for i in items) == [
         ("10", "Files", "Intro to files.\nAfter the binaries."),
         ("10.1", "Binaries", "Binaries must be stripped."),
         ("10.1.1", "Setuid", "Rarely.")]
+
+
+def test_a_faqs_numbering_is_cut_from_its_questions(tmp_path):
+    """The SQLite example's FAQ layout on a page of that shape: "(N) question" in bold after an
+    anchor, the answer in a blockquote; question_prefix cuts the numbering, and a question
+    without one is kept as written."""
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    (folder / "faq.html").write_text(
+        "<html><head><title>FAQ</title></head><body>"
+        '<a name="q1"></a><p><b>(1) How do I back up a database?</b></p><blockquote>Use the backup API.</blockquote>'
+        '<a name="q12"></a><p><b>(12) Is (the file) locked?</b></p><blockquote>Only while writing.</blockquote>'
+        '<a name="q13"></a><p><b>Why (not) threads?</b></p><blockquote>They are hard to get right.</blockquote>'
+        "</body></html>")
+    # the example domain's own setting, on the page
+    items = _crawl_one_site(tmp_path / "ws", "sqlite_faq", "faq", ["domain=sqlite"],
+                            start_urls=[(folder / "faq.html").as_uri()], min_items=1)
+    assert sorted((i["id"], i["question"], i["answer"]) for i in items) == [
+        ("faq/q1", "How do I back up a database?", "Use the backup API."),
+        ("faq/q12", "Is (the file) locked?", "Only while writing."),
+        ("faq/q13", "Why (not) threads?", "They are hard to get right.")]
+    # a pattern that is not one is refused when params.yaml is read, naming the key
+    params_path = tmp_path / "ws/params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    assert params["sites"]["faq"]["question_prefix"] == r"\(\d+\)\s*"  # conf/site/sqlite_faq.yaml's
+    params["sites"]["faq"]["question_prefix"] = "(\\d+"
+    params_path.write_text(yaml.safe_dump(params, allow_unicode=True))
+    with pytest.raises(Exception, match="question_prefix"):
+        load_params(params_path)
+
+
+def _crawl_one_site(ws, conf_site: str, name: str, overrides: list[str], **changes) -> list[dict]:
+    """Crawl one site, `conf_site` of the composed params with `changes`, as `name`; its items."""
+    params_path = compose_params(ws, *overrides)
+    params = yaml.safe_load(params_path.read_text())
+    site = params["sites"][conf_site]
+    site.update(changes)
+    params["sites"] = {name: site}
+    params_path.write_text(yaml.safe_dump(params, allow_unicode=True))
+    run_stage("pipeline.crawl", ws, args=[name])
+    return [json.loads(line) for line in (ws / f"data/raw/{name}.jsonl").read_text().splitlines()]

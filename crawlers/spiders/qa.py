@@ -48,6 +48,8 @@ class QASpider(SiteSpider):
         if prefix and answer.startswith(prefix):
             answer = answer[len(prefix):].strip()
         question = self.question_text(block, layout)
+        if self.site["question_prefix"]:
+            question = re.sub("^(?:" + self.site["question_prefix"] + ")", "", question).strip()
         item_id = select(block, layout["id"]).get() if layout["id"] else None
         if not item_id:
             path = urlparse(response.url).path
