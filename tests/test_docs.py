@@ -41,8 +41,9 @@ def test_readme_is_a_front_door_and_every_link_lands():
     written = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")}
     generated = {"results.md", "reference/configuration.md"}
     assert listed == written | generated, (listed ^ (written | generated))
-    # the README's pages are the docs' pages: each docs page is linked from the README
-    assert {p for p in written if f"docs/{p}" not in links} <= {"index.md"}
+    # each docs page is linked from the README (the sections that moved are one click away); a
+    # dated study is cited from the pages whose figures it holds
+    assert {p for p in written if f"docs/{p}" not in links and not p.startswith("studies/")} <= {"index.md"}
 
 
 def test_the_site_builds_strictly_with_its_generated_pages(tmp_path):
