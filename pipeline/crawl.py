@@ -343,7 +343,7 @@ def crawl_distributed(name: str, site: SiteConfig, cfg: CrawlConfig, raw_dir: Pa
         waiting.append(f"worker(s) {', '.join(running)} did not finish")
     missing = [w for w in state.workers() if finished.get(w) != "lost" and not (st / f"worker-{w}.stats.json").exists()]
     if missing:
-        waiting.append(f"no files of worker(s) {', '.join(missing)} in {st}: copy them here (README)")
+        waiting.append(f"no files of worker(s) {', '.join(missing)} in {st}: copy them here (docs/scaling.md)")
     items, stats = _merge_workers(st)
     items, collisions = unique_ids(items)
     _write_raw(raw_dir, name, items)

@@ -56,7 +56,7 @@ def cuda_problem() -> str | None:
         return f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) finds no GPU; {where}"
     return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} and torch.cuda.is_available() is "
             f"False with NVIDIA driver {driver} (CUDA 13 needs driver 580 or newer; check CUDA_VISIBLE_DEVICES); "
-            "install a torch built for your driver's CUDA (README: Installing on a GPU machine)")
+            "install a torch built for your driver's CUDA (docs/gpus.md: Installing on a GPU machine)")
 
 
 def resolve(setting: str, what: str) -> str:
