@@ -20,6 +20,9 @@ import yaml
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline.report import rate_cell  # noqa: E402
+from pipeline.stats import rate  # noqa: E402
 
 
 def on_files(files, config):
@@ -38,11 +41,8 @@ def _load(root: Path, rel: str):
 
 
 def _pct(rate: dict | None) -> str:
-    """A rate as share (k/n) [95% interval], the form every rate a user reads takes."""
-    if not rate or not rate.get("n"):
-        return "n/a"
-    lo, hi = rate["ci95"]
-    return f"{100 * rate['rate']:.1f}% ({rate['k']}/{rate['n']}) [{100 * lo:.1f}, {100 * hi:.1f}]"
+    """A rate as share (k/n) [95% interval], as the report writes every rate."""
+    return rate_cell(rate["rate"], rate["n"], rate["ci95"], rate["k"]) if rate else "n/a"
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -96,19 +96,20 @@ def results_page(root: Path) -> str:
         rows = []
         for name, g in export["gguf"].items():
             fmt, logits = g.get("format") or {}, g.get("logits") or {}
-            top1 = (f"{100 * g['top1_agreement']:.1f}% ({logits.get('agree')}/{logits.get('positions')})"
-                    if g.get("top1_agreement") is not None else "n/a")
-            rows.append([name, f"{g.get('size_mib', 0):.0f}", top1,
-                         f"{fmt.get('think_rate', 0) * fmt.get('question_prompts', 0):.0f}/{fmt.get('question_prompts', 0)}",
+            top1 = _pct(rate(logits["agree"], logits["positions"])) if logits.get("positions") else "n/a"
+            asked = fmt.get("question_prompts", 0)
+            think = _pct(rate(round(fmt.get("think_rate", 0) * asked), asked)) if asked else "n/a"
+            rows.append([name, f"{g.get('size_mib', 0):.0f}", top1, think,
                          "passed" if g.get("passed") else "failed: " + "; ".join(g.get("problems") or [])])
-        parts += ["## Export", "", f"Served by `make serve-gguf`: `{export.get('served')}`.", "",
-                  _table(["GGUF", "MiB", "top-1 agreement with the merged model", "think blocks", "verdict"], rows), ""]
+        parts += ["## Export", "", f"Served by `make serve-gguf`: `{(export.get('served') or {}).get('file', 'none passed')}`.", "",
+                  _table(["GGUF", "MiB", "top-1 agreement with the merged model (positions)",
+                          "think blocks (question prompts)", "verdict"], rows), ""]
     report = _load(root, "reports/eval.md")
     if report:
         body = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 1) + " ", report, flags=re.M)
         body = re.sub(r"^## .*\n", "", body, count=1)  # the report's own title
         parts += ["## Base vs tuned (reports/eval.md)", "", body.strip(), ""]
-    if len(parts) <= 6:
+    if not any((prepare, synth, train, export, report)):
         parts += ["No run's files here yet: run `make repro` (or `dvc pull`), then `make docs`.", ""]
     return "\n".join(parts)
 
@@ -161,7 +162,6 @@ def _value(params: dict, path: list[str]):
 
 
 def configuration_page() -> str:
-    sys.path.insert(0, str(ROOT))
     from pipeline.config import Params
 
     params_path = ROOT / "params.yaml"

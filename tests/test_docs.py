@@ -70,11 +70,17 @@ def test_results_come_from_the_runs_files(tmp_path):
         "rows": {"think": {"valid": 7, "rejected": 3}},
         "verify": {"think": {"en": {"pass@1": _rate(5, 8), "pass@n": _rate(3, 4), "yield": _rate(3, 4),
                                     "rejects": {"template_echo": 2, "wrong_answer": 1}}}, "unverifiable": {}}}))
+    (tmp_path / "metrics/export.json").write_text(json.dumps({
+        "served": {"type": "q8_0", "file": "models/gguf/quant/x-q8_0.gguf"},
+        "gguf": {"q8_0": {"size_mib": 278.0, "logits": {"agree": 90, "positions": 100},
+                          "format": {"question_prompts": 6, "think_rate": 0.5}, "passed": True, "problems": []}}}))
     (tmp_path / "reports/eval.md").write_text("# Distillery: base vs tuned\n\n## Did tuning help?\n\n| a | b |\n")
     page = docs_hooks.results_page(tmp_path)
     assert "domain `mydocs`" in page and "`faq`" in page
     assert "| think, en | 62.5% (5/8) [10.0, 90.0] | 75.0% (3/4) [10.0, 90.0] | 75.0% (3/4) [10.0, 90.0] | " \
            "template_echo 2, wrong_answer 1 |" in page
+    assert "Served by `make serve-gguf`: `models/gguf/quant/x-q8_0.gguf`." in page
+    assert "| q8_0 | 278 | 90.0% (90/100) [" in page and "| 50.0% (3/6) [" in page
     assert "### Did tuning help?" in page and "base vs tuned\n\n## Did" not in page
 
 
