@@ -161,7 +161,7 @@ METHODS = {"distillery": run_distillery, "baseline": run_baseline, "datasketch-f
 
 
 def _child(method: str, corpus: Path, out: Path) -> None:
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
 
     cfg = load_params(ROOT / "params.yaml").dedup
     texts = json.loads(corpus.read_text(encoding="utf-8"))
@@ -182,7 +182,7 @@ def main() -> None:
         _child(args.child[0], Path(args.child[1]), Path(args.child[2]))
         return
 
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
 
     cfg = load_params(ROOT / "params.yaml").dedup
     shingling = minhash.Shingling(cfg.shingle, cfg.char_ngram, cfg.word_ngram)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import minhash  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config.params import load_params  # noqa: E402
 
 
 def _free_port() -> int:

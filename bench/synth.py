@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
 
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.synth import tasks
     from pipeline.engines import TransformersEngine, VLLMEngine
     from pipeline.request_cache import RequestCache

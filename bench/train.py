@@ -64,7 +64,7 @@ def word_tokenizer(vocab: int):
 
 def train_config(path: Path, steps: int, batch: int, packing: bool, qlora: bool):
     """The real conf/ composed (default profile) with the bench's shape: one evaluation, at the end."""
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.params import compose
 
     compose([f"train={'qlora' if qlora else 'lora'}", f"train.max_steps={steps}", f"train.packing={packing}",

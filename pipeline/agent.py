@@ -23,7 +23,10 @@ import sys
 import uuid
 
 from pipeline import chat
-from pipeline.config import Params, load_or_exit
+from pipeline.config import Sections, sections_or_exit
+from pipeline.config.chat import ChatConfig
+from pipeline.config.search import SearchConfig
+from pipeline.config.serve import ServeConfig
 from pipeline.paths import INDEX
 from pipeline.search import SEARCH_TOOL, SearchIndex, execute_call
 
@@ -79,12 +82,12 @@ def read_reply(message) -> tuple[str | None, list[dict], list[str], str]:
     return parsed["think"], calls, invalid, parsed["answer"]
 
 
-def execute(call: dict, index: SearchIndex, params: Params) -> str:
+def execute(call: dict, index: SearchIndex, params: Sections) -> str:
     """The tool response for one call: search results, or what is wrong with the call."""
     return execute_call(call, index, params.search.top_k, params.search.snippet_chars)
 
 
-def ask(client, model: str, messages: list[dict], index: SearchIndex, params: Params, printer: Printer) -> str:
+def ask(client, model: str, messages: list[dict], index: SearchIndex, params: Sections, printer: Printer) -> str:
     """One user turn (already the last of `messages`): call the model, execute its searches,
     send their results back, until it answers. Appends every turn to `messages`; returns the answer."""
     cfg = params.serve
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-url", help="OpenAI-compatible endpoint (default: http://serve.host:serve.port/v1)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     args = parser.parse_args(argv)
-    params = load_or_exit()
+    params = sections_or_exit(chat=ChatConfig, search=SearchConfig, serve=ServeConfig)
     cfg = params.serve
     try:
         index = SearchIndex(INDEX)

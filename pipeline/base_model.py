@@ -27,7 +27,9 @@ import tempfile
 from pathlib import Path
 
 from pipeline import chat
-from pipeline.config import ModelConfig, TinyModelConfig, load_or_exit
+from pipeline.config import Device, sections_or_exit
+from pipeline.config.chat import ChatConfig
+from pipeline.config.model import ModelConfig, TinyModelConfig
 from pipeline.device import require as require_device
 from pipeline.hub import offline_when_cached
 from pipeline.models import NEW_TOKENS
@@ -325,7 +327,7 @@ def build(cfg: ModelConfig, seed: int, system_prompt: str, out_dir: Path = BASE_
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(seed=int, device=Device, chat=ChatConfig, model=ModelConfig)
     require_device(params.device, "base_model")
     offline_when_cached([params.model.hf_id if params.model.source == "hf" else None])
     report = build(params.model, params.seed, params.chat.system_prompt, template=params.chat.template)

@@ -40,7 +40,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.config import CrawlConfig, SiteConfig, load_or_exit
+from pipeline.config import sections_or_exit
+from pipeline.config.crawl import CrawlConfig, SiteConfig
 from pipeline.paths import CRAWL_METRICS_DIR, CRAWL_STATE_DIR, HTTP_CACHE_DIR, RAW_DIR
 from pipeline.scrapy_setup import extractor_selector, sample_for, scrapy_settings, serve_sample, spider_class
 CLEAN_STOP = "stopped-cleanly"
@@ -358,7 +359,7 @@ def crawl_distributed(name: str, site: SiteConfig, cfg: CrawlConfig, raw_dir: Pa
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(sites=dict[str, SiteConfig], crawl=CrawlConfig)
     args = sys.argv[1:]
     if not args or args[0] not in params.sites or args[1:2] not in ([], ["--worker"], ["--preview"]):
         sys.exit(f"usage: python -m pipeline.crawl SITE [--worker | --preview [--pages N] [URL ...]], "

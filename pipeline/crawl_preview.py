@@ -15,7 +15,7 @@ import dataclasses
 from contextlib import ExitStack
 from urllib.parse import urljoin
 
-from pipeline.config import SiteConfig
+from pipeline.config.crawl import SiteConfig
 from pipeline.paths import HTTP_CACHE_DIR
 from pipeline.scrapy_setup import extractor_selector, sample_for, scrapy_settings, serve_sample, spider_class
 

@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 
 from pipeline import minhash
-from pipeline.config import DedupConfig, load_or_exit
+from pipeline.config import sections_or_exit
+from pipeline.config.dedup import DedupConfig, decontamination_files
+from pipeline.config.eval import EvalConfig
 from pipeline.evalsets import EvalSetError, load_eval_set
 from pipeline.paths import CLEAN, DEDUP_DIR, DEDUP_METRICS, DEDUP_REPORT
 
@@ -60,7 +62,7 @@ def split_of(text: str, cfg: DedupConfig) -> str:
 
 
 def load_external(paths: list[str]) -> list[dict]:
-    """The items of the eval sets to keep out of training (Params.decontamination_files)."""
+    """The items of the eval sets to keep out of training (pipeline.config.dedup.decontamination_files)."""
     items = []
     for path in paths:
         try:
@@ -208,13 +210,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(domain=str, dedup=DedupConfig, eval=EvalConfig)
     cfg = params.dedup
     if not CLEAN.exists():
         sys.exit(f"error: no {CLEAN} (run prepare first: dvc repro prepare)")
     with CLEAN.open(encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    kept, removed, metrics, report = dedup(records, load_external(params.decontamination_files()), cfg)
+    kept, removed, metrics, report = dedup(records, load_external(decontamination_files(params.eval, params.dedup)), cfg)
     write_jsonl(DEDUP_DIR / "split.jsonl", kept)
     write_jsonl(DEDUP_DIR / "removed.jsonl", removed)
     DEDUP_METRICS.parent.mkdir(parents=True, exist_ok=True)

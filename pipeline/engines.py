@@ -39,10 +39,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from pipeline.config import TeacherConfig
 from pipeline.request_cache import Request
+
+if TYPE_CHECKING:  # annotations only: the section is read by the stage that passes it
+    from pipeline.config.teacher import TeacherConfig
 
 
 @dataclass

@@ -49,7 +49,11 @@ import tempfile
 from pathlib import Path
 
 from pipeline import chat, likelihood, scoring, stats
-from pipeline.config import EvalConfig, Params, load_or_exit
+from pipeline.config import Device, Sections, sections_or_exit
+from pipeline.config.chat import ChatConfig
+from pipeline.config.eval import EvalConfig
+from pipeline.config.search import SearchConfig
+from pipeline.config.train import TrainConfig
 from pipeline.engines import Result, TransformersEngine, VLLMEngine
 from pipeline.evalsets import EvalSetError, load_eval_set
 from pipeline.device import require as require_device
@@ -124,7 +128,7 @@ def exam_records(path: str) -> list[dict]:
         sys.exit(f"error: eval.exam_sets: {exc}")
 
 
-def eval_items(params: Params, split_path: Path | None = None, sft_dir: Path = SFT_DIR) -> list[dict]:
+def eval_items(params: Sections, split_path: Path | None = None, sft_dir: Path = SFT_DIR) -> list[dict]:
     cfg, system = params.eval, params.chat.system_prompt
     questions, source = test_questions(split_path or SPLIT, sft_dir)
     think = params.chat.think_from_explanation
@@ -147,7 +151,7 @@ def eval_items(params: Params, split_path: Path | None = None, sft_dir: Path = S
     return items
 
 
-def mc_sets(params: Params, split_path: Path | None = None) -> dict[str, list[dict]]:
+def mc_sets(params: Sections, split_path: Path | None = None) -> dict[str, list[dict]]:
     """The multiple-choice items scored by log-likelihood: the test split's (`questions`) and
     each exam set's (by file stem). Only items whose answer is one of their options."""
     test, _ = test_questions(split_path or SPLIT)
@@ -160,7 +164,7 @@ def mc_sets(params: Params, split_path: Path | None = None) -> dict[str, list[di
 
 # --- knowledge: multiple choice by log-likelihood -----------------------------------------
 
-def mc_run(model, tokenizer, params: Params, sets: dict[str, list[dict]], shots: list[dict],
+def mc_run(model, tokenizer, params: Sections, sets: dict[str, list[dict]], shots: list[dict],
            model_name: str) -> tuple[dict, list[dict]]:
     """mc.<set>.<framing>.<k>shot figures of one model, and one row per item and setting."""
     model.eval()
@@ -197,7 +201,7 @@ def _model_turn(output: str) -> str:
     return output.split(chat.IM_END, 1)[0]
 
 
-def converse(generate, tokenizer, items: list[dict], params: Params, index: SearchIndex | None) -> list[dict]:
+def converse(generate, tokenizer, items: list[dict], params: Sections, index: SearchIndex | None) -> list[dict]:
     """Every item's first answer; for items with tools declared, the conversation run on: while
     the model calls the search tool (and eval.max_tool_rounds allows), each call runs on the
     index and its result is the next turn. Items whose prompt does not fit come back as None."""
@@ -251,7 +255,7 @@ def converse(generate, tokenizer, items: list[dict], params: Params, index: Sear
     return out
 
 
-def generate_all(params: Params, backend: str, tokenizer, items: list[dict], work_dir: Path,
+def generate_all(params: Sections, backend: str, tokenizer, items: list[dict], work_dir: Path,
                  device: str = "cpu") -> dict[str, list]:
     """`converse` for base and tuned with the same prompts and sampling, through pipeline.engines:
     vLLM with the adapter as a LoRA module on the same engine; vLLM on the adapter merged into a
@@ -406,7 +410,7 @@ def comparisons(rows: list[dict], mc_rows: list[dict], metrics: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def evaluate(params: Params, device: str = "cpu") -> tuple[dict, list[dict], list[dict]]:
+def evaluate(params: Sections, device: str = "cpu") -> tuple[dict, list[dict], list[dict]]:
     import torch
     from transformers import AutoTokenizer
 
@@ -502,7 +506,7 @@ def write_outputs(metrics: dict, rows: list[dict], mc_rows: list[dict], report_d
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(seed=int, device=Device, chat=ChatConfig, search=SearchConfig, train=TrainConfig, eval=EvalConfig)
     metrics, rows, mc_rows = evaluate(params, require_device(params.device, "evaluate"))
     write_outputs(metrics, rows, mc_rows)
     b, t = metrics["base"], metrics["tuned"]

@@ -9,9 +9,12 @@ import json
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import chat
-from pipeline.config import ExportConfig
+
+if TYPE_CHECKING:  # annotations only: the section is read by the stage that passes it
+    from pipeline.config.export import ExportConfig
 
 
 def gguf_name(name: str, kind: str) -> str:

@@ -29,7 +29,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import DatasetConfig, load_or_exit
+from pipeline.config import sections_or_exit
+from pipeline.config.datasets import DatasetConfig
 from pipeline.paths import IMPORT_METRICS_DIR, IMPORTED_DIR
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -381,7 +382,7 @@ def import_dataset(name: str, cfg: DatasetConfig) -> tuple[list[dict], dict]:
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(datasets=dict[str, DatasetConfig])
     if len(sys.argv) != 2 or sys.argv[1] not in params.datasets:
         listed = ", ".join(params.datasets) or "none configured (datasets: in params.yaml)"
         sys.exit(f"usage: python -m pipeline.import_data NAME, with NAME one of: {listed}")

@@ -32,7 +32,8 @@ import json
 import sys
 
 from pipeline import chat, scoring, stats
-from pipeline.config import JudgeConfig, load_or_exit
+from pipeline.config import Device, sections_or_exit
+from pipeline.config.judge import JudgeConfig
 from pipeline.device import require as require_device
 from pipeline.hub import offline_when_cached
 from pipeline.paths import JUDGE_CACHE, JUDGE_METRICS, JUDGMENTS, PREDICTIONS
@@ -271,7 +272,7 @@ def judge(items: list[dict], cfg: JudgeConfig, cache: RequestCache,
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(seed=int, device=Device, judge=JudgeConfig)
     device = None
     if params.judge.backend != "openai":  # a judge on a server needs no GPU here
         device = require_device(params.device, "judge")

@@ -36,7 +36,8 @@ import json
 from pathlib import Path
 
 from pipeline import chat
-from pipeline.config import Params, TrainConfig
+from pipeline.config import Sections
+from pipeline.config.train import TrainConfig
 from pipeline.paths import BASE_DIR
 
 GIB = 2**30
@@ -105,7 +106,7 @@ def _hub_config(hf_id: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-def architecture(params: Params, base_dir: Path = BASE_DIR) -> tuple[Arch, str]:
+def architecture(params: Sections, base_dir: Path = BASE_DIR) -> tuple[Arch, str]:
     """The student's shape and where it was read."""
     model = params.model
     reference, source = None, None
@@ -132,7 +133,7 @@ def architecture(params: Params, base_dir: Path = BASE_DIR) -> tuple[Arch, str]:
     return reference, source
 
 
-def _new_tokens(params: Params, base_dir: Path, from_base: bool) -> int:
+def _new_tokens(params: Sections, base_dir: Path, from_base: bool) -> int:
     """Tokens whose rows train (train.lora.train_new_tokens): base_model's record where models/base
     is this model's, else at most those our template adds (plus a pad token)."""
     if not params.train.lora.train_new_tokens or params.model.source == "tiny":
@@ -176,7 +177,7 @@ def _activations(arch: Arch, cfg: TrainConfig, a: int, res: int) -> int:
     return norms + attention + mlp + rope + lora
 
 
-def plan(params: Params, micro_batch: int, base_dir: Path = BASE_DIR) -> dict:
+def plan(params: Sections, micro_batch: int, base_dir: Path = BASE_DIR) -> dict:
     """The estimate for a process training `micro_batch` rows at a time: each item's bytes and
     how it was counted, the total, and the figures behind them."""
     cfg = params.train

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xxhash
 
-from pipeline.config import DedupConfig
+from pipeline.config.dedup import DedupConfig
 from pipeline.text import is_cjk
 
 _WORD = re.compile(r"\w+")

@@ -11,11 +11,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import chat
-from pipeline.config import TrainConfig
 from pipeline.device import torch_dtype
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, MERGED_DIR
+
+if TYPE_CHECKING:  # annotations only: the section is read by the stage that passes it
+    from pipeline.config.train import TrainConfig
 
 # The tokens base_model added to a pretrained vocabulary (chat and tag tokens), recorded in
 # models/base: their embedding rows are untrained, so train makes them trainable

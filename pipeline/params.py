@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import PARAMS_FILE, ConfigError, load_params
+from pipeline.config import PARAMS_FILE, ConfigError
+from pipeline.config.params import load_params
 
 CONF_DIR = Path("conf")
 SELECTION = Path("selection") / "current.yaml"  # under the conf folder

@@ -21,7 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import PrepareConfig, load_or_exit
+from pipeline.config import sections_or_exit
+from pipeline.config.crawl import SiteConfig
+from pipeline.config.datasets import DatasetConfig
+from pipeline.config.prepare import PrepareConfig
 from pipeline.paths import CLEAN_DIR, IMPORTED_DIR, PREPARE_METRICS, RAW_DIR
 from pipeline.text import canonical_text, normalise, restore_cjk_punctuation
 
@@ -136,7 +139,7 @@ def prepare(cfg: PrepareConfig, sites: list[str], raw_dir: Path = RAW_DIR, out_d
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(sites=dict[str, SiteConfig], datasets=dict[str, DatasetConfig], prepare=PrepareConfig)
     metrics = prepare(params.prepare, list(params.sites), datasets=list(params.datasets))
     PREPARE_METRICS.parent.mkdir(parents=True, exist_ok=True)
     PREPARE_METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

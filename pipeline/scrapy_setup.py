@@ -9,7 +9,7 @@ import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
-from pipeline.config import SiteConfig
+from pipeline.config.crawl import SiteConfig
 
 SPIDERS = {"qa": "crawlers.spiders.qa:QASpider", "bank": "crawlers.spiders.bank:BankSpider",
            "doc": "crawlers.spiders.doc:DocSpider", "json": "crawlers.spiders.api:ApiSpider"}

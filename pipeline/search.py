@@ -20,7 +20,8 @@ import sqlite3
 from pathlib import Path
 
 from pipeline import chat
-from pipeline.config import SearchConfig, load_or_exit
+from pipeline.config import sections_or_exit
+from pipeline.config.search import SearchConfig
 from pipeline.paths import INDEX
 
 SEARCH_TOOL = {
@@ -136,7 +137,7 @@ def main() -> None:
                                      description="Query the local search index (built by dvc repro search_index).")
     parser.add_argument("--query", required=True, help="what to search for; prints the tool response")
     args = parser.parse_args()
-    cfg: SearchConfig = load_or_exit().search
+    cfg: SearchConfig = sections_or_exit(search=SearchConfig).search
     try:
         index = SearchIndex()
     except FileNotFoundError as exc:

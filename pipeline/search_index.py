@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import sys
 
-from pipeline.config import load_or_exit
+from pipeline.config import sections_or_exit
+from pipeline.config.search import SearchConfig
 from pipeline.paths import INDEX, SPLIT
 from pipeline.search import build_index
 
 
 def main() -> None:
-    load_or_exit()  # params.yaml must be valid, as for every stage
+    sections_or_exit(search=SearchConfig)  # params.yaml must be valid, as for every stage
     if not SPLIT.exists():
         sys.exit(f"error: no {SPLIT} (run dedup first: dvc repro dedup)")
     with SPLIT.open(encoding="utf-8") as f:

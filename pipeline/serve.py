@@ -28,7 +28,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline.config import Params, load_or_exit
+from pipeline.config import Device, Sections, sections_or_exit
+from pipeline.config.chat import ChatConfig
+from pipeline.config.export import ExportConfig
+from pipeline.config.serve import ServeConfig
 from pipeline.device import gpu_count
 from pipeline.device import require as require_device
 from pipeline.engines import plan_parallel, vllm_platform, vllm_server_flags
@@ -55,7 +58,7 @@ def lora_rank(adapter_dir: Path) -> int:
         raise SystemExit(f"error: {adapter_dir}: {exc}") from None
 
 
-def vllm_command(params: Params, host: str, port: int, merged: bool = False,
+def vllm_command(params: Sections, host: str, port: int, merged: bool = False,
                  base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPTER_DIR, merged_dir: Path = MERGED_DIR, *,
                  platform: str, gpus: int = 1, gpu_bytes: int | None = None) -> list[str]:
     """vLLM's server on `platform` ('cpu' or 'cuda', pipeline.engines.vllm_platform) and `gpus`
@@ -100,7 +103,7 @@ def served_choice(metrics_path: Path = EXPORT_METRICS) -> str:
     return served["type"]
 
 
-def gguf_file(params: Params) -> Path:
+def gguf_file(params: Sections) -> Path:
     kind = params.serve.gguf if params.serve.gguf != "best" else served_choice()
     folder = FULL_DIR if kind == params.export.outtype else QUANT_DIR
     path = folder / gguf_name(params.export.name, kind)
@@ -112,7 +115,7 @@ def gguf_file(params: Params) -> Path:
     return path
 
 
-def gguf_command(params: Params, host: str, port: int) -> list[str]:
+def gguf_command(params: Sections, host: str, port: int) -> list[str]:
     cfg = params.serve
     # llama-cpp-python's server; the GGUF's own chat template (written by convert) formats chats.
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file(params)),
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="port (default: serve.port)")
     parser.add_argument("--dry-run", action="store_true", help="print the command, do not start it")
     args = parser.parse_args(argv)
-    params = load_or_exit()
+    params = sections_or_exit(seed=int, device=Device, chat=ChatConfig, export=ExportConfig, serve=ServeConfig)
     host, port = args.host or params.serve.host, args.port if args.port is not None else params.serve.port
     if args.which:
         path = gguf_file(params)

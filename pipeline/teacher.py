@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import chat
-from pipeline.config import TeacherConfig
+from pipeline.config.teacher import TeacherConfig
 from pipeline.digest import tree_sha256
 from pipeline.engines import make_engine
 from pipeline.request_cache import Request, RequestCache

@@ -39,7 +39,10 @@ import sys
 from pathlib import Path
 
 from pipeline import chat
-from pipeline.config import Params, TrainConfig, load_or_exit
+from pipeline.config import Device, Sections, sections_or_exit
+from pipeline.config.chat import ChatConfig
+from pipeline.config.model import ModelConfig
+from pipeline.config.train import TrainConfig
 from pipeline.device import gpu_count, torch_dtype
 from pipeline.device import require as require_device
 from pipeline.digest import tree_sha256
@@ -451,7 +454,7 @@ def peak_memory(trainer) -> dict:
     return {"peak_rss_mib": round(peak[0], 1), **({"peak_gpu_mib": round(peak[1], 1)} if len(peak) > 1 else {})}
 
 
-def train(params: Params, nproc: int, resume_from: str | None, device: str = "cpu") -> dict:
+def train(params: Sections, nproc: int, resume_from: str | None, device: str = "cpu") -> dict:
     from transformers import AutoTokenizer
 
     cfg = params.train
@@ -527,7 +530,7 @@ def main() -> None:
     parser.add_argument("--plan", action="store_true",
                         help="print the run's GPU memory estimate (pipeline.memory_plan) without loading the model")
     plan_only = parser.parse_args().plan
-    params = load_or_exit()
+    params = sections_or_exit(seed=int, profile=str, device=Device, chat=ChatConfig, model=ModelConfig, train=TrainConfig)
     launch = Launch.from_env()
     if plan_only:
         from pipeline import memory_plan

@@ -162,12 +162,12 @@ def _value(params: dict, path: list[str]):
 
 
 def configuration_page() -> str:
-    from pipeline.config import Params
+    from pipeline.config.params import Params
 
     params_path = ROOT / "params.yaml"
     params = yaml.safe_load(params_path.read_text(encoding="utf-8")) if params_path.exists() else {}
     out = ["# Configuration reference", "",
-           "Every key of params.yaml, from the schema `make params` validates against (pipeline/config.py): its "
+           "Every key of params.yaml, from the schema `make params` validates against (pipeline/config/, one module per section): its "
            "type and what it does, from the field's own docstring. *Value* is params.yaml's as committed "
            f"(profile `{params.get('profile', '?')}`, domain `{params.get('domain', '?')}`); "
            "`conf/` composes it (Profiles and domains). Generated when the site is built.", ""]

@@ -392,7 +392,7 @@ def prepare_tokenizer(dest: Path) -> dict:
 
 def compose_check_params(out: Path, overrides: list[str] = OVERRIDES) -> dict:
     """params.yaml for the check, composed from this tree's conf/ and validated."""
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.params import compose
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -811,7 +811,7 @@ def step_env(ws: Path, device_arg: str) -> dict:
 
     import torch
 
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
 
     params = load_params(ws / "params.yaml")
     pinned = pins()
@@ -862,7 +862,7 @@ def step_heldout_and_mc(ws: Path, device_arg: str) -> dict:
     from transformers import AutoTokenizer
 
     from pipeline import evaluate, likelihood
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.paths import ADAPTER_DIR, BASE_DIR
     from pipeline.records import encode_records, load_split
 
@@ -927,7 +927,7 @@ def step_generation(ws: Path, device_arg: str, n_prompts: int = 6) -> dict:
     from transformers import AutoTokenizer
 
     from pipeline import evaluate
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.engines import TransformersEngine
     from pipeline.paths import ADAPTER_DIR, BASE_DIR
     from pipeline.records import load_split
@@ -1034,7 +1034,7 @@ def step_chunked_loss(ws: Path, device_arg: str) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.packing import SFTCollator
     from pipeline.paths import ADAPTER_DIR, BASE_DIR
     from pipeline.records import encode_rows, load_sft

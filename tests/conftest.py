@@ -173,7 +173,7 @@ def qwen_exported(crawled_workspace, tmp_path_factory) -> Path:
     random Qwen3 body), a random adapter, then merge, convert and verify_export: the BPE path to
     GGUF (test_qwen checks it), and the search index (test_serve serves it to the agent)."""
     from pipeline.base_model import build
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
 
     need_qwen3_tokenizer()
     ws = tmp_path_factory.mktemp("qwen")
@@ -198,7 +198,7 @@ def exported(crawled_workspace, tmp_path_factory) -> Path:
     """models/base (tiny), an adapter with random non-zero LoRA weights, then every export stage
     (test_export checks them; test_serve serves them)."""
     from pipeline.base_model import build
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
 
     ws = tmp_path_factory.mktemp("export")
     compose_params(ws)

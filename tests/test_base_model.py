@@ -17,7 +17,7 @@ def test_tiny_base_model_is_byte_reproducible(crawled_workspace, tmp_path, monke
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.base_model import build
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
 
     ws = tmp_path / "ws"
     shutil.copytree(crawled_workspace / "data", ws / "data")
@@ -49,7 +49,8 @@ def test_hf_source_takes_our_template_and_keeps_the_weights(crawled_workspace, t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.base_model import build
-    from pipeline.config import ModelConfig, load_params
+    from pipeline.config.model import ModelConfig
+    from pipeline.config.params import load_params
 
     shutil.copytree(crawled_workspace / "data", tmp_path / "data")
     monkeypatch.chdir(tmp_path)
@@ -79,7 +80,7 @@ def test_a_materialised_base_is_checked_against_its_source_gguf(crawled_workspac
 
     from pipeline.base_check import CHECK_TEXT, check
     from pipeline.base_model import build
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.gguf_tools import converter_command, quantize_file
 
     monkeypatch.chdir(crawled_workspace)

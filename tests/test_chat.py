@@ -54,7 +54,7 @@ def test_golden_label_mask_in_the_sft_trainer_batch(tiny_tokenizer, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from conftest import compose_params
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.train import build_trainer
 
     enc = chat.encode(tiny_tokenizer, CONVERSATION, tools=TOOLS)

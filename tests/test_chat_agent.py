@@ -19,7 +19,7 @@ import pytest
 
 from conftest import compose_params, run_stage, stage_env
 from pipeline import chat
-from pipeline.config import load_params
+from pipeline.config.params import load_params
 from pipeline.search import SEARCH_TOOL, SearchIndex, format_results
 
 QUERY = "hydrogen atomic number"

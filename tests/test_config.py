@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, compose_params, run_stage
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError
+from pipeline.config.params import load_params
 
 
 def test_default_profile_is_cpu_and_tests_pin_tiny(tmp_path):

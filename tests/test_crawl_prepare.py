@@ -73,7 +73,7 @@ def test_prepare_counts_each_reject_by_reason(crawled_workspace):
 
 
 def test_prepare_names_a_malformed_line_and_keeps_the_rest(tmp_path, crawled_workspace):
-    from pipeline.config import PrepareConfig
+    from pipeline.config.prepare import PrepareConfig
     from pipeline.prepare import prepare
 
     raw = tmp_path / "raw"

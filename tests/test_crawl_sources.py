@@ -91,7 +91,7 @@ def test_an_api_that_ignores_the_page_parameter_is_not_paged_for_ever(tmp_path):
     from scrapy.utils.test import get_crawler
 
     from crawlers.spiders.api import ApiSpider
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
 
     site = load_params(compose_params(tmp_path, "+site@sites.json_bank=json_bank")).sites["json_bank"]
     crawler = get_crawler(ApiSpider)

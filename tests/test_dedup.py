@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT, compose_params, free_port
 from crawlers.sample_sites import GENERATORS
 from pipeline import minhash
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError
+from pipeline.config.params import load_params
 
 
 def _read_jsonl(path: Path) -> list[dict]:

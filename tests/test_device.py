@@ -96,7 +96,7 @@ def test_trainer_arguments_for_each_profile(profile, tmp_path, monkeypatch):
     checkpointing non-re-entrant (through PEFT's kbit preparation too, pipeline.models)."""
     import torch
 
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.models import GRADIENT_CHECKPOINTING_KWARGS
     from pipeline.train import trainer_arguments
 

@@ -85,7 +85,7 @@ def test_results_come_from_the_runs_files(tmp_path):
 
 
 def test_the_configuration_reference_is_the_schema():
-    from pipeline.config import Params
+    from pipeline.config.params import Params
 
     page = docs_hooks.configuration_page()
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, compose_params, run_stage
-from pipeline.config import load_params
+from pipeline.config.params import load_params
 
 PROFILES = sorted(p.stem for p in (ROOT / "conf/profile").glob("*.yaml"))
 DOMAINS = sorted(p.stem for p in (ROOT / "conf/domain").glob("*.yaml"))

@@ -125,7 +125,7 @@ def _check_batch(repo: Path, tmp_path: Path) -> None:
 
     import yaml
 
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.engines import vllm_cpu_env
     from pipeline.synth.batch import run_batch_command
 

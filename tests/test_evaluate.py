@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from pipeline import chat, evaluate
-from pipeline.config import load_params
+from pipeline.config.params import load_params
 from pipeline.engines import Result
 from pipeline.search import SEARCH_TOOL, SearchIndex, build_index
 

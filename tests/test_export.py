@@ -110,7 +110,7 @@ def test_a_quant_that_loses_the_format_fails_alone_and_the_best_passing_file_is_
     the untrained model's q8_0 (same tokenizer, a real llama.cpp quantization) that does neither:
     it fails on format, the f32 file passes, and with serve.gguf=best the stage passes serving
     f32. Asked to serve the failed file, the stage fails."""
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
 
     ws = tmp_path / "format"
     shutil.copytree(exported / "data", ws / "data")

@@ -32,7 +32,7 @@ def fake_wheel(folder: Path, name: str, version: str, requires: list[str] = ()) 
 
 
 def test_check_params_compose_and_validate(gpu_check, tmp_path):
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
 
     out = tmp_path / "params.yaml"
     figures = gpu_check.compose_check_params(out)

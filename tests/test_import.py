@@ -14,7 +14,9 @@ import yaml
 
 from conftest import ROOT, compose_params
 from test_chat import _labelled_spans
-from pipeline.config import DatasetConfig, build, load_params
+from pipeline.config import build
+from pipeline.config.datasets import DatasetConfig
+from pipeline.config.params import load_params
 from pipeline.import_data import import_dataset
 
 ALPACA = """[

@@ -1,6 +1,6 @@
 """The shape of the code that keeps `dvc repro` honest: each stage's code deps in dvc.yaml are
 exactly the Python files its `cmd` imports (module level and inside functions, `if __name__ ==
-"__main__":` blocks aside, package __init__ files included), stages import library modules only,
+"__main__":` and `if TYPE_CHECKING:` blocks aside, package __init__ files included), stages import library modules only,
 and no module imports itself back through others. Static: nothing is imported to find out."""
 
 from __future__ import annotations
@@ -45,15 +45,26 @@ def _is_main_guard(node: ast.AST) -> bool:
             and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators))
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and (
+        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING"))
+
+
 def imported_files(path: Path, root: Path = ROOT, main_guards: bool = False) -> set[Path]:
     """Our files that `path` imports directly, anywhere in the file (inside functions too);
-    `if __name__ == "__main__":` blocks only with main_guards."""
+    `if __name__ == "__main__":` blocks only with main_guards; never `if TYPE_CHECKING:` blocks
+    (annotations, which never run, so editing what they name cannot change an output)."""
     tree = ast.parse((root / path).read_text(encoding="utf-8"), filename=str(path))
     package = list(path.parent.parts)
     names: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
+            if _is_type_checking(child):
+                for stmt in child.orelse:
+                    visit_one(stmt)
+                continue
             if _is_main_guard(child) and not main_guards:
                 for stmt in child.orelse:
                     visit_one(stmt)

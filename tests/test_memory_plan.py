@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import ROOT, compose_params
-from pipeline.config import load_params
+from pipeline.config.params import load_params
 from pipeline.memory_plan import GIB, Arch, _activations, architecture, plan
 
 

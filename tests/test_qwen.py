@@ -46,7 +46,7 @@ def test_golden_label_mask_on_qwen3s_own_template(qwen_tokenizer, tmp_path):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from conftest import compose_params
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.train import build_trainer
 
     tok = qwen_tokenizer

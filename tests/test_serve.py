@@ -180,7 +180,7 @@ def test_make_serve_gguf_answers_the_openai_client(exported, tmp_path):
 def test_an_adapter_with_trained_token_rows_is_served_merged(tmp_path):
     """vLLM cannot apply trained token rows (train.lora.train_new_tokens) as a LoRA module:
     make serve then serves the merged model under the adapter's name, and says so."""
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.serve import vllm_command
 
     params = load_params(compose_params(tmp_path))
@@ -231,7 +231,7 @@ def test_vllm_serves_qwen_tiny_with_its_adapter_and_the_hermes_parser(qwen_expor
     from transformers import AutoTokenizer
 
     from pipeline.agent import Printer, ask
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.search import SearchIndex
 
     ws = qwen_exported

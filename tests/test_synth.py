@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, compose_params
 from pipeline import chat
-from pipeline.config import load_params
+from pipeline.config.params import load_params
 from pipeline.search import SEARCH_TOOL, SearchIndex, build_index, format_results
 from pipeline.synth import tasks
 from pipeline.request_cache import Request, RequestCache
@@ -161,7 +161,7 @@ def test_a_local_teacher_is_named_by_its_content_in_cache_keys(tmp_path):
 
 
 def test_completion_requests_and_stop_strings_are_part_of_the_key(tmp_path):
-    from pipeline.config import TeacherConfig
+    from pipeline.config.teacher import TeacherConfig
     from pipeline.engines import cut_at_stop
 
     teacher = TeacherConfig(name="t", backend="vllm", model="m", dtype="float32", max_model_len=512,

@@ -206,7 +206,7 @@ class _FlakyTeacher(http.server.BaseHTTPRequestHandler):
 
 
 def test_http_backend_retries_with_backoff_then_gives_up_with_a_reason():
-    from pipeline.config import TeacherConfig
+    from pipeline.config.teacher import TeacherConfig
     from pipeline.engines import OpenAIHTTP
     from pipeline.request_cache import Request
 
@@ -229,7 +229,7 @@ def test_http_backend_retries_with_backoff_then_gives_up_with_a_reason():
 
 
 def test_transformers_backend_samples_n_and_refuses_an_overlong_prompt(synth_workspace):
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.engines import TransformersEngine
     from pipeline.request_cache import Request
 
@@ -377,7 +377,7 @@ def test_verified_traces_keep_the_first_candidate_that_reaches_the_gold(synth_wo
 def test_a_template_that_prefills_think_is_detected_from_the_rendered_prompt(synth_workspace, tmp_path):
     """A reasoning model's template (DeepSeek-R1-Distill's) ends the prompt with `<think>\\n`: the
     teacher's completions start inside the think block; ours does not."""
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.synth import tasks
     from pipeline.teacher import prefills_think
 

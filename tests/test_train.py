@@ -285,7 +285,7 @@ def test_added_tokens_in_a_padded_untied_vocabulary_start_at_the_mean_and_train_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.base_model import build_hf, exact_row_mean
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.models import load_tuned, new_token_ids
     from pipeline.train import build_trainer
 
@@ -333,7 +333,7 @@ def test_first_fit_decreasing_respects_capacity():
 
 
 def test_effective_batch_is_kept_across_process_counts(tmp_path):
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.train import batch_layout
 
     cfg = load_params(compose_params(tmp_path, "train.batch_size=8", "train.grad_accum=4")).train
@@ -374,7 +374,7 @@ def test_checkpoints_resume_only_the_same_interrupted_run(tmp_path):
 def train_inputs(crawled_workspace, tmp_path_factory):
     """models/base (the tiny profile's) and data/sft with plain rows of the crawled questions."""
     from pipeline.base_model import build
-    from pipeline.config import load_params
+    from pipeline.config.params import load_params
     from pipeline.records import load_split
 
     src = tmp_path_factory.mktemp("train_inputs")

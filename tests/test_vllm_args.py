@@ -14,7 +14,7 @@ import pytest
 
 from conftest import compose_params
 from pipeline import engines
-from pipeline.config import load_params
+from pipeline.config.params import load_params
 from pipeline.engines import ModelShape, Parallel, Replicas, Result
 from pipeline.request_cache import Request
 

@@ -13,12 +13,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from pipeline.config import Params, load_or_exit
+from pipeline.config import Sections, sections_or_exit
+from pipeline.config.chat import ChatConfig
+from pipeline.config.export import ExportConfig
 from pipeline.gguf_tools import CONVERTER, converter_command, converter_version, gguf_name, max_context, write_modelfile
 from pipeline.paths import FULL_DIR, MERGED_DIR
 
 
-def convert(merged_dir: Path, out_dir: Path, params: Params) -> Path:
+def convert(merged_dir: Path, out_dir: Path, params: Sections) -> Path:
     cfg = params.export
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
@@ -42,7 +44,7 @@ def convert(merged_dir: Path, out_dir: Path, params: Params) -> Path:
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(chat=ChatConfig, export=ExportConfig)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     convert(MERGED_DIR, FULL_DIR, params)
 

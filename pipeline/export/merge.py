@@ -18,14 +18,14 @@ The merge itself is pipeline.models.merge (evaluate uses it too).
 
 from __future__ import annotations
 
-from pipeline.config import load_or_exit
+from pipeline.config import Device, sections_or_exit
 from pipeline.device import require as require_device
 from pipeline.models import merge
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, MERGED_DIR
 
 
 def main() -> None:
-    params = load_or_exit()  # params.yaml must be valid before anything heavy loads
+    params = sections_or_exit(device=Device)  # params.yaml must be valid before anything heavy loads
     # The merge runs in float32 on the CPU wherever the rest runs; a gpu profile on a machine
     # whose torch cannot use CUDA still fails here, as every stage that loads a model does.
     require_device(params.device, "merge")

@@ -12,19 +12,21 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.config import Params, load_or_exit
+from pipeline.config import Sections, sections_or_exit
+from pipeline.config.chat import ChatConfig
+from pipeline.config.export import ExportConfig
 from pipeline.gguf_tools import gguf_name, max_context, quantize_file, write_modelfile
 from pipeline.paths import FULL_DIR, MERGED_DIR, QUANT_DIR
 
 
-def full_gguf(params: Params, full_dir: Path = FULL_DIR) -> Path:
+def full_gguf(params: Sections, full_dir: Path = FULL_DIR) -> Path:
     path = full_dir / gguf_name(params.export.name, params.export.outtype)
     if not path.exists():
         raise SystemExit(f"error: {path} not found; run `dvc repro convert` first")
     return path
 
 
-def quantize(full_dir: Path, out_dir: Path, merged_dir: Path, params: Params) -> list[Path]:
+def quantize(full_dir: Path, out_dir: Path, merged_dir: Path, params: Sections) -> list[Path]:
     cfg = params.export
     src = full_gguf(params, full_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -47,7 +49,7 @@ def quantize(full_dir: Path, out_dir: Path, merged_dir: Path, params: Params) ->
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(chat=ChatConfig, export=ExportConfig)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quantize(FULL_DIR, QUANT_DIR, MERGED_DIR, params)
 

@@ -41,7 +41,10 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline import chat, scoring
-from pipeline.config import ExportVerifyConfig, Params, load_or_exit
+from pipeline.config import Device, Sections, sections_or_exit
+from pipeline.config.chat import ChatConfig
+from pipeline.config.export import ExportConfig, ExportVerifyConfig
+from pipeline.config.serve import ServeConfig
 from pipeline.device import cpu_threads
 from pipeline.device import require as require_device
 from pipeline.gguf_tools import gguf_name
@@ -304,7 +307,7 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
     return result, problems
 
 
-def verify_prompts(ref: Reference, params: Params, split_path: Path = SPLIT) -> tuple[list[list[int]], list[list[dict]], int]:
+def verify_prompts(ref: Reference, params: Sections, split_path: Path = SPLIT) -> tuple[list[list[int]], list[list[dict]], int]:
     """The first export.verify.prompts test questions (by id) as chat prompts that fit n_ctx."""
     cfg = params.export.verify
     records, _ = test_questions(split_path)
@@ -323,7 +326,7 @@ def verify_prompts(ref: Reference, params: Params, split_path: Path = SPLIT) -> 
     return prompts, conversations, skipped
 
 
-def tool_prompts(ref: Reference, params: Params, sft_test: Path = SFT_TEST) -> list[list[int]]:
+def tool_prompts(ref: Reference, params: Sections, sft_test: Path = SFT_TEST) -> list[list[int]]:
     """Test search prompts (system + question, the search tool declared), as evaluate asks them:
     up to export.verify.prompts, alternating the labels (call, no call) where both exist."""
     if not sft_test.exists():
@@ -343,7 +346,7 @@ def tool_prompts(ref: Reference, params: Params, sft_test: Path = SFT_TEST) -> l
     return prompts
 
 
-def gguf_files(params: Params, full_dir: Path = FULL_DIR, quant_dir: Path = QUANT_DIR) -> list[tuple[str, Path]]:
+def gguf_files(params: Sections, full_dir: Path = FULL_DIR, quant_dir: Path = QUANT_DIR) -> list[tuple[str, Path]]:
     cfg = params.export
     files = [(cfg.outtype, full_dir / gguf_name(cfg.name, cfg.outtype))]
     files += [(q, quant_dir / gguf_name(cfg.name, q)) for q in cfg.quant]
@@ -353,7 +356,7 @@ def gguf_files(params: Params, full_dir: Path = FULL_DIR, quant_dir: Path = QUAN
     return files
 
 
-def verify(params: Params, merged_dir: Path = MERGED_DIR, files: list[tuple[str, Path]] | None = None,
+def verify(params: Sections, merged_dir: Path = MERGED_DIR, files: list[tuple[str, Path]] | None = None,
            split_path: Path = SPLIT, metrics_path: Path = EXPORT_METRICS, device: str = "cpu") -> dict:
     import torch
 
@@ -439,7 +442,7 @@ def summary(report: dict) -> str:
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(device=Device, chat=ChatConfig, export=ExportConfig, serve=ServeConfig)
     device = require_device(params.device, "verify_export")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report = verify(params, device=device)

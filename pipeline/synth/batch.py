@@ -35,7 +35,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import Params, TeacherConfig, load_or_exit
+from pipeline.config import Sections, sections_or_exit
+from pipeline.config.teacher import TeacherConfig
 from pipeline.engines import Parallel, chat_body, vllm_platform, vllm_server_flags
 from pipeline.paths import SYNTH_CACHE
 from pipeline.request_cache import Request, RequestCache
@@ -67,7 +68,7 @@ def _refuse_completion(cfg: TeacherConfig) -> None:
                          "Use a chat teacher (teacher.prompt_format: chat) or run the stage with its backend: dvc repro synth")
 
 
-def collect(params: Params) -> dict[str, tuple[str, Request]]:
+def collect(params: Sections) -> dict[str, tuple[str, Request]]:
     """The requests missing from the cache whose prompts are known now: key -> (what, request)."""
     pending: dict[str, tuple[str, Request]] = {}
     stage.synthesize_inputs(params, pending=pending)
@@ -77,7 +78,7 @@ def collect(params: Params) -> dict[str, tuple[str, Request]]:
     return pending
 
 
-def export(params: Params, out_dir: Path, shard_size: int = SHARD_LINES) -> int:
+def export(params: Sections, out_dir: Path, shard_size: int = SHARD_LINES) -> int:
     """Write the pending requests as shards in out_dir (replacing earlier shards); returns how many."""
     _refuse_completion(params.teacher)
     if shard_size < 1:
@@ -168,7 +169,7 @@ def read_results(paths: list[Path]) -> tuple[dict[str, list[str]], collections.C
     return answers, problems, where
 
 
-def import_results(params: Params, paths: list[Path]) -> dict:
+def import_results(params: Sections, paths: list[Path]) -> dict:
     """Store the answers to pending requests in the cache, each once; returns the counts."""
     _refuse_completion(params.teacher)
     answers, problems, where = read_results(paths)
@@ -212,10 +213,10 @@ def cli() -> None:
     if not (args.export_batch or args.import_batch):
         stage.main()
         return
-    main(args.export_batch, args.import_batch, args.shard_size, load_or_exit())
+    main(args.export_batch, args.import_batch, args.shard_size, sections_or_exit(**stage.SECTIONS))
 
 
-def main(export_dir: str | None, import_paths: list[str] | None, shard_size: int, params: Params) -> None:
+def main(export_dir: str | None, import_paths: list[str] | None, shard_size: int, params: Sections) -> None:
     if import_paths:
         counts = import_results(params, [Path(p) for p in import_paths])
         skipped = ", ".join(f"{r} {n}" for r, n in counts["skipped"].items()) or "none"

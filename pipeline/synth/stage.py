@@ -31,7 +31,13 @@ import time
 from pathlib import Path
 
 from pipeline import chat, stats
-from pipeline.config import Params, load_or_exit
+from pipeline.config import Device, Sections, sections_or_exit
+from pipeline.config.chat import ChatConfig
+from pipeline.config.crawl import SiteConfig, search_labels
+from pipeline.config.datasets import DatasetConfig
+from pipeline.config.search import SearchConfig
+from pipeline.config.synth import SynthConfig
+from pipeline.config.teacher import TeacherConfig
 from pipeline.device import require as require_device
 from pipeline.device import resolve as resolve_device
 from pipeline.hub import offline_when_cached
@@ -44,8 +50,12 @@ from pipeline.teacher import Teacher, Template, prefills_think
 # carry the labels the tool-call metrics are scored against). Sources never cross splits.
 SPLITS = ("train", "val", "test")
 
+# The params.yaml sections synthesis reads (the stage, and the batch export and import beside it)
+SECTIONS = dict(seed=int, device=Device, chat=ChatConfig, sites=dict[str, SiteConfig], datasets=dict[str, DatasetConfig],
+                search=SearchConfig, teacher=TeacherConfig, synth=SynthConfig)
 
-def _provenance(params: Params, model: str, tpl: Template, req: Request) -> dict:
+
+def _provenance(params: Sections, model: str, tpl: Template, req: Request) -> dict:
     t = params.teacher
     return {"teacher": t.name, "model": model, "backend": t.backend, "template": tpl.path,
             "template_sha256": tpl.sha256, "sampling": req.sampling(), "seed": req.seed,
@@ -102,7 +112,7 @@ def _check_hint(task_cfg, key: str, templates: tasks.TemplateSet) -> None:
                                  "($gold): use a template without it (rejection sampling) or set the hint to answer")
 
 
-def synthesize(params: Params, records: list[dict], index, cache: RequestCache,
+def synthesize(params: Sections, records: list[dict], index, cache: RequestCache,
                pending: dict | None = None) -> tuple[list[dict], dict]:
     """All rows (valid and rejected) and the metrics. With `pending` (a dict), nothing is sent:
     the requests missing from the cache are collected there (Teacher.pending), and those that
@@ -226,7 +236,7 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache,
     # (the decision too, where no label fixes it), then the call runs on the real index.
     search_src = (questions + generated) if cfg.search.enabled else []
     by_id.update({r["id"]: r for r in generated})
-    site_labels = params.search_labels()
+    site_labels = search_labels(params.sites, params.datasets)
     labels = {r["id"]: tasks.search_label(r, site_labels.get(r.get("site"))) for r in search_src}
     search_reqs = [tasks.search_request(r, search_tpl.pick(r.get("lang")), cfg.search.sampling, cfg.seed, tcfg,
                                         label=labels[r["id"]][0], max_reason_chars=cfg.search.max_reason_chars)
@@ -317,7 +327,7 @@ def synthesize(params: Params, records: list[dict], index, cache: RequestCache,
     return rows, metrics
 
 
-def write_outputs(rows: list[dict], metrics: dict, params: Params, out_dir: Path = SFT_DIR) -> None:
+def write_outputs(rows: list[dict], metrics: dict, params: Sections, out_dir: Path = SFT_DIR) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     mix = params.synth.mix
     train = [r for r in rows if r["valid"] and r["split"] == "train" and _keep_share(r["id"], mix.get(r["task"], 1.0))]
@@ -332,7 +342,7 @@ def write_outputs(rows: list[dict], metrics: dict, params: Params, out_dir: Path
     metrics["test_rows"] = dict(sorted(collections.Counter(r["task"] for r in test).items()))
 
 
-def synthesize_inputs(params: Params, pending: dict | None = None) -> tuple[list[dict], dict]:
+def synthesize_inputs(params: Sections, pending: dict | None = None) -> tuple[list[dict], dict]:
     """synthesize() on the stage's inputs (data/dedup/split.jsonl, the search index, the request
     cache), opened and closed here."""
     for path in (SPLIT, INDEX):
@@ -350,7 +360,7 @@ def synthesize_inputs(params: Params, pending: dict | None = None) -> tuple[list
 
 
 def main() -> None:
-    params = load_or_exit()
+    params = sections_or_exit(**SECTIONS)
     if params.teacher.backend != "openai":  # a teacher on a server needs no GPU here
         require_device(params.device, "synth")
         offline_when_cached([params.teacher.model])

@@ -1,0 +1,95 @@
+"""The `synth` section: which rows the teacher writes, from which prompts, and how they are verified."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.config import ConfigError
+
+
+@dataclass
+class SamplingConfig:
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+@dataclass
+class SynthTaskConfig:
+    enabled: bool
+    template: str
+    """Prompt template file (conf/synth/prompts/...); its sha256 goes into every row's provenance."""
+    sampling: SamplingConfig
+    templates_by_lang: dict[str, str] = field(default_factory=dict)
+    """Language (a record's `lang`) -> template file used instead of `template` for that
+    language's records: a few-shot prompt whose examples are in the question's language keeps
+    a weak teacher writing in it."""
+    hint: Literal["none", "answer"] = "answer"
+    """think and search_answer: `answer` shows the teacher the gold answer ($gold); `none` does
+    not (rejection sampling: only candidates that reach the gold on their own are kept). Either
+    way every candidate's final answer is checked against the gold."""
+    max_question_chars: int = 160
+    """qgen: the longest question kept (longer ones are rejected as long_question)."""
+    max_answer_chars: int = 240
+    """qgen: the longest answer kept (longer ones are rejected as long_answer)."""
+    max_reason_chars: int = 160
+    """search: the longest reasoning before a call the decision's JSON may hold (its schema's maxLength)."""
+    think_before_call: bool = True
+    """search: the call turn opens with the teacher's reasoning for the search (a think block);
+    false: the call alone (for a teacher whose reasons are noise, as the tiny profile's random one)."""
+
+    def __post_init__(self) -> None:
+        if self.sampling.n < 1:
+            raise ConfigError(f"sampling.n: expected at least 1 candidate, got {self.sampling.n}")
+
+
+@dataclass
+class VerifyConfig:
+    min_f1: float = 0.5
+    """A free-form final answer is verified when it equals the gold once normalised, or its
+    token F1 against the gold is at least this."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_f1 <= 1.0:
+            raise ConfigError(f"min_f1: expected a share in (0, 1], got {self.min_f1}")
+
+
+@dataclass
+class OpenBookConfig:
+    k: int = 0
+    """Passages the local search returns for the source question that go into the teacher's
+    think prompt ($passages), never from the source's own dedup cluster; 0: closed book."""
+    snippet_chars: int = 200
+
+
+@dataclass
+class SynthConfig:
+    seed: int
+    chunk_size: int
+    """Requests sent per chunk; the cache is committed after each, so a crash loses one chunk."""
+    max_sources: int
+    """Questions and sections per split the teacher gets (plain rows use all); 0: all."""
+    qgen_pairs: int
+    """Question-answer pairs asked for per document section."""
+    fewshot_dir: str
+    """The folder of few-shot templates whose worked examples a profile's few-shot prompts name
+    (`${synth.fewshot_dir}/think.txt`): the domain's examples (a domain sets it; default:
+    conf/synth/prompts/fewshot/neutral, examples that name no subject)."""
+    think: SynthTaskConfig
+    search: SynthTaskConfig
+    qgen: SynthTaskConfig
+    search_answer: SynthTaskConfig
+    """The reasoning after the search tool's response and the answer written from it (the last
+    turn of a search row)."""
+    mix: dict[Literal["plain", "think", "search", "qgen", "conversation"], float]
+    """Share of each task's valid rows that go into the training set (plain, think, search, qgen,
+    and `conversation`: imported conversations, as they are); a task not named: all of them."""
+    verify: VerifyConfig = field(default_factory=lambda: VerifyConfig())
+    open_book: OpenBookConfig = field(default_factory=lambda: OpenBookConfig())
+
+    def __post_init__(self) -> None:
+        for name, share in self.mix.items():
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"mix.{name}: expected a share between 0 and 1, got {share}")
