@@ -139,6 +139,12 @@ def deps_problems(dvc_yaml: dict, root: Path = ROOT) -> list[str]:
     for name, stage in stages(dvc_yaml).items():
         needed = closure(cmd_file(stage["cmd"], root), root)
         deps = code_deps(stage)
+        listed = [Path(d) for d in stage.get("deps", []) if Path(d).parts[0] in PACKAGES]
+        for dep in sorted({d for d in listed if listed.count(d) > 1}):
+            problems.append(f"stage {name}: {dep} is listed more than once")
+        for dep in sorted(deps):
+            if any(other != dep and other in dep.parents for other in deps):
+                problems.append(f"stage {name}: {dep} is inside another dep of the stage; list one of them")
         for dep in sorted(deps):
             if dep.parts[0] == "pipeline" and not dep.suffix:
                 problems.append(f"stage {name}: {dep} is a folder; list the files the stage imports")
