@@ -17,7 +17,7 @@ from pipeline.search import build_index
 
 
 def main() -> None:
-    sections_or_exit(search=SearchConfig)  # params.yaml must be valid, as for every stage
+    sections_or_exit(search=SearchConfig)  # its section must be valid before any work, as in every stage
     if not SPLIT.exists():
         sys.exit(f"error: no {SPLIT} (run dedup first: dvc repro dedup)")
     with SPLIT.open(encoding="utf-8") as f:

@@ -154,7 +154,7 @@ class Sections(types.SimpleNamespace):
     """The params.yaml sections a stage loaded, as attributes (`params.train.lr`)."""
 
     def __getattr__(self, name: str):
-        raise AttributeError(f"params section {name!r} was not loaded: add it to the stage's load_sections()")
+        raise AttributeError(f"params section {name!r} was not loaded: add it to the stage's sections_or_exit() or load_sections() call")
 
 
 def load_sections(path: str | Path = PARAMS_FILE, /, **schema) -> Sections:

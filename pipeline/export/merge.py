@@ -25,7 +25,7 @@ from pipeline.paths import ADAPTER_DIR, BASE_DIR, MERGED_DIR
 
 
 def main() -> None:
-    params = sections_or_exit(device=Device)  # params.yaml must be valid before anything heavy loads
+    params = sections_or_exit(device=Device)  # its section must be valid before anything heavy loads
     # The merge runs in float32 on the CPU wherever the rest runs; a gpu profile on a machine
     # whose torch cannot use CUDA still fails here, as every stage that loads a model does.
     require_device(params.device, "merge")
