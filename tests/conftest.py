@@ -25,6 +25,16 @@ def stage_env() -> dict:
     return env
 
 
+def git_dvc_env() -> dict:
+    """The environment for `git` and `dvc` commands in a temporary repository: this venv's
+    executables first, no analytics, a committer identity."""
+    env = dict(os.environ)
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+    return env
+
+
 def run_stage(module: str, cwd: Path, check: bool = True, args: list[str] = ()) -> subprocess.CompletedProcess:
     """Run `python -m <module> [args]` in `cwd` as DVC would; on failure show its output."""
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=stage_env(),

@@ -6,28 +6,16 @@ params.yaml sections include it, and the shared checker (pipeline/config/__init_
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
-    return env
-
+from conftest import ROOT, git_dvc_env
 
 def _run(repo: Path, *cmd: str) -> str:
-    proc = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=repo, env=git_dvc_env(), capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}"
     return proc.stdout
 

@@ -13,7 +13,6 @@ run_batch and imported, come back with the engine backend's answers."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,11 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SITES
+from conftest import ROOT, SITES, git_dvc_env
 from crawlers.sample_sites import GENERATORS
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent
 
 
 EVAL_STAGES = ["evaluate", "judge", "report"]
@@ -35,10 +33,8 @@ EXPORT_STAGES = ["merge", "convert", "quantize", "verify_export"]
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+    env = git_dvc_env()
+    env["HF_HUB_OFFLINE"] = "1"
     env.pop("PYTHONPATH", None)  # the stages must run from the repository itself
     return env
 
