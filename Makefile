@@ -21,12 +21,12 @@ PORT ?=
 MERGED ?=
 
 # No HF_HUB_OFFLINE here: a gpu profile's `make repro` downloads its hub models on first use
-# (pipeline.hub turns the hub off per stage once they are cached; tests and CI set it themselves).
+# (pipeline.runtime.hub turns the hub off per stage once they are cached; tests and CI set it themselves).
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-dev params params-keep repro train test clean remote push pull serve serve-gguf
+.PHONY: help setup setup-dev params params-keep repro train test test-unit clean remote push pull serve serve-gguf
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,13 +56,13 @@ gpu-check: ## The device check on a GPU machine (qwen-tiny, bf16 on CUDA): one J
 CHOICE = $(if $(PROFILE),profile=$(PROFILE)) $(if $(DOMAIN),domain=$(DOMAIN)) $(if $(MODEL),model=$(MODEL)) $(OVERRIDES)
 
 params: ## Compose params.yaml from conf/ and validate it: PROFILE=<how to compute> DOMAIN=<what to learn> OVERRIDES=...; the choice sticks
-	@$(BIN)/python -m pipeline.params $(CHOICE)
+	@$(BIN)/python -m pipeline.config.compose $(CHOICE)
 
 # repro and train compose params.yaml again (conf/ may have changed) keeping the choice `make params`
 # last made (conf/selection/current.yaml), so `make params PROFILE=gpu && make train GPUS=2` trains
 # the gpu profile; PROFILE=, DOMAIN=, MODEL= or OVERRIDES= given here make a new choice
 params-keep:
-	@$(BIN)/python -m pipeline.params --keep $(CHOICE)
+	@$(BIN)/python -m pipeline.config.compose --keep $(CHOICE)
 
 repro: params-keep ## Compose params.yaml (keeping the choice make params made), then `dvc repro` (runs only what changed)
 	$(BIN)/dvc repro
@@ -76,7 +76,7 @@ ifeq ($(NODE_RANK),0)
 	$(TRAIN_ENV) $(BIN)/dvc repro --force --single-item train
 else
 	@# another node: it only trains, on the inputs at this path (node 0 owns the DVC outputs)
-	$(TRAIN_ENV) $(BIN)/python -m pipeline.train
+	$(TRAIN_ENV) $(BIN)/python -m pipeline.stages.train
 endif
 
 remote: ## Add a local-directory DVC remote (REMOTE=path; default ~/.local/share/distillery/dvc-remote)
@@ -94,13 +94,16 @@ preview: ## What a site's YAML extracts from a few pages, nothing written: make 
 	$(BIN)/python -m pipeline.crawl $(SITE) --preview $(URLS)
 
 serve: ## OpenAI-compatible vLLM server: base model + adapter (PORT=..., MERGED=1)
-	$(BIN)/python -m pipeline.serve $(if $(PORT),--port $(PORT)) $(if $(MERGED),--merged)
+	$(BIN)/python -m pipeline.chat.serve $(if $(PORT),--port $(PORT)) $(if $(MERGED),--merged)
 
 serve-gguf: ## OpenAI-compatible llama.cpp server on the exported GGUF (serve.gguf; PORT=...)
-	$(BIN)/python -m pipeline.serve --gguf $(if $(PORT),--port $(PORT))
+	$(BIN)/python -m pipeline.chat.serve --gguf $(if $(PORT),--port $(PORT))
 
 test: ## Run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-unit: ## The unit tests only (tests/unit: no stage runs; under a minute)
+	$(BIN)/python -m pytest -q tests/unit
 
 clean: ## Remove the DVC-cached outputs from the workspace (`dvc checkout` restores them)
 	rm -rf data/raw data/imported/*.jsonl data/clean data/dedup data/search data/sft models/base models/adapter models/checkpoints models/merged models/gguf outputs .pytest_cache

@@ -28,7 +28,6 @@ better precision and recall); precision >= 0.98, recall >= 0.95.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import resource
@@ -41,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import minhash  # noqa: E402
+from pipeline.dedup import minhash  # noqa: E402
 
 LEVELS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou")]
@@ -99,14 +98,14 @@ def _peak_rss_mib() -> float:
 
 
 def run_distillery(texts: list[str], cfg) -> set[tuple[int, int]]:
-    from pipeline.minhash import near_duplicate_clusters
+    from pipeline.dedup.minhash import near_duplicate_clusters
 
     found = near_duplicate_clusters(texts, cfg)
     return {(a, b) for g in found.groups for x, a in enumerate(g) for b in g[x + 1:]}
 
 
 def _shingle_strings(text: str, shingling: minhash.Shingling) -> list[str]:
-    """The same shingles as pipeline.minhash, as strings (what a straightforward script hashes)."""
+    """The same shingles as pipeline.dedup.minhash, as strings (what a straightforward script hashes)."""
     mode = minhash.shingle_mode(text, shingling)
     folded = text.casefold()
     if mode == "char":

@@ -1,5 +1,5 @@
 """Benchmark: the training loss with the output layer at labelled positions only, in chunks
-(pipeline.loss.chunked_label_loss, what train uses) vs the model's own loss over every
+(pipeline.train.loss.chunked_label_loss, what train uses) vs the model's own loss over every
 position, side by side on the same batches, forward and backward, LoRA on the base.
 
     .venv/bin/python bench/head.py                  # models/base (gemma-3-270m after make repro)
@@ -37,9 +37,9 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.packing import SFTCollator
-    from pipeline.records import encode_rows
-    from pipeline.loss import chunked_label_loss
+    from pipeline.data.records import encode_rows
+    from pipeline.train.loss import chunked_label_loss
+    from pipeline.train.packing import SFTCollator
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.base)

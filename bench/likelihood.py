@@ -1,4 +1,4 @@
-"""Benchmark: multiple-choice log-likelihoods with pipeline.likelihood.Scorer (what evaluate
+"""Benchmark: multiple-choice log-likelihoods with pipeline.evaluation.likelihood.Scorer (what evaluate
 uses: the shared prefix computed once, items batched by length, the output layer only at the
 positions that predict a continuation) vs the plain way lm-evaluation-harness's HF model does
 it (one forward pass per context + continuation, log-softmax over the whole vocabulary at every
@@ -36,8 +36,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline import likelihood
-    from pipeline.evalsets import load_eval_set
+    from pipeline.data.evalsets import load_eval_set
+    from pipeline.evaluation import likelihood
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.base)
@@ -70,7 +70,7 @@ def main() -> None:
     n = sum(len(e.continuations) for e in encoded)
     print(f"{len(items)} items, {n} continuations, {args.shots} shots, {args.base}")
     print(f"plain (full forward and log-softmax per continuation): {t_plain:.1f} s")
-    print(f"pipeline.likelihood.Scorer:                            {t_ours:.1f} s ({scorer.forward_tokens} tokens)")
+    print(f"pipeline.evaluation.likelihood.Scorer:                            {t_ours:.1f} s ({scorer.forward_tokens} tokens)")
     print(f"ratio: {t_plain / t_ours:.2f}x; largest log-likelihood difference {diff:.2e}")
 
 

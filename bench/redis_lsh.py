@@ -5,7 +5,7 @@
 
 Starts a private redis-server (Debian's package) on a free loopback port, then for each N inserts
 N random signatures into the index exactly as the dedup stage does (params.yaml's dedup settings:
-num_perm, threshold, bands and rows, false-negative weight; pipeline.minhash.lsh_index and its
+num_perm, threshold, bands and rows, false-negative weight; pipeline.dedup.minhash.lsh_index and its
 insertion session), reads `INFO memory` (used_memory) before and after, and clears the keys.
 Prints bytes per document and the fitted cost of a million; memory grows linearly in N (one key
 per document in each band's hash table, plus the document's key list).
@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import minhash  # noqa: E402
 from pipeline.config.params import load_params  # noqa: E402
+from pipeline.dedup import minhash  # noqa: E402
 
 
 def _free_port() -> int:

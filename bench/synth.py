@@ -5,7 +5,7 @@ cost of a fully cached rerun.
     .venv/bin/python bench/synth.py --prompts 128 --max-tokens 64
 
 The same think prompts (from data/dedup/split.jsonl's train questions, the synth stage's
-template) go through pipeline.engines' VLLMEngine and its TransformersEngine
+template) go through pipeline.generation.engines' VLLMEngine and its TransformersEngine
 backend, with the teacher of params.yaml (the tiny profile: the tiny base model). Printed
 side by side: requests/s and generated tokens/s of each (engine start-up shown apart), then
 the synth stage's Teacher run twice over a fresh cache: the first time, and a rerun that
@@ -35,10 +35,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.config.params import load_params
-    from pipeline.synth import tasks
-    from pipeline.engines import TransformersEngine, VLLMEngine
-    from pipeline.request_cache import RequestCache
-    from pipeline.teacher import Teacher, Template
+    from pipeline.generation import tasks
+    from pipeline.generation.engines import TransformersEngine, VLLMEngine
+    from pipeline.generation.request_cache import RequestCache
+    from pipeline.generation.teacher import Teacher, Template
 
     params = load_params(ROOT / "params.yaml")
     records = [json.loads(line) for line in (ROOT / "data/dedup/split.jsonl").read_text(encoding="utf-8").splitlines()]

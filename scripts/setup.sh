@@ -33,7 +33,7 @@ quiet_pip() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither a fil
 # built once per instruction-set level (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS, cut down to
 # LLAMA_CPU_VARIANTS: the AVX2 baseline and the AVX-512/AVX-VNNI levels, never sapphirerapids,
 # the one with AMX) into $LLAMA_CPU_DIR, whose path is compiled into libggml: every process
-# loads the best variant its CPU runs (ggml scores each by the CPU's flags; pipeline.llama_build
+# loads the best variant its CPU runs (ggml scores each by the CPU's flags; pipeline.export.llama_build
 # tells which, and forces another). haswell (AVX2/FMA/F16C/BMI2) is exactly the portable build
 # this replaced. Elsewhere: the portable build (GGML_NATIVE=OFF). Built without pip's cache, so
 # that an earlier native wheel is never reused; once per venv (the stamp names what was built).

@@ -74,7 +74,7 @@ def compose_params(dest: Path, *overrides: str) -> Path:
     """Compose the real conf/ into `dest`/params.yaml, with Hydra overrides; the tiny profile
     unless an override names another (the default profile, cpu, is for users' runs). The choice a
     developer's own `make params` left in conf/selection/ is left out (~selection)."""
-    from pipeline.params import compose
+    from pipeline.config.compose import compose
 
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / "params.yaml"
@@ -133,8 +133,8 @@ def crawled_workspace(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "evalsets", ws / "evalsets")
     for name in SITES:
         run_stage("pipeline.crawl", ws, args=[name])
-    run_stage("pipeline.prepare", ws)
-    run_stage("pipeline.dedup", ws)
+    run_stage("pipeline.stages.prepare", ws)
+    run_stage("pipeline.stages.dedup", ws)
     return ws
 
 
@@ -143,7 +143,7 @@ def tiny_tokenizer(crawled_workspace, tmp_path_factory):
     """The tiny profile's tokenizer, trained on the crawled corpus by base_model's own code."""
     from transformers import LlamaTokenizer
 
-    from pipeline.base_model import configure_tokenizer, corpus_lines, train_sentencepiece
+    from pipeline.models.base import configure_tokenizer, corpus_lines, train_sentencepiece
 
     out = tmp_path_factory.mktemp("tok")
     lines = corpus_lines(crawled_workspace / "data/dedup/split.jsonl", "You are a careful domain expert.")
@@ -154,7 +154,7 @@ def tiny_tokenizer(crawled_workspace, tmp_path_factory):
 def need_qwen3_tokenizer(name: str = "qwen3") -> Path:
     """A pinned real tokenizer (Qwen3's by default) from the cache `make setup-dev` fills; skipped
     without it on a laptop, failed under CI=true (like redis-server)."""
-    from pipeline.npm_tokenizers import MissingTokenizer, check
+    from pipeline.models.tokenizers import MissingTokenizer, check
 
     try:
         return check(name)
@@ -182,8 +182,8 @@ def qwen_exported(crawled_workspace, tmp_path_factory) -> Path:
     """The qwen-tiny profile's models/base (Qwen3's real tokenizer and native template, a tiny
     random Qwen3 body), a random adapter, then merge, convert and verify_export: the BPE path to
     GGUF (test_qwen checks it), and the search index (test_serve serves it to the agent)."""
-    from pipeline.base_model import build
     from pipeline.config.params import load_params
+    from pipeline.models.base import build
 
     need_qwen3_tokenizer()
     ws = tmp_path_factory.mktemp("qwen")
@@ -199,7 +199,7 @@ def qwen_exported(crawled_workspace, tmp_path_factory) -> Path:
     shutil.copy(crawled_workspace / "data/dedup/split.jsonl", ws / "data/dedup/split.jsonl")  # verify's prompts
     build(params.model, params.seed, params.chat.system_prompt, ws / "models/base", template=params.chat.template)
     random_adapter(ws)
-    run_stages(["pipeline.export.merge", "pipeline.export.convert", "pipeline.export.verify", "pipeline.search_index"], ws)
+    run_stages(["pipeline.stages.merge", "pipeline.stages.convert", "pipeline.stages.verify_export", "pipeline.stages.search_index"], ws)
     return ws
 
 
@@ -207,8 +207,8 @@ def qwen_exported(crawled_workspace, tmp_path_factory) -> Path:
 def exported(crawled_workspace, tmp_path_factory) -> Path:
     """models/base (tiny), an adapter with random non-zero LoRA weights, then every export stage
     (test_export checks them; test_serve serves them)."""
-    from pipeline.base_model import build
     from pipeline.config.params import load_params
+    from pipeline.models.base import build
 
     ws = tmp_path_factory.mktemp("export")
     compose_params(ws)
@@ -218,8 +218,8 @@ def exported(crawled_workspace, tmp_path_factory) -> Path:
     build(params.model, params.seed, params.chat.system_prompt, ws / "models/base", ws / "data/dedup/split.jsonl")
     random_adapter(ws)
 
-    run_stage("pipeline.export.merge", ws)
-    run_stage("pipeline.export.convert", ws)
-    run_stage("pipeline.export.quantize", ws)
-    run_stage("pipeline.export.verify", ws)
+    run_stage("pipeline.stages.merge", ws)
+    run_stage("pipeline.stages.convert", ws)
+    run_stage("pipeline.stages.quantize", ws)
+    run_stage("pipeline.stages.verify_export", ws)
     return ws

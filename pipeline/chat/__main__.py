@@ -1,7 +1,7 @@
-"""`python -m pipeline.chat`: the chat client with the search tool (pipeline/agent.py), against
-`make serve` or any OpenAI-compatible server. The template library is pipeline/chat/__init__.py."""
+"""`python -m pipeline.chat`: the chat client with the search tool (pipeline/chat/agent.py), against
+`make serve` or any OpenAI-compatible server."""
 
-from pipeline.agent import main
+from pipeline.chat.agent import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """Typed configuration: one dataclass per params.yaml section, one module per section.
 
-`make params` (pipeline.params) and `python -m pipeline.config` check the whole file, sections and
+`make params` (pipeline.config.compose) and `python -m pipeline.config` check the whole file, sections and
 the rules across them (pipeline/config/params.py). A stage checks only the sections it reads,
 `load_sections(train=TrainConfig, seed=int)`, and imports only their modules: editing one
 section's schema reruns only the stages that read it (their dvc.yaml deps are their imports).

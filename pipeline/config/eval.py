@@ -11,7 +11,7 @@ from pipeline.config import ConfigError
 
 @dataclass
 class McConfig:
-    """Multiple-choice accuracy by log-likelihood (pipeline.likelihood), lm-evaluation-harness style."""
+    """Multiple-choice accuracy by log-likelihood (pipeline.evaluation.likelihood), lm-evaluation-harness style."""
 
     shots: int
     """k of the k-shot runs (each set is also scored zero-shot): the first k multiple-choice

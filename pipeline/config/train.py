@@ -8,7 +8,6 @@ from typing import Literal
 
 from pipeline.config import ConfigError
 
-
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 DType = Literal["float32", "bfloat16", "float16"]
 """Training dtypes: train.dtype (or auto) and the QLoRA compute dtype."""
@@ -116,7 +115,7 @@ class TrainConfig:
     qlora: QLoraConfig
     distributed: DistributedConfig
     loss_chunk_tokens: int = 256
-    """Labelled positions whose logits the loss computes at once (pipeline.loss): the output
+    """Labelled positions whose logits the loss computes at once (pipeline.train.loss): the output
     layer's memory is this many rows over the vocabulary, not the whole micro-batch's. 256 rows
     of Qwen's 152k vocabulary take ~0.6 GiB with their gradients (gemma's 262k in float32:
     ~1.3 GiB), where all 8,192 positions of a 4 x 2048 micro-batch would take ~19 GiB;

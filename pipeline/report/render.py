@@ -1,0 +1,525 @@
+"""Stage report: one page that says whether tuning helped, and where it did not.
+
+- First the answer, with its uncertainty: knowledge (multiple-choice accuracy by
+  log-likelihood, per set, framing and shots) and behaviour (think, end of turn, search
+  decisions and answers, free-form answers), base and tuned each as a rate with its count and
+  Wilson 95% interval, the paired difference with its 95% interval and p-value, and in words
+  which differences are significant (p < 0.05, each test on its own: no correction for the
+  number of tests, so about one in twenty true non-differences reads as significant).
+- The judge only if it passed its controls (metrics/judge.json `informative`); otherwise the
+  page says it is uninformative and shows no ranking by it (no ratings, no pairwise verdicts,
+  no worst-by-rating order).
+- Then every other number evaluate and judge wrote (metrics/eval.json, metrics/judge.json),
+  with the signed delta tuned - base; exam accuracy by chapter; the tool-decision confusion
+  matrices. A null (no data) reads "n/a", never a crash.
+- The worst tuned predictions (lowest judge rating first where the judge is informative, then
+  wrong answers) with question, reference and output: averages hide what a reader spots in five
+  examples.
+- The training loss curves dvclive wrote (reports/train/plots/metrics/{train,eval}/loss.tsv).
+
+Writes reports/eval.md and reports/eval.html. The HTML is one self-contained file (inline CSS
+and SVG, no script, nothing fetched), and every string from data is escaped: model outputs
+carry `<think>`, `<tool_call>` and, sooner or later, `</table>`.
+
+    python -m pipeline.stages.report [--worst N]      # dvc repro report
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+from pipeline.data.jsonl import read_jsonl as _read_jsonl
+from pipeline.evaluation.stats import rate_cell
+from pipeline.paths import JUDGE_METRICS
+
+MAX_CURVE_ROWS = 20  # per curve in the Markdown table; the SVG draws every point
+
+# (row label, path inside a model's entry of eval.json, decimals)
+METRIC_ROWS = [
+    ("held-out loss", ("loss",), 4),
+    ("perplexity", ("perplexity",), 1),
+    ("stop rate", ("stop_rate",), 3),
+    ("think rate", ("think", "rate"), 3),
+    ("mean think chars", ("think", "mean_chars"), 1),
+    ("tool-call validity", ("tools", "validity"), 3),
+    ("search-decision accuracy", ("tools", "decision_accuracy"), 3),
+    ("argument match", ("tools", "argument_match"), 3),
+    ("query similarity", ("tools", "query_similarity"), 3),
+    ("exam accuracy (generation)", ("exam", "accuracy"), 3),
+]
+PAIRWISE_ROWS = [("pairs", "pairs", 0), ("tuned wins", "tuned_wins", 0), ("base wins", "base_wins", 0),
+                 ("ties", "ties", 0), ("inconsistent (order flipped the verdict)", "inconsistent", 0),
+                 ("unparsed", "unparsed", 0), ("tuned win rate", "tuned_win_rate", 3)]
+COLORS = ["#1f77b4", "#d62728", "#2ca02c"]
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+td+td,th+th{text-align:right}th{background:#f3f3f3}p.note{color:#555}
+pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;border:1px solid #e3e3e3;margin:.2em 0 .8em}
+.example{border-top:2px solid #ddd;margin-top:1em}"""
+
+
+class Table(NamedTuple):
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    html_id: str = ""
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return _read_jsonl(path)
+
+
+def read_curve(path: Path) -> list[tuple[float, float]]:
+    """(step, loss) points of a dvclive TSV; missing file, empty file or bad rows give no points."""
+    if not path.exists():
+        return []
+    points = []
+    with path.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            try:
+                points.append((float(row["step"]), float(row["loss"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return sorted(points)
+
+
+def dig(data, *keys):
+    """data[k1][k2]...; None where any level is missing or not a dict."""
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def fmt(value, decimals: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:,.{decimals}f}"
+    return str(value)
+
+
+def fmt_delta(base, tuned, decimals: int = 3) -> str:
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (base, tuned)):
+        return "n/a"
+    return f"{tuned - base:+,.{decimals}f}"
+
+
+def exam_sets(eval_metrics: dict) -> list[str]:
+    """Names of the external exam sets either model was scored on."""
+    return sorted({name for model in ("base", "tuned") for name in dig(eval_metrics, model, "exam_sets") or {}})
+
+
+def delta_cells(comparison: dict | None) -> list[str]:
+    """[difference with its interval, p-value, verdict in words] of a paired comparison."""
+    if not comparison:
+        return ["n/a", "n/a", "nothing to compare"]
+    low, high = comparison["ci95"]
+    delta = f"{100 * comparison['delta']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+    if not comparison["significant"]:
+        verdict = "not significant"
+    else:
+        verdict = "tuned better" if comparison["delta"] > 0 else "tuned worse"
+    return [delta, f"{comparison['p_value']:.3g}", verdict]
+
+
+def _mc_setting(name: str) -> tuple[str, int]:
+    return name, int(name.removesuffix("shot"))
+
+
+def mc_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | None, str]]:
+    """(label, base entry, tuned entry, comparison key) for each log-likelihood setting and
+    continuation, in set, framing, shots order; entries are {value, n, ci}."""
+    rows = []
+    base_mc, tuned_mc = dig(eval_metrics, "base", "mc") or {}, dig(eval_metrics, "tuned", "mc") or {}
+    for set_name in sorted(set(base_mc) | set(tuned_mc)):
+        framings = sorted(set(base_mc.get(set_name) or {}) | set(tuned_mc.get(set_name) or {}))
+        for framing in framings:
+            settings = set(dig(base_mc, set_name, framing) or {}) | set(dig(tuned_mc, set_name, framing) or {})
+            for shots in sorted(settings, key=lambda x: _mc_setting(x)[1]):
+                for figure, ci_key, words in (("acc", "ci95", "letters"), ("acc_norm", "acc_norm_ci95", "texts")):
+                    entries = []
+                    for model_mc in (base_mc, tuned_mc):
+                        entry = dig(model_mc, set_name, framing, shots)
+                        entries.append(None if entry is None else
+                                       {"value": entry.get(figure), "n": entry.get("n"), "ci": entry.get(ci_key)})
+                    rows.append((f"{set_name}, {framing}, {shots}, {words} ({figure})", *entries,
+                                 f"mc.{set_name}.{framing}.{shots}.{figure}"))
+    return rows
+
+
+def _entry(value, n, ci, k=None) -> dict:
+    return {"value": value, "n": n, "ci": ci, "k": k}
+
+
+def behaviour_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | None, str]]:
+    """(label, base entry, tuned entry, comparison key) of the generation figures."""
+    def per_model(fn):
+        out = []
+        for model in ("base", "tuned"):
+            m = eval_metrics.get(model)
+            try:
+                out.append(fn(m) if isinstance(m, dict) else None)
+            except (KeyError, TypeError):
+                out.append(None)
+        return out
+
+    def from_rate(d):
+        return _entry(d["rate"], d["n"], d["ci95"], d["k"])
+
+    sets = sorted(set(dig(eval_metrics, "base", "think", "by_set") or {}) |
+                  set(dig(eval_metrics, "tuned", "think", "by_set") or {}))
+    rows = []
+    for s in sets:
+        rows.append((f"think rate: {s}", *per_model(lambda m: from_rate(m["think"]["by_set"][s])), f"think.{s}"))
+    rows.append(("think rate: turns after a tool response (unpaired)",
+                 *per_model(lambda m: from_rate(m["think_after_tool"])), "think_after_tool"))
+    for s in sets:
+        rows.append((f"ends its turn: {s}", *per_model(lambda m: from_rate(m["stop_by_set"][s])), f"stop.{s}"))
+    rows.append(("search decision accuracy (call / no call vs label)",
+                 *per_model(lambda m: _entry(m["tools"]["decision_accuracy"], m["tools"]["n"],
+                                             m["tools"]["decision_accuracy_ci95"])), "tools.decision_accuracy"))
+    rows.append(("tool-call validity (of the calls made; unpaired)",
+                 *per_model(lambda m: _entry(m["tools"]["validity"], m["tools"]["call_attempts"],
+                                             m["tools"]["validity_ci95"], m["tools"]["valid_attempts"])),
+                 "tools.validity"))
+    rows.append(("search prompts: final answer contains the reference",
+                 *per_model(lambda m: _entry(m["search_answer"]["accuracy"], m["search_answer"]["n"],
+                                             m["search_answer"]["ci95"], m["search_answer"]["k"])), "search_answer"))
+    for s in sets:
+        for figure in ("contains", "exact"):
+            rows.append((f"free-form answer {'contains the reference' if figure == 'contains' else 'exact match'}: {s}",
+                         *per_model(lambda m, f=figure: _entry(m["free_form"][s][f], m["free_form"][s]["n"],
+                                                              m["free_form"][s][f"{f}_ci95"])),
+                         f"free_form.{s}.{figure}"))
+    rows.append(("exam accuracy by generation (the option the answer names)",
+                 *per_model(lambda m: _entry(m["exam"]["accuracy"], m["exam"]["questions"], m["exam"].get("ci95"))),
+                 "exam_generation"))
+    for name in exam_sets(eval_metrics):
+        rows.append((f"exam accuracy by generation: {name}",
+                     *per_model(lambda m, x=name: _entry(m["exam_sets"][x]["accuracy"], m["exam_sets"][x]["questions"],
+                                                         m["exam_sets"][x].get("ci95"))),
+                     f"exam_generation.{name}"))
+    return rows
+
+
+def comparison_table(title: str, rows, comparisons: dict) -> Table:
+    header = ["figure", "base", "tuned", "tuned - base, points [95% CI]", "p", "difference"]
+    body = []
+    for label, base, tuned, key in rows:
+        cells = [rate_cell(e["value"], e["n"], e["ci"], e.get("k")) if e else "n/a" for e in (base, tuned)]
+        body.append([label, *cells, *delta_cells(comparisons.get(key))])
+    return Table(title, header, body)
+
+
+def significance_sentences(rows, comparisons: dict) -> list[str]:
+    better, worse, same = [], [], []
+    for label, _, _, key in rows:
+        c = comparisons.get(key)
+        if not c:
+            continue
+        text = f"{label} ({100 * c['delta']:+.1f} points, p = {c['p_value']:.2g})"
+        (better if c["significant"] and c["delta"] > 0 else worse if c["significant"] else same).append(text)
+    out = []
+    if better:
+        out.append("Significantly better after tuning (p < 0.05): " + "; ".join(better) + ".")
+    if worse:
+        out.append("Significantly worse after tuning (p < 0.05): " + "; ".join(worse) + ".")
+    if same:
+        out.append(f"No significant difference on the other {len(same)} figures compared.")
+    return out or ["No figure could be compared (no items answered by both models)."]
+
+
+def headline_blocks(eval_metrics: dict) -> list[tuple[str, object]]:
+    """What the reader came for: did tuning help, on what, and how sure is that."""
+    comparisons = eval_metrics.get("comparison") or {}
+    knowledge, behaviour = mc_rows(eval_metrics), behaviour_rows(eval_metrics)
+    blocks: list[tuple[str, object]] = [("h2", "Did tuning help? Knowledge and behaviour, with 95% intervals")]
+    blocks += [("p", text) for text in significance_sentences(knowledge + behaviour, comparisons)]
+    blocks.append(("p", "Each rate: share (count) [Wilson 95% interval], in percent. Tuned - base: the paired "
+                        "difference on the same items (Newcombe's interval; McNemar's exact test; validity, a share "
+                        "of the calls each model chose to make, unpaired: Fisher). Each test stands alone (no "
+                        "correction for the number of tests)."))
+    if knowledge:
+        blocks.append(("table", comparison_table(
+            "Knowledge: multiple-choice accuracy by log-likelihood (option letters: acc; option texts, "
+            "length-normalised: acc_norm)", knowledge, comparisons)))
+    else:
+        blocks.append(("p", "No multiple-choice items were scored by log-likelihood."))
+    blocks.append(("table", comparison_table("Behaviour and answers (generation)", behaviour, comparisons)))
+    return blocks
+
+
+def judge_informative(judge: dict | None) -> bool:
+    return bool(judge) and judge.get("informative") is True
+
+
+def metric_table(eval_metrics: dict, judge: dict | None) -> Table:
+    specs = METRIC_ROWS + [(f"exam accuracy (generation): {name}", ("exam_sets", name, "accuracy"), 3)
+                           for name in exam_sets(eval_metrics)]
+    values = [(label, dig(eval_metrics, "base", *path), dig(eval_metrics, "tuned", *path), d)
+              for label, path, d in specs]
+    if judge_informative(judge):
+        values.append(("judge: share graded correct", dig(judge, "single", "base", "correct", "rate"),
+                       dig(judge, "single", "tuned", "correct", "rate"), 3))
+        values.append(("judge mean rating (1-10)", dig(judge, "single", "base", "mean"),
+                       dig(judge, "single", "tuned", "mean"), 2))
+    rows = [[label, fmt(b, d), fmt(t, d), fmt_delta(b, t, d)] for label, b, t, d in values]
+    return Table("", ["metric", "base", "tuned", "delta"], rows, "base-vs-tuned")
+
+
+def chapter_tables(eval_metrics: dict) -> list[Table]:
+    """Accuracy by chapter for the built-in exam and for each external exam set."""
+    exams = [("exam", ("exam",))] + [(name, ("exam_sets", name)) for name in exam_sets(eval_metrics)]
+    tables = []
+    for name, path in exams:
+        base = dig(eval_metrics, "base", *path, "by_chapter") or {}
+        tuned = dig(eval_metrics, "tuned", *path, "by_chapter") or {}
+        rows = []
+        for chapter in sorted(set(base) | set(tuned)):
+            b, t = dig(base, chapter, "accuracy"), dig(tuned, chapter, "accuracy")
+            questions = dig(tuned, chapter, "questions") or dig(base, chapter, "questions")
+            rows.append([chapter, fmt(questions, 0), fmt(b), fmt(t), fmt_delta(b, t)])
+        if rows:
+            tables.append(Table(f"By chapter: {name}", ["chapter", "questions", "base", "tuned", "delta"], rows))
+    return tables
+
+
+def confusion_tables(eval_metrics: dict) -> list[Table]:
+    """Label (rows) x the model's decision (columns): did it search when it should have?"""
+    tables = []
+    for model in ("base", "tuned"):
+        conf = dig(eval_metrics, model, "tools", "confusion") or {}
+        rows = [[f"label {label}", fmt(conf.get(f"{label}/call"), 0), fmt(conf.get(f"{label}/no_call"), 0)]
+                for label in ("call", "no_call")]
+        tables.append(Table(f"Tool decisions: {model}", ["", "decided call", "decided no_call"], rows))
+    return tables
+
+
+def pairwise_table(judge: dict) -> Table:
+    pairwise = judge.get("pairwise") or {}
+    return Table("Pairwise (each pair judged in both orders)", ["pairwise", "value"],
+                 [[label, fmt(pairwise.get(key), d)] for label, key, d in PAIRWISE_ROWS])
+
+
+def worst_examples(predictions: list[dict], judgments: list[dict], n: int) -> list[dict]:
+    """Up to n tuned predictions, worst first: rated ones by ascending judge rating, then unrated
+    ones whose answer was scored wrong. Each comes back with `rating` and `judgment` added."""
+    ratings = {j["id"]: j for j in judgments
+               if j.get("kind") == "single" and j.get("model") == "tuned" and j.get("rating") is not None}
+    candidates = []
+    for pred in predictions:
+        if pred.get("model") != "tuned":
+            continue
+        judged = ratings.get(pred.get("id"), {})
+        wrong = dig(pred, "scores", "correct") is False
+        if judged or wrong:
+            candidates.append({**pred, "rating": judged.get("rating"), "judgment": judged.get("judgment")})
+    candidates.sort(key=lambda p: (p["rating"] is None, p["rating"] or 0,
+                                   dig(p, "scores", "correct") is not False, str(p.get("id"))))
+    return candidates[:max(n, 0)]
+
+
+def thin(points: list, limit: int) -> list:
+    """Every k-th point (and the last) so that at most about `limit` remain."""
+    if len(points) <= limit:
+        return points
+    k = math.ceil(len(points) / limit)
+    return points[::k] + ([points[-1]] if (len(points) - 1) % k else [])
+
+
+def curve_table(curves: dict[str, list[tuple[float, float]]]) -> Table:
+    by_step: dict[float, dict[str, float]] = {}
+    for name, points in curves.items():
+        for step, loss in thin(points, MAX_CURVE_ROWS):
+            by_step.setdefault(step, {})[name] = loss
+    rows = [[fmt(step, 0)] + [fmt(by_step[step].get(name), 4) if name in by_step[step] else "" for name in curves]
+            for step in sorted(by_step)]
+    return Table("", ["step"] + [f"{name} loss" for name in curves], rows)
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About `count` round values (multiples of 1, 2 or 5 x 10^k) between lo and hi."""
+    raw = (hi - lo) / max(count - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(lo / step)
+    return [round(k * step, 10) for k in range(first, math.floor(hi / step) + 1)]
+
+
+def svg_loss_chart(curves: dict[str, list[tuple[float, float]]], width: int = 720, height: int = 360) -> str:
+    """Line chart of loss against step, one line per curve, with ticks and a legend."""
+    points = [p for pts in curves.values() for p in pts]
+    if not points:
+        return ""
+    left, right, top, bottom = 64, 20, 20, 44
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    x1 = x1 if x1 > x0 else x0 + 1
+    pad = (y1 - y0) * 0.05 or 0.5
+    y0, y1 = y0 - pad, y1 + pad
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="training and eval loss by step" '
+            'font-size="12" font-family="sans-serif">'),
+           f'<rect width="{width}" height="{height}" fill="#fff"/>']
+    for xv in nice_ticks(x0, x1):
+        out.append(f'<line x1="{sx(xv):.1f}" y1="{top}" x2="{sx(xv):.1f}" y2="{height - bottom}" stroke="#eee"/>'
+                   f'<text x="{sx(xv):.1f}" y="{height - bottom + 16}" text-anchor="middle">{xv:g}</text>')
+    for yv in nice_ticks(y0, y1):
+        out.append(f'<line x1="{left}" y1="{sy(yv):.1f}" x2="{width - right}" y2="{sy(yv):.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:g}</text>')
+    out.append(f'<path d="M{left},{top} V{height - bottom} H{width - right}" fill="none" stroke="#333"/>'
+               f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">step</text>'
+               f'<text transform="translate(14,{(top + height - bottom) / 2}) rotate(-90)" '
+               'text-anchor="middle">loss</text>')
+    for i, ((name, pts), color) in enumerate(zip(curves.items(), COLORS, strict=False)):
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        if len(pts) <= 40:  # sparse curves (eval) are easier to read with their points marked
+            out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>' for x, y in pts]
+        ly = top + 10 + 18 * i
+        out.append(f'<line x1="{width - right - 110}" y1="{ly}" x2="{width - right - 86}" y2="{ly}" stroke="{color}" '
+                   f'stroke-width="3"/><text x="{width - right - 80}" y="{ly + 4}">{html.escape(name)} loss</text>')
+    return "\n".join(out + ["</svg>"])
+
+
+def judge_blocks(judge: dict | None) -> list[tuple[str, object]]:
+    blocks: list[tuple[str, object]] = [("h2", "Judge")]
+    if judge is None:
+        return blocks + [("p", f"The judge did not run ({JUDGE_METRICS} is missing): no ratings, no pairwise verdicts.")]
+    j, req, c = judge.get("judge") or {}, judge.get("requests") or {}, judge.get("controls") or {}
+    blocks.append(("p", (f"Judge {fmt(j.get('name'))} ({fmt(j.get('model'))}, {fmt(j.get('backend'))}); "
+                         f"{fmt(req.get('requests'), 0)} requests, {fmt(req.get('cached'), 0)} cached, "
+                         f"{fmt(req.get('errors'), 0)} errors.")))
+    controls = (f"on its control items it graded {rate_cell(c.get('accuracy'), c.get('n'), c.get('ci95'), c.get('k'))} "
+                "as expected (the reference answer correct; another question's reference and an empty answer "
+                f"wrong), and {rate_cell(c.get('position_consistency'), c.get('pairs'), c.get('position_consistency_ci95'))} "
+                "of the reference-vs-wrong pairs the same way in both orders; both must reach "
+                f"{fmt(c.get('min_control'), 2)}.")
+    if not judge_informative(judge):
+        return blocks + [("p", "The judge is uninformative: " + controls + " Its grades, ratings and pairwise "
+                               "verdicts are not results, and nothing on this page is ranked by them. Use a stronger "
+                               "judge (conf/judge/*.yaml) to get them.")]
+    counts = "; ".join(f"{m}: {fmt(dig(judge, 'single', m, 'rated'), 0)} rated, "
+                       f"{fmt(dig(judge, 'single', m, 'unparsed'), 0)} unparsed" for m in ("base", "tuned"))
+    correct = [rate_cell(dig(judge, "single", m, "correct", "rate"), dig(judge, "single", m, "correct", "n"),
+                         dig(judge, "single", m, "correct", "ci95"), dig(judge, "single", m, "correct", "k"))
+               for m in ("base", "tuned")]
+    comparison = dig(judge, "comparison", "correct")
+    blocks.append(("p", "The judge is informative: " + controls + f" Graded correct: base {correct[0]}, tuned "
+                        f"{correct[1]}; tuned - base {delta_cells(comparison)[0]} points "
+                        f"({delta_cells(comparison)[2]}). Single ratings: {counts}."))
+    return blocks + [("table", pairwise_table(judge))]
+
+
+def build_blocks(eval_metrics: dict, judge: dict | None, train: dict | None,
+                 curves: dict[str, list[tuple[float, float]]], worst: list[dict]) -> list[tuple[str, object]]:
+    """The report as a list of (kind, payload) blocks that both renderers walk:
+    h1/h2/p (text), table (Table), example (prediction dict), chart (curves)."""
+    blocks: list[tuple[str, object]] = [
+        ("h1", "Distillery: base vs tuned"),
+        ("p", (f"Backend {fmt(eval_metrics.get('backend'))}; {fmt(eval_metrics.get('test_examples'), 0)} "
+               f"held-out test examples, {fmt(eval_metrics.get('test_tokens'), 0)} assistant tokens. "
+               "Delta is tuned - base. Prompts per set: "
+               + (", ".join(f"{k} {v}" for k, v in (eval_metrics.get("prompts") or {}).items()) or "n/a")
+               + "; skipped as too long: "
+               + (", ".join(f"{k} {v}" for k, v in (eval_metrics.get("skipped_too_long") or {}).items()) or "none")
+               + ".")),
+    ]
+    blocks += headline_blocks(eval_metrics)
+    blocks += judge_blocks(judge)
+    blocks += [("h2", "Every figure, base vs tuned"), ("table", metric_table(eval_metrics, judge))]
+    blocks += [("h2", "Exam accuracy by chapter")]
+    blocks += [("table", t) for t in chapter_tables(eval_metrics)] or [("p", "No exam scores by chapter.")]
+    blocks += [("h2", "Tool-call decisions (label x decision)")]
+    blocks += [("table", t) for t in confusion_tables(eval_metrics)]
+    blocks.append(("h2", "Worst tuned predictions"))
+    blocks += [("example", p) for p in worst] or [("p", "No rated or wrong tuned predictions.")]
+    blocks.append(("h2", "Training loss"))
+    if train:
+        keys = ["method", "steps", "train_loss", "eval_loss", "tokens_per_s", "peak_rss_mib", "trainable_params"]
+        blocks.append(("p", ", ".join(f"{k} {fmt(train.get(k), 4 if 'loss' in k else 0)}" for k in keys) + "."))
+    blocks.append(("chart", curves) if any(curves.values()) else ("p", "No training curves found."))
+    return blocks
+
+
+def _md_cell(text: str) -> str:
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_fenced(text: str) -> list[str]:
+    fence = "`" * max([3] + [len(run) + 1 for run in re.findall("`+", text)])
+    return [fence, text, fence, ""]
+
+
+def _example_title(i: int, pred: dict) -> str:
+    correct = {True: "correct", False: "wrong", None: "not scored"}[dig(pred, "scores", "correct")]
+    return f"{i}. {pred.get('id')} (set {pred.get('set')}; rating {fmt(pred.get('rating'), 0)}; {correct})"
+
+
+def _example_fields(pred: dict) -> list[tuple[str, str]]:
+    fields = [("Question", "question"), ("Reference", "reference"), ("Output", "output"), ("Judge", "judgment")]
+    return [(label, str(pred[key])) for label, key in fields if pred.get(key) is not None]
+
+
+def render_markdown(blocks: list[tuple[str, object]]) -> str:
+    lines, n = [], 0
+    for kind, payload in blocks:
+        if kind in ("h1", "h2"):
+            lines += ["#" * int(kind[1]) + " " + payload, ""]
+        elif kind == "p":
+            lines += [payload, ""]
+        elif kind in ("table", "chart"):
+            table = curve_table(payload) if kind == "chart" else payload
+            lines += [f"### {table.title}", ""] if table.title else []
+            lines += ["| " + " | ".join(map(_md_cell, table.header)) + " |",
+                      "|" + "---|" + "---:|" * (len(table.header) - 1)]
+            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows] + [""]
+        elif kind == "example":
+            n += 1
+            lines += [f"### {_md_cell(_example_title(n, payload))}", ""]
+            for label, text in _example_fields(payload):
+                lines += [f"**{label}**", ""] + _md_fenced(text)
+    return "\n".join(lines)
+
+
+def render_html(blocks: list[tuple[str, object]]) -> str:
+    esc = html.escape
+    parts, n = [], 0
+    for kind, payload in blocks:
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{esc(payload)}</{kind}>")
+        elif kind == "p":
+            parts.append(f'<p class="note">{esc(payload)}</p>')
+        elif kind == "table":
+            parts += [f"<h3>{esc(payload.title)}</h3>"] if payload.title else []
+            attr = f' id="{esc(payload.html_id)}"' if payload.html_id else ""
+            head = "".join(f"<th>{esc(h)}</th>" for h in payload.header)
+            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in payload.rows)
+            parts.append(f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "chart":
+            parts.append(f"<figure>{svg_loss_chart(payload)}</figure>")
+        elif kind == "example":
+            n += 1
+            fields = "".join(f"<h4>{label}</h4><pre>{esc(text)}</pre>" for label, text in _example_fields(payload))
+            parts.append(f'<section class="example"><h3>{esc(_example_title(n, payload))}</h3>{fields}</section>')
+    return ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Distillery: base vs tuned</title>'
+            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")

@@ -1,0 +1,38 @@
+"""Stage prepare: raw crawl items and imported records -> clean records, every reject counted by reason.
+
+Normalisation is Unicode NFKC plus whitespace collapsing, applied to every text field
+(in Chinese records, punctuation next to CJK text stays full-width, as is the convention);
+`text` is the canonical string later stages compare (question, options and answer of a
+question; the body of a document section; the user and assistant turns of an imported
+conversation, whose messages stay as written). The fetch date stays in data/raw (VOLATILE_FIELDS):
+a re-crawl of unchanged pages gives the same data/clean. Duplicates, exact or near, and the
+train/val/test split are the dedup stage's work.
+
+Outputs: data/clean/clean.jsonl (kept, sorted by id), data/clean/rejects.jsonl
+(id, where: the item's URL or file:line, reason) and metrics/prepare.json.
+
+    python -m pipeline.stages.prepare        # reads params.yaml (dvc repro prepare)
+"""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.config import sections_or_exit
+from pipeline.config.crawl import SiteConfig
+from pipeline.config.datasets import DatasetConfig
+from pipeline.config.prepare import PrepareConfig
+from pipeline.data.clean import prepare
+from pipeline.paths import PREPARE_METRICS
+
+
+def main() -> None:
+    params = sections_or_exit(sites=dict[str, SiteConfig], datasets=dict[str, DatasetConfig], prepare=PrepareConfig)
+    metrics = prepare(params.prepare, list(params.sites), datasets=list(params.datasets))
+    PREPARE_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    PREPARE_METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print(f"prepare: kept {metrics['kept']} of {metrics['input']}, rejected {metrics['rejected']}")
+
+
+if __name__ == "__main__":
+    main()

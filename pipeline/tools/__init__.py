@@ -1,0 +1,1 @@
+"""Tools a model calls: the search tool over the document index (search)."""
