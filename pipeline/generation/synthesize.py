@@ -1,25 +1,6 @@
-"""Stage synth: the teacher writes think, search and qgen rows for the train, val and test splits.
-
-Think and search rows are verified traces: for each question with a gold answer the teacher writes
-n candidates (reasoning, then a final answer), each checked against the gold; the first that passes
-is the row (pipeline/generation/tasks.py, judge_candidate). Search rows are agent trajectories: the
-reasoning before the call, the call, the index's response, the reasoning over it, the answer.
-
-Reads data/dedup/split.jsonl, the search index and params.yaml (teacher, synth, search,
-chat); writes data/sft/{train,val,test}.jsonl (OpenAI messages with tools declared, loadable by
-`datasets.load_dataset("json", ...)`), data/sft/rejects.jsonl (with reasons) and
-metrics/synth.json. Every request goes through the cache in data/synth_cache first; only
-the missing ones reach the teacher, chunk by chunk.
-
-Imported conversations (records of kind conversation) become rows of task `conversation` as they
-are, in their record's split; synth.mix sets the share of them that goes into training.
-
-Row: id, source_ids, task (plain | think | search | qgen | conversation), split, messages, tools,
-provenance {teacher, model, backend, template, template_sha256, sampling, seed, request_key,
-candidate (which of the n), passages (the open book's), clause (qgen)},
-urls (lineage back to the crawl), valid, reject_reason, and for search rows the label, its
-source, the query and the passages the tool response holds.
-"""
+"""Synthesis: the teacher's think, search and qgen rows for each split, verified against the gold
+answers, through the request cache; imported conversations mixed in. The stage is
+pipeline/stages/synth.py."""
 
 from __future__ import annotations
 

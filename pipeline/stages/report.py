@@ -39,16 +39,16 @@ from pipeline.paths import (
     TRAIN_CURVE,
     TRAIN_METRICS,
 )
-from pipeline.report.render import (
+from pipeline.report.blocks import (
     build_blocks,
     judge_informative,
     read_curve,
     read_json,
     read_jsonl,
-    render_html,
-    render_markdown,
     worst_examples,
 )
+from pipeline.report.markdown import render_markdown
+from pipeline.report.page import render_html
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from conftest import run_stage
 
 from pipeline import paths
 from pipeline.evaluation import stats
-from pipeline.report import render
+from pipeline.report import blocks, markdown, page
 
 HOSTILE = "<think>hmm</think></table><script>alert(1)</script> | ```"
 
@@ -106,7 +106,7 @@ def write_workspace(ws: Path, judge: dict | None = JUDGE) -> Path:
         paths.PREDICTIONS: "".join(json.dumps(p) + "\n" for p in PREDICTIONS),
     }
     if judge:
-        files[render.JUDGE_METRICS] = json.dumps(judge)
+        files[paths.JUDGE_METRICS] = json.dumps(judge)
         files[paths.JUDGMENTS] = "".join(json.dumps(j) + "\n" for j in JUDGMENTS)
     for path, text in files.items():
         (ws / path).parent.mkdir(parents=True, exist_ok=True)
@@ -186,22 +186,22 @@ def test_worst_examples_order_and_escaping(rendered):
 
 
 def test_worst_examples_limit_and_base_ignored():
-    worst = render.worst_examples(PREDICTIONS, JUDGMENTS, 2)
+    worst = blocks.worst_examples(PREDICTIONS, JUDGMENTS, 2)
     assert [(p["id"], p["rating"]) for p in worst] == [("q/hostile", 1), ("q/rated3", 3)]
-    assert [p["id"] for p in render.worst_examples(PREDICTIONS, [], 5)] == ["q/wrong"]
+    assert [p["id"] for p in blocks.worst_examples(PREDICTIONS, [], 5)] == ["q/wrong"]
 
 
 def test_without_judge_or_curves(tmp_path, monkeypatch):
     ws = write_workspace(tmp_path, judge=None)
     (ws / paths.EVAL_CURVE).unlink()
     (ws / paths.TRAIN_CURVE).write_text("", encoding="utf-8")
-    curves = {"train": render.read_curve(ws / paths.TRAIN_CURVE), "eval": render.read_curve(ws / paths.EVAL_CURVE)}
-    assert curves == {"train": [], "eval": []} and render.read_json(ws / render.JUDGE_METRICS) is None
-    blocks = render.build_blocks(render.read_json(ws / paths.EVAL_METRICS), None, None, curves,
-                                 render.worst_examples(PREDICTIONS, [], 5))
-    md, page = render.render_markdown(blocks), render.render_html(blocks)
+    curves = {"train": blocks.read_curve(ws / paths.TRAIN_CURVE), "eval": blocks.read_curve(ws / paths.EVAL_CURVE)}
+    assert curves == {"train": [], "eval": []} and blocks.read_json(ws / paths.JUDGE_METRICS) is None
+    built = blocks.build_blocks(blocks.read_json(ws / paths.EVAL_METRICS), None, None, curves,
+                                blocks.worst_examples(PREDICTIONS, [], 5))
+    md, html = markdown.render_markdown(built), page.render_html(built)
     assert "The judge did not run" in md and "judge mean rating" not in md
-    assert "No training curves found." in md and "<svg" not in page
+    assert "No training curves found." in md and "<svg" not in html
 
     monkeypatch.chdir(ws)
     monkeypatch.setattr(sys, "argv", ["pipeline.stages.report", "--worst", "0"])
@@ -229,7 +229,7 @@ def test_html_in_headless_chromium(rendered):
     table = re.search(r'<table id="base-vs-tuned">(.*?)</table>', dom, re.DOTALL)
     assert table, dom[:2000]
     rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.DOTALL)
-    assert len(rows) == 1 + len(render.METRIC_ROWS) + 3  # header, metrics, elements_exam, judge (2)
+    assert len(rows) == 1 + len(blocks.METRIC_ROWS) + 3  # header, metrics, elements_exam, judge (2)
     assert "<td>held-out loss</td><td>7.1100</td><td>5.9000</td><td>-1.2100</td>" in table.group(1)
     assert "<script" not in dom  # the model's script stayed text
 

@@ -1,36 +1,12 @@
-"""Stage report: one page that says whether tuning helped, and where it did not.
-
-- First the answer, with its uncertainty: knowledge (multiple-choice accuracy by
-  log-likelihood, per set, framing and shots) and behaviour (think, end of turn, search
-  decisions and answers, free-form answers), base and tuned each as a rate with its count and
-  Wilson 95% interval, the paired difference with its 95% interval and p-value, and in words
-  which differences are significant (p < 0.05, each test on its own: no correction for the
-  number of tests, so about one in twenty true non-differences reads as significant).
-- The judge only if it passed its controls (metrics/judge.json `informative`); otherwise the
-  page says it is uninformative and shows no ranking by it (no ratings, no pairwise verdicts,
-  no worst-by-rating order).
-- Then every other number evaluate and judge wrote (metrics/eval.json, metrics/judge.json),
-  with the signed delta tuned - base; exam accuracy by chapter; the tool-decision confusion
-  matrices. A null (no data) reads "n/a", never a crash.
-- The worst tuned predictions (lowest judge rating first where the judge is informative, then
-  wrong answers) with question, reference and output: averages hide what a reader spots in five
-  examples.
-- The training loss curves dvclive wrote (reports/train/plots/metrics/{train,eval}/loss.tsv).
-
-Writes reports/eval.md and reports/eval.html. The HTML is one self-contained file (inline CSS
-and SVG, no script, nothing fetched), and every string from data is escaped: model outputs
-carry `<think>`, `<tool_call>` and, sooner or later, `</table>`.
-
-    python -m pipeline.stages.report [--worst N]      # dvc repro report
-"""
+"""The report's content as blocks (headline comparisons with counts and intervals, metric tables,
+the judge's, chapters, confusion matrices, curves, worst examples), rendered by markdown.py and
+page.py. The stage is pipeline/stages/report.py."""
 
 from __future__ import annotations
 
 import csv
-import html
 import json
 import math
-import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -56,12 +32,6 @@ METRIC_ROWS = [
 PAIRWISE_ROWS = [("pairs", "pairs", 0), ("tuned wins", "tuned_wins", 0), ("base wins", "base_wins", 0),
                  ("ties", "ties", 0), ("inconsistent (order flipped the verdict)", "inconsistent", 0),
                  ("unparsed", "unparsed", 0), ("tuned win rate", "tuned_win_rate", 3)]
-COLORS = ["#1f77b4", "#d62728", "#2ca02c"]
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-td+td,th+th{text-align:right}th{background:#f3f3f3}p.note{color:#555}
-pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;border:1px solid #e3e3e3;margin:.2em 0 .8em}
-.example{border-top:2px solid #ddd;margin-top:1em}"""
 
 
 class Table(NamedTuple):
@@ -349,56 +319,8 @@ def curve_table(curves: dict[str, list[tuple[float, float]]]) -> Table:
     return Table("", ["step"] + [f"{name} loss" for name in curves], rows)
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About `count` round values (multiples of 1, 2 or 5 x 10^k) between lo and hi."""
-    raw = (hi - lo) / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(lo / step)
-    return [round(k * step, 10) for k in range(first, math.floor(hi / step) + 1)]
 
 
-def svg_loss_chart(curves: dict[str, list[tuple[float, float]]], width: int = 720, height: int = 360) -> str:
-    """Line chart of loss against step, one line per curve, with ticks and a legend."""
-    points = [p for pts in curves.values() for p in pts]
-    if not points:
-        return ""
-    left, right, top, bottom = 64, 20, 20, 44
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    x1 = x1 if x1 > x0 else x0 + 1
-    pad = (y1 - y0) * 0.05 or 0.5
-    y0, y1 = y0 - pad, y1 + pad
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (width - left - right)
-
-    def sy(y: float) -> float:
-        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-
-    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="training and eval loss by step" '
-            'font-size="12" font-family="sans-serif">'),
-           f'<rect width="{width}" height="{height}" fill="#fff"/>']
-    for xv in nice_ticks(x0, x1):
-        out.append(f'<line x1="{sx(xv):.1f}" y1="{top}" x2="{sx(xv):.1f}" y2="{height - bottom}" stroke="#eee"/>'
-                   f'<text x="{sx(xv):.1f}" y="{height - bottom + 16}" text-anchor="middle">{xv:g}</text>')
-    for yv in nice_ticks(y0, y1):
-        out.append(f'<line x1="{left}" y1="{sy(yv):.1f}" x2="{width - right}" y2="{sy(yv):.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:g}</text>')
-    out.append(f'<path d="M{left},{top} V{height - bottom} H{width - right}" fill="none" stroke="#333"/>'
-               f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">step</text>'
-               f'<text transform="translate(14,{(top + height - bottom) / 2}) rotate(-90)" '
-               'text-anchor="middle">loss</text>')
-    for i, ((name, pts), color) in enumerate(zip(curves.items(), COLORS, strict=False)):
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
-        if len(pts) <= 40:  # sparse curves (eval) are easier to read with their points marked
-            out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>' for x, y in pts]
-        ly = top + 10 + 18 * i
-        out.append(f'<line x1="{width - right - 110}" y1="{ly}" x2="{width - right - 86}" y2="{ly}" stroke="{color}" '
-                   f'stroke-width="3"/><text x="{width - right - 80}" y="{ly + 4}">{html.escape(name)} loss</text>')
-    return "\n".join(out + ["</svg>"])
 
 
 def judge_blocks(judge: dict | None) -> list[tuple[str, object]]:
@@ -461,65 +383,19 @@ def build_blocks(eval_metrics: dict, judge: dict | None, train: dict | None,
     return blocks
 
 
-def _md_cell(text: str) -> str:
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_fenced(text: str) -> list[str]:
-    fence = "`" * max([3] + [len(run) + 1 for run in re.findall("`+", text)])
-    return [fence, text, fence, ""]
 
 
-def _example_title(i: int, pred: dict) -> str:
+def example_title(i: int, pred: dict) -> str:
     correct = {True: "correct", False: "wrong", None: "not scored"}[dig(pred, "scores", "correct")]
     return f"{i}. {pred.get('id')} (set {pred.get('set')}; rating {fmt(pred.get('rating'), 0)}; {correct})"
 
 
-def _example_fields(pred: dict) -> list[tuple[str, str]]:
+def example_fields(pred: dict) -> list[tuple[str, str]]:
     fields = [("Question", "question"), ("Reference", "reference"), ("Output", "output"), ("Judge", "judgment")]
     return [(label, str(pred[key])) for label, key in fields if pred.get(key) is not None]
 
 
-def render_markdown(blocks: list[tuple[str, object]]) -> str:
-    lines, n = [], 0
-    for kind, payload in blocks:
-        if kind in ("h1", "h2"):
-            lines += ["#" * int(kind[1]) + " " + payload, ""]
-        elif kind == "p":
-            lines += [payload, ""]
-        elif kind in ("table", "chart"):
-            table = curve_table(payload) if kind == "chart" else payload
-            lines += [f"### {table.title}", ""] if table.title else []
-            lines += ["| " + " | ".join(map(_md_cell, table.header)) + " |",
-                      "|" + "---|" + "---:|" * (len(table.header) - 1)]
-            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows] + [""]
-        elif kind == "example":
-            n += 1
-            lines += [f"### {_md_cell(_example_title(n, payload))}", ""]
-            for label, text in _example_fields(payload):
-                lines += [f"**{label}**", ""] + _md_fenced(text)
-    return "\n".join(lines)
 
 
-def render_html(blocks: list[tuple[str, object]]) -> str:
-    esc = html.escape
-    parts, n = [], 0
-    for kind, payload in blocks:
-        if kind in ("h1", "h2"):
-            parts.append(f"<{kind}>{esc(payload)}</{kind}>")
-        elif kind == "p":
-            parts.append(f'<p class="note">{esc(payload)}</p>')
-        elif kind == "table":
-            parts += [f"<h3>{esc(payload.title)}</h3>"] if payload.title else []
-            attr = f' id="{esc(payload.html_id)}"' if payload.html_id else ""
-            head = "".join(f"<th>{esc(h)}</th>" for h in payload.header)
-            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in payload.rows)
-            parts.append(f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "chart":
-            parts.append(f"<figure>{svg_loss_chart(payload)}</figure>")
-        elif kind == "example":
-            n += 1
-            fields = "".join(f"<h4>{label}</h4><pre>{esc(text)}</pre>" for label, text in _example_fields(payload))
-            parts.append(f'<section class="example"><h3>{esc(_example_title(n, payload))}</h3>{fields}</section>')
-    return ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Distillery: base vs tuned</title>'
-            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
