@@ -235,3 +235,5 @@ def test_stage_refuses_bad_params_before_any_work(tmp_path):
     assert "did you mean 'train.epochs'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "models").exists()
+    check = run_stage("pipeline.config", tmp_path, check=False)  # the user's own check says the same
+    assert check.returncode != 0 and "unknown key 'train.epochz'" in check.stdout + check.stderr

@@ -35,7 +35,7 @@ def test_gpu_qlora_7b_fits_the_gpu_its_profile_names(qlora_7b, tmp_path):
     without = estimate["total"] - estimate["activations"]["checkpointing"] + estimate["activations"]["none"]
     assert without > int(claim.group(1)) * GIB
 
-    out = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--plan"], cwd=qlora_7b.parent, text=True,
+    out = subprocess.run([sys.executable, "-m", "pipeline.train", "--plan"], cwd=qlora_7b.parent, text=True,
                          capture_output=True, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""})
     assert out.returncode == 0, out.stderr
     assert "vocabulary 152064, output layer untied (from model.arch (params.yaml))" in out.stdout
