@@ -88,8 +88,13 @@ class SynthConfig:
     and `conversation`: imported conversations, as they are); a task not named: all of them."""
     verify: VerifyConfig = field(default_factory=lambda: VerifyConfig())
     open_book: OpenBookConfig = field(default_factory=lambda: OpenBookConfig())
+    min_train_rows: int = 50
+    """Fewer valid train rows than this stop the run after synth (its rows and rejects written),
+    before a fine-tune on a handful of examples; 0: no floor."""
 
     def __post_init__(self) -> None:
+        if self.min_train_rows < 0:
+            raise ConfigError(f"min_train_rows: expected 0 or more, got {self.min_train_rows}")
         for name, share in self.mix.items():
             if not 0.0 <= share <= 1.0:
                 raise ConfigError(f"mix.{name}: expected a share between 0 and 1, got {share}")

@@ -319,6 +319,19 @@ def write_outputs(rows: list[dict], metrics: dict, params: Sections, out_dir: Pa
     metrics["test_rows"] = dict(sorted(collections.Counter(r["task"] for r in test).items()))
 
 
+def too_few_train_rows(metrics: dict, min_rows: int) -> str | None:
+    """Why the run stops after synth (its rows and rejects written), or None: fewer verified train
+    rows than synth.min_train_rows would fine-tune on a handful of examples."""
+    train = sum(metrics["train_rows"].values())
+    if train >= min_rows:
+        return None
+    rejects = ", ".join(f"{reason} {n}" for reason, n in sorted(metrics["rejects"].items(), key=lambda kv: -kv[1])[:5])
+    return (f"synth kept {train} train rows ({metrics['train_rows']}), fewer than synth.min_train_rows = {min_rows}; "
+            f"most rejected as: {rejects or 'none'} (data/sft/rejects.jsonl, metrics/synth.json). "
+            "A stronger teacher (teacher=openai and its URL), more sources (synth.max_sources, synth.qgen_pairs) or "
+            "sites with question-and-answer pages give more; or lower synth.min_train_rows knowingly")
+
+
 def synthesize_inputs(params: Sections, pending: dict | None = None) -> tuple[list[dict], dict]:
     """synthesize() on the stage's inputs (data/dedup/split.jsonl, the search index, the request
     cache), opened and closed here."""

@@ -26,7 +26,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from pipeline.data import chat_format
-from pipeline.data.text import is_cjk
+from pipeline.data.text import is_cjk, repetitive, tokens
 from pipeline.evaluation import scoring
 from pipeline.generation.request_cache import Request
 from pipeline.generation.teacher import Template, request_seed
@@ -241,8 +241,9 @@ def judge_candidate(rec: dict, output: str, *, emits_tags: bool, prefilled: bool
     """One candidate against its source's gold answer: {"content" (the assistant turn), "verified"
     (its final answer gives the gold and its reasoning concludes no other), "reason" (None when it
     makes a row)}. Reasons: the format's (unbalanced_tags, missing_think, empty_think), no_final_answer
-    (hint none and no answer line), wrong_answer, think_answer_mismatch, wrong_language, and
-    template_echo (the reasoning writes one of `labels`, the template's fields: template_labels)."""
+    (hint none and no answer line), wrong_answer, think_answer_mismatch, wrong_language,
+    template_echo (the reasoning writes one of `labels`, the template's fields: template_labels),
+    and repetitive (the reasoning loops: text.repetitive)."""
     out = {"content": "", "verified": False, "reason": None, "final": None}
     reasoning, final, reason = split_candidate(output, emits_tags, prefilled)
     if reason:
@@ -274,6 +275,8 @@ def judge_candidate(rec: dict, output: str, *, emits_tags: bool, prefilled: bool
         reason = "wrong_language"
     if reason is None and echoed_label(reasoning, labels):
         reason = "template_echo"
+    if reason is None and repetitive(reasoning):
+        reason = "repetitive"
     return {**out, "content": content, "reason": reason}
 
 
@@ -342,6 +345,37 @@ def cite(answer: str, clause: str, lang: str) -> str:
     return f"{answer.rstrip('.')} ({clause})."
 
 
+_QUESTION_MARK = re.compile(r"[?？]")
+# a request rather than a question: "Explain how ...", "List the ...", "简述..."
+_ASKING_VERB = re.compile(r"^(?:explain|describe|list|name|give|state|define|compare|summari[sz]e|outline|identify)\b"
+                          r"|^(?:请|简述|说明|列出|列举|解释|比较)", re.I)
+_TRAILING_CITATION = re.compile(r"\s*[(（][^()（）]*[)）]\s*[.。]?\s*$")
+_MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
+
+
+def pair_reject(question: str, answer: str, source: str = "") -> str | None:
+    """Why a generated pair teaches nothing, or None: not_a_question (the question asks nothing:
+    no question mark, no 吗/呢 at its end, no "Explain", "List", "简述"... at its start), answer_is_question (the answer asks another question),
+    question_holds_answer (four in five of the answer's words are in the question already:
+    a question that states its own answer, or an answer that repeats the question), markup (an
+    HTML tag the section's text does not hold: the page's, not the subject's), repetitive (either
+    loops: text.repetitive)."""
+    if not (_QUESTION_MARK.search(question) or question.rstrip(" 。.").endswith(("吗", "呢"))
+            or _ASKING_VERB.match(question)):
+        return "not_a_question"
+    bare = _TRAILING_CITATION.sub("", answer).rstrip(" .。")
+    if bare.endswith(("?", "？")):
+        return "answer_is_question"
+    words, asked = tokens(bare), set(tokens(question))
+    if len(words) >= 4 and sum(w in asked for w in words) >= 0.8 * len(words):
+        return "question_holds_answer"
+    if any(tag not in source for tag in _MARKUP.findall(question + " " + answer)):
+        return "markup"
+    if repetitive(question) or repetitive(answer):
+        return "repetitive"
+    return None
+
+
 def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 160,
                  max_answer_chars: int = 240, candidate: int = 0) -> tuple[list[dict], list[str]]:
     """New question records from a qgen output (the `candidate`-th of the request's n), and the
@@ -371,6 +405,8 @@ def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 1
             reasons.append("long_answer")
         elif not chat_format.language_matches(question + " " + answer, lang):
             reasons.append("wrong_language")
+        elif pair_reject(question, answer, doc.get("text") or ""):
+            reasons.append(pair_reject(question, answer, doc.get("text") or ""))
         else:
             records.append({"id": f"{doc['id']}/" + (f"c{candidate}" if candidate else "") + f"q{k}",
                             "kind": "qa", "question": question,
@@ -427,6 +463,8 @@ def call_turn(rec: dict, decision: dict, index, top_k: int, snippet_chars: int,
         reason = "empty_think"
     elif think and rec.get("lang") and not chat_format.language_matches(decision["reason"], rec["lang"]):
         reason = "wrong_language"
+    elif think and repetitive(decision["reason"]):
+        reason = "repetitive"
     content = f"{chat_format.THINK_OPEN}\n{decision['reason']}\n{chat_format.THINK_CLOSE}" if think else ""
     reason = reason or chat_format.validate_assistant((content + "\n" if content else "") + tool_call_text(query),
                                                tools=[SEARCH_TOOL])

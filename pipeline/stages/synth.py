@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pipeline.config import Sections, sections_or_exit
 from pipeline.generation.batch import SHARD_LINES, export, import_results
-from pipeline.generation.synthesize import SECTIONS, synthesize_inputs, write_outputs
+from pipeline.generation.synthesize import SECTIONS, synthesize_inputs, too_few_train_rows, write_outputs
 from pipeline.paths import SYNTH_CACHE, SYNTH_METRICS
 from pipeline.runtime.device import require as require_device
 from pipeline.runtime.hub import offline_when_cached
@@ -56,6 +56,9 @@ def run() -> None:
     print(f"synth: {req['requests']} requests ({req['cached']} cached, {req['sent']} sent, {req['errors']} failed) "
           f"in {time.perf_counter() - started:.1f} s; train rows {metrics['train_rows']}, "
           f"val rows {metrics['val_rows']}, rejects {metrics['rejects']}")
+    stop = too_few_train_rows(metrics, params.synth.min_train_rows)
+    if stop:
+        sys.exit(f"error: {stop}")
 
 
 

@@ -4,6 +4,7 @@ The stage itself runs on vLLM in the end-to-end test (tests/e2e/test_e2e_dvc.py)
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -11,8 +12,10 @@ from conftest import ROOT, compose_params
 
 from pipeline.config.params import load_params
 from pipeline.data import chat_format
+from pipeline.data.text import repetitive
 from pipeline.generation import tasks
 from pipeline.generation.request_cache import Request, RequestCache
+from pipeline.generation.synthesize import too_few_train_rows
 from pipeline.tools.search import SEARCH_TOOL, SearchIndex, build_index, format_results
 
 SYSTEM = "You are a careful domain expert."
@@ -119,6 +122,47 @@ def test_a_reasoning_that_writes_the_templates_fields_is_a_template_echo():
     assert judge(ZH, "铁是第26号元素，所以答案是26。\n答案：26", zh_labels) is None
     # without the template's labels (a caller that passes none) nothing is checked
     assert judge(EN, "Iron is element 26.\nReasoning: 26\nAnswer: 26", ()) is None
+
+
+def test_looping_reasonings_and_pairs_that_teach_nothing_are_rejected_by_name():
+    # what gemma-3-270m wrote as teacher on the SQLite manual and the sample's standards
+    judge = functools.partial(tasks.judge_candidate, emits_tags=False, prefilled=False, hint="answer", min_f1=0.5)
+    assert judge(EN, "Iron has 26 protons 2000000000000000000000000.\nAnswer: 26")["reason"] == "repetitive"
+    assert judge(EN, "Iron is element 26. The answer is 26, the answer is 26, the answer is 26, the answer is 26."
+                     "\nAnswer: 26")["reason"] == "repetitive"
+    assert judge(EN, "Iron sits in period 4, group 8; its nucleus holds 26 protons, so it is 26.\nAnswer: 26")["reason"] is None
+    assert not repetitive("The SQL standard says that single quotes in strings are escaped by putting two single "
+                          "quotes in a row: INSERT INTO t VALUES('5 O''clock');")
+    assert repetitive("答案是对氟的容器应密封保存，答案是对氟的容器应密封保存，答案是对氟的容器应密封保存。")
+    doc = {"id": "d/1", "kind": "doc", "lang": "en", "split": "train", "url": "http://x/d",
+           "text": "The <br> element breaks a line. The last step of a commit releases the lock."}
+    pairs = [("What is the last-commit process?", "If the lock is released, what should be done next? (3.12)."),
+             ("The csv file is a text file", "The CSV table must have a schema."),
+             ("What is released at the end? The lock is released at the end.", "The lock is released at the end."),
+             ("What type of containers do you mean?</h2>", "Glass ones. <h2>"),
+             ("What does the last step of a commit do?", "It releases the lock, releases the lock, releases the "
+                                                         "lock, releases the lock, releases the lock."),
+             ("What does <br> do?", "It breaks a line."),
+             ("提交的最后一步做什么？", "释放锁。"),
+             ("最后一步会释放锁吗", "会。")]
+    out = json.dumps({"pairs": [{"question": q, "answer": a} for q, a in pairs]})
+    records, reasons = tasks.qgen_records(doc, out, len(pairs))
+    assert reasons == ["answer_is_question", "not_a_question", "question_holds_answer", "markup", "repetitive",
+                       "wrong_language", "wrong_language"]
+    assert [r["question"] for r in records] == ["What does <br> do?"]
+    assert tasks.pair_reject("提交的最后一步做什么？", "释放锁（3.12）。") is None
+    assert tasks.pair_reject("最后一步会释放锁吗", "会。") is None
+    assert tasks.pair_reject("Explain what the last step of a commit does.", "It releases the lock.") is None
+    assert tasks.pair_reject("简述提交的最后一步", "释放锁。") is None
+
+
+def test_a_teacher_that_leaves_too_few_train_rows_stops_the_run_with_the_counts():
+    metrics = {"train_rows": {"plain": 21, "qgen": 7, "search": 8, "think": 1},
+               "rejects": {"not_a_question": 40, "repetitive": 30, "wrong_answer": 98, "template_echo": 41}}
+    stop = too_few_train_rows(metrics, 50)
+    assert stop.startswith("synth kept 37 train rows") and "synth.min_train_rows = 50" in stop
+    assert "wrong_answer 98, template_echo 41, not_a_question 40, repetitive 30" in stop
+    assert too_few_train_rows(metrics, 37) is None and too_few_train_rows(metrics, 0) is None
 
 
 def test_cache_keys_cover_model_prompt_sampling_seed_and_schema(tmp_path):
