@@ -50,6 +50,10 @@ class VerifyConfig:
     min_f1: float = 0.5
     """A free-form final answer is verified when it equals the gold once normalised, or its
     token F1 against the gold is at least this."""
+    pair_checks: bool = True
+    """Reject the qgen pairs that teach nothing (a question that asks nothing, an answer that is a
+    question, repeats the question or is not in the section, markup, loops: tasks.pair_reject).
+    Off only for a teacher whose words mean nothing (the tiny profile's random one)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_f1 <= 1.0:

@@ -200,7 +200,7 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
             continue
         for candidate, text in enumerate(res):
             new, reasons = tasks.qgen_records(doc, text, cfg.qgen_pairs, qcfg.max_question_chars, qcfg.max_answer_chars,
-                                              candidate)
+                                              candidate, checks=cfg.verify.pair_checks)
             for reason in reasons:
                 add("qgen", doc, [], reason, tpl, req, k=len(rows))
             for rec in new:

@@ -349,17 +349,18 @@ _QUESTION_MARK = re.compile(r"[?？]")
 # a request rather than a question: "Explain how ...", "List the ...", "简述..."
 _ASKING_VERB = re.compile(r"^(?:explain|describe|list|name|give|state|define|compare|summari[sz]e|outline|identify)\b"
                           r"|^(?:请|简述|说明|列出|列举|解释|比较)", re.I)
-_TRAILING_CITATION = re.compile(r"\s*[(（][^()（）]*[)）]\s*[.。]?\s*$")
+_TRAILING_CITATION = re.compile(r"(?:\s*[(（][^()（）]*[)）]\s*[.。]?)+\s*$")
 _MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 
 
 def pair_reject(question: str, answer: str, source: str = "") -> str | None:
     """Why a generated pair teaches nothing, or None: not_a_question (the question asks nothing:
-    no question mark, no 吗/呢 at its end, no "Explain", "List", "简述"... at its start), answer_is_question (the answer asks another question),
-    question_holds_answer (four in five of the answer's words are in the question already:
+    no question mark, no 吗/呢 at its end, no "Explain", "List", "简述"... at its start),
+    answer_is_question (the answer asks another question), question_holds_answer (four in five of the answer's words are in the question already:
     a question that states its own answer, or an answer that repeats the question), markup (an
-    HTML tag the section's text does not hold: the page's, not the subject's), repetitive (either
-    loops: text.repetitive)."""
+    HTML tag the section's text does not hold: the page's, not the subject's), not_in_section (two
+    in three of the answer's words, those of three letters or more and CJK characters, are not in
+    the section: copied from the template's examples or made up), repetitive (either loops: text.repetitive)."""
     if not (_QUESTION_MARK.search(question) or question.rstrip(" 。.").endswith(("吗", "呢"))
             or _ASKING_VERB.match(question)):
         return "not_a_question"
@@ -371,13 +372,18 @@ def pair_reject(question: str, answer: str, source: str = "") -> str | None:
         return "question_holds_answer"
     if any(tag not in source for tag in _MARKUP.findall(question + " " + answer)):
         return "markup"
+    content = [w for w in words if len(w) >= 3 or is_cjk(w)]
+    if source and content:
+        in_source = set(tokens(source))
+        if sum(w in in_source for w in content) < len(content) / 3:
+            return "not_in_section"
     if repetitive(question) or repetitive(answer):
         return "repetitive"
     return None
 
 
 def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 160,
-                 max_answer_chars: int = 240, candidate: int = 0) -> tuple[list[dict], list[str]]:
+                 max_answer_chars: int = 240, candidate: int = 0, checks: bool = True) -> tuple[list[dict], list[str]]:
     """New question records from a qgen output (the `candidate`-th of the request's n), and the
     reasons of the pairs rejected. Ids: `<doc>/q<k>`, and `<doc>/c<candidate>q<k>` after the
     first candidate, so that n > 1 gives every pair its own id."""
@@ -405,7 +411,7 @@ def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 1
             reasons.append("long_answer")
         elif not chat_format.language_matches(question + " " + answer, lang):
             reasons.append("wrong_language")
-        elif pair_reject(question, answer, doc.get("text") or ""):
+        elif checks and pair_reject(question, answer, doc.get("text") or ""):
             reasons.append(pair_reject(question, answer, doc.get("text") or ""))
         else:
             records.append({"id": f"{doc['id']}/" + (f"c{candidate}" if candidate else "") + f"q{k}",

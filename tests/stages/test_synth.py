@@ -51,7 +51,8 @@ def test_malformed_teacher_outputs_become_rejects_not_crashes():
     assert tasks.think_row(ZH, "Iron has 26 protons.", emits_tags=False, system_prompt=SYSTEM)[1] == "wrong_language"
     assert tasks.think_row(EN, "26, no reasoning", emits_tags=True, system_prompt=SYSTEM)[1] == "missing_think"
     # qgen: invalid JSON, a schema it does not follow, pairs that fail one by one
-    doc = {"id": "d/1", "kind": "doc", "lang": "en", "split": "train", "url": "http://x/d", "text": "..."}
+    doc = {"id": "d/1", "kind": "doc", "lang": "en", "split": "train", "url": "http://x/d",
+           "text": "Acids are stored in a ventilated cabinet."}
     assert tasks.qgen_records(doc, '{"pairs": [{"question": "What', 2) == ([], ["invalid_json"])
     assert tasks.qgen_records(doc, "", 2) == ([], ["invalid_json"])
     assert tasks.qgen_records(doc, '{"items": []}', 2) == ([], ["schema: no pairs"])
@@ -143,13 +144,16 @@ def test_looping_reasonings_and_pairs_that_teach_nothing_are_rejected_by_name():
              ("What does the last step of a commit do?", "It releases the lock, releases the lock, releases the "
                                                          "lock, releases the lock, releases the lock."),
              ("What does <br> do?", "It breaks a line."),
+             ("How many backups does the tool keep?", "Every night at 02:00, at most 14 (2.1)."),
              ("提交的最后一步做什么？", "释放锁。"),
              ("最后一步会释放锁吗", "会。")]
     out = json.dumps({"pairs": [{"question": q, "answer": a} for q, a in pairs]})
     records, reasons = tasks.qgen_records(doc, out, len(pairs))
     assert reasons == ["answer_is_question", "not_a_question", "question_holds_answer", "markup", "repetitive",
-                       "wrong_language", "wrong_language"]
+                       "not_in_section", "wrong_language", "wrong_language"]
     assert [r["question"] for r in records] == ["What does <br> do?"]
+    # a teacher whose words mean nothing (the tiny profile's) keeps what passes the format checks
+    assert len(tasks.qgen_records(doc, out, len(pairs), checks=False)[0]) == 7
     assert tasks.pair_reject("提交的最后一步做什么？", "释放锁（3.12）。") is None
     assert tasks.pair_reject("最后一步会释放锁吗", "会。") is None
     assert tasks.pair_reject("Explain what the last step of a commit does.", "It releases the lock.") is None
