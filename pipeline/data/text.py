@@ -1,7 +1,6 @@
 """Text normalisation shared by the stages that read crawled or external text: prepare's
 normal form and canonical `text`, which evalsets gives external items too (so dedup compares
-like with like), the CJK test that dedup's shingling and the chat format's language check use,
-and the repetition test synthesis rejects a looping teacher output by.
+like with like), and the CJK test that dedup's shingling and the chat format's language check use.
 """
 
 from __future__ import annotations
@@ -65,30 +64,3 @@ def conversation_text(messages: list[dict]) -> str:
             parts.append(normalise(m.get("content")))
             parts += [json.dumps(c["function"], ensure_ascii=False, sort_keys=True) for c in m.get("tool_calls") or []]
     return "\n".join(p for p in parts if p)
-
-
-# a token as repetition counts it: a word, or one CJK character (Chinese has no spaces)
-_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
-_RUN = re.compile(r"(\S)\1{11,}")
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-cased words, and CJK characters one by one."""
-    return _TOKEN.findall(text.lower())
-
-
-def repetitive(text: str, max_share: float = 0.3, min_tokens: int = 12) -> bool:
-    """Does a text loop: a character written 12 times in a row ("2000000000000"), or more than
-    `max_share` of its word trigrams occurring twice or more ("the tool keeps a backup, but the tool
-    keeps a backup ...")? A small model's sampling falls into such loops; texts under `min_tokens`
-    words are too short to tell."""
-    if _RUN.search(text):
-        return True
-    words = tokens(text)
-    if len(words) < min_tokens:
-        return False
-    grams = list(zip(words, words[1:], words[2:]))
-    counts: dict[tuple, int] = {}
-    for gram in grams:
-        counts[gram] = counts.get(gram, 0) + 1
-    return sum(n for n in counts.values() if n > 1) > max_share * len(grams)

@@ -26,11 +26,35 @@ import unicodedata
 from dataclasses import dataclass
 
 from pipeline.data import chat_format
-from pipeline.data.text import is_cjk, repetitive, tokens
+from pipeline.data.text import is_cjk
 from pipeline.evaluation import scoring
 from pipeline.generation.request_cache import Request
 from pipeline.generation.teacher import Template, request_seed
 from pipeline.tools.search import SEARCH_TOOL, format_results
+
+
+# a token as repetition counts it: a word, or one CJK character (Chinese has no spaces)
+_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_RUN = re.compile(r"(\S)\1{11,}")
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased words, and CJK characters one by one."""
+    return _TOKEN.findall(text.lower())
+
+
+def repetitive(text: str, max_share: float = 0.3, min_tokens: int = 12) -> bool:
+    """Does a text loop: a character written 12 times in a row ("2000000000000"), or more than
+    `max_share` of its word trigrams occurring twice or more ("the tool keeps a backup, but the tool
+    keeps a backup ...")? A small model's sampling falls into such loops; texts under `min_tokens`
+    words are too short to tell."""
+    if _RUN.search(text):
+        return True
+    words = tokens(text)
+    if len(words) < min_tokens:
+        return False
+    grams = list(zip(words, words[1:], words[2:]))
+    return sum(n for n in collections.Counter(grams).values() if n > 1) > max_share * len(grams)
 
 
 def decision_schema(label: bool | None = None, max_reason_chars: int = 160) -> dict:
@@ -243,7 +267,7 @@ def judge_candidate(rec: dict, output: str, *, emits_tags: bool, prefilled: bool
     makes a row)}. Reasons: the format's (unbalanced_tags, missing_think, empty_think), no_final_answer
     (hint none and no answer line), wrong_answer, think_answer_mismatch, wrong_language,
     template_echo (the reasoning writes one of `labels`, the template's fields: template_labels),
-    and repetitive (the reasoning loops: text.repetitive)."""
+    and repetitive (the reasoning loops: repetitive)."""
     out = {"content": "", "verified": False, "reason": None, "final": None}
     reasoning, final, reason = split_candidate(output, emits_tags, prefilled)
     if reason:
@@ -360,7 +384,7 @@ def pair_reject(question: str, answer: str, source: str = "") -> str | None:
     a question that states its own answer, or an answer that repeats the question), markup (an
     HTML tag the section's text does not hold: the page's, not the subject's), not_in_section (two
     in three of the answer's words, those of three letters or more and CJK characters, are not in
-    the section: copied from the template's examples or made up), repetitive (either loops: text.repetitive)."""
+    the section: copied from the template's examples or made up), repetitive (either loops: repetitive)."""
     if not (_QUESTION_MARK.search(question) or question.rstrip(" 。.").endswith(("吗", "呢"))
             or _ASKING_VERB.match(question)):
         return "not_a_question"

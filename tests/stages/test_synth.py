@@ -12,7 +12,6 @@ from conftest import ROOT, compose_params
 
 from pipeline.config.params import load_params
 from pipeline.data import chat_format
-from pipeline.data.text import repetitive
 from pipeline.generation import tasks
 from pipeline.generation.request_cache import Request, RequestCache
 from pipeline.generation.synthesize import too_few_train_rows
@@ -132,9 +131,9 @@ def test_looping_reasonings_and_pairs_that_teach_nothing_are_rejected_by_name():
     assert judge(EN, "Iron is element 26. The answer is 26, the answer is 26, the answer is 26, the answer is 26."
                      "\nAnswer: 26")["reason"] == "repetitive"
     assert judge(EN, "Iron sits in period 4, group 8; its nucleus holds 26 protons, so it is 26.\nAnswer: 26")["reason"] is None
-    assert not repetitive("The SQL standard says that single quotes in strings are escaped by putting two single "
+    assert not tasks.repetitive("The SQL standard says that single quotes in strings are escaped by putting two single "
                           "quotes in a row: INSERT INTO t VALUES('5 O''clock');")
-    assert repetitive("答案是对氟的容器应密封保存，答案是对氟的容器应密封保存，答案是对氟的容器应密封保存。")
+    assert tasks.repetitive("答案是对氟的容器应密封保存，答案是对氟的容器应密封保存，答案是对氟的容器应密封保存。")
     doc = {"id": "d/1", "kind": "doc", "lang": "en", "split": "train", "url": "http://x/d",
            "text": "The <br> element breaks a line. The last step of a commit releases the lock."}
     pairs = [("What is the last-commit process?", "If the lock is released, what should be done next? (3.12)."),
