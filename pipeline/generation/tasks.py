@@ -267,7 +267,7 @@ def judge_candidate(rec: dict, output: str, *, emits_tags: bool, prefilled: bool
     makes a row)}. Reasons: the format's (unbalanced_tags, missing_think, empty_think), no_final_answer
     (hint none and no answer line), wrong_answer, think_answer_mismatch, wrong_language,
     template_echo (the reasoning writes one of `labels`, the template's fields: template_labels),
-    and repetitive (the reasoning loops: repetitive)."""
+    and repetitive (the reasoning loops)."""
     out = {"content": "", "verified": False, "reason": None, "final": None}
     reasoning, final, reason = split_candidate(output, emits_tags, prefilled)
     if reason:
@@ -380,11 +380,12 @@ _MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 def pair_reject(question: str, answer: str, source: str = "") -> str | None:
     """Why a generated pair teaches nothing, or None: not_a_question (the question asks nothing:
     no question mark, no 吗/呢 at its end, no "Explain", "List", "简述"... at its start),
-    answer_is_question (the answer asks another question), question_holds_answer (four in five of the answer's words are in the question already:
-    a question that states its own answer, or an answer that repeats the question), markup (an
-    HTML tag the section's text does not hold: the page's, not the subject's), not_in_section (two
-    in three of the answer's words, those of three letters or more and CJK characters, are not in
-    the section: copied from the template's examples or made up), repetitive (either loops: repetitive)."""
+    answer_is_question (the answer asks another question), question_holds_answer (four in five of
+    the answer's words are in the question already: a question that states its own answer, or an
+    answer that repeats the question), markup (an HTML tag the section's text does not hold: the
+    page's, not the subject's), not_in_section (two in three of the answer's words, those of three
+    letters or more and CJK characters, are not in the section: copied from the template's examples
+    or made up), repetitive (either loops)."""
     if not (_QUESTION_MARK.search(question) or question.rstrip(" 。.").endswith(("吗", "呢"))
             or _ASKING_VERB.match(question)):
         return "not_a_question"
@@ -406,8 +407,8 @@ def pair_reject(question: str, answer: str, source: str = "") -> str | None:
     return None
 
 
-def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 160,
-                 max_answer_chars: int = 240, candidate: int = 0, checks: bool = True) -> tuple[list[dict], list[str]]:
+def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 160, max_answer_chars: int = 240,
+                 candidate: int = 0, checks: bool = True) -> tuple[list[dict], list[str]]:
     """New question records from a qgen output (the `candidate`-th of the request's n), and the
     reasons of the pairs rejected. Ids: `<doc>/q<k>`, and `<doc>/c<candidate>q<k>` after the
     first candidate, so that n > 1 gives every pair its own id."""
@@ -435,8 +436,8 @@ def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 1
             reasons.append("long_answer")
         elif not chat_format.language_matches(question + " " + answer, lang):
             reasons.append("wrong_language")
-        elif checks and pair_reject(question, answer, doc.get("text") or ""):
-            reasons.append(pair_reject(question, answer, doc.get("text") or ""))
+        elif checks and (why := pair_reject(question, answer, doc.get("text") or "")):
+            reasons.append(why)
         else:
             records.append({"id": f"{doc['id']}/" + (f"c{candidate}" if candidate else "") + f"q{k}",
                             "kind": "qa", "question": question,
