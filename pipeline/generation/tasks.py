@@ -33,14 +33,7 @@ from pipeline.generation.teacher import Template, request_seed
 from pipeline.tools.search import SEARCH_TOOL, format_results
 
 
-# a token as repetition counts it: a word, or one CJK character (Chinese has no spaces)
-_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _RUN = re.compile(r"(\S)\1{11,}")
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-cased words, and CJK characters one by one."""
-    return _TOKEN.findall(text.lower())
 
 
 def repetitive(text: str, max_share: float = 0.3, min_tokens: int = 12) -> bool:
@@ -50,7 +43,7 @@ def repetitive(text: str, max_share: float = 0.3, min_tokens: int = 12) -> bool:
     words are too short to tell."""
     if _RUN.search(text):
         return True
-    words = tokens(text)
+    words = scoring.answer_tokens(text)  # words, and CJK text character by character
     if len(words) < min_tokens:
         return False
     grams = list(zip(words, words[1:], words[2:]))
@@ -392,14 +385,14 @@ def pair_reject(question: str, answer: str, source: str = "") -> str | None:
     bare = _TRAILING_CITATION.sub("", answer).rstrip(" .。")
     if bare.endswith(("?", "？")):
         return "answer_is_question"
-    words, asked = tokens(bare), set(tokens(question))
+    words, asked = scoring.answer_tokens(bare), set(scoring.answer_tokens(question))
     if len(words) >= 4 and sum(w in asked for w in words) >= 0.8 * len(words):
         return "question_holds_answer"
     if any(tag not in source for tag in _MARKUP.findall(question + " " + answer)):
         return "markup"
     content = [w for w in words if len(w) >= 3 or is_cjk(w)]
     if source and content:
-        in_source = set(tokens(source))
+        in_source = set(scoring.answer_tokens(source))
         if sum(w in in_source for w in content) < len(content) / 3:
             return "not_in_section"
     if repetitive(question) or repetitive(answer):
