@@ -39,10 +39,16 @@ class SynthTaskConfig:
     think_before_call: bool = True
     """search: the call turn opens with the teacher's reasoning for the search (a think block);
     false: the call alone (for a teacher whose reasons are noise, as the tiny profile's random one)."""
+    max_sources: int | None = None
+    """qgen: document sections per split the teacher writes questions from; null: synth.max_sources
+    (the cap the questions share); 0: all. Only qgen has its own cap: think and search take the
+    same questions."""
 
     def __post_init__(self) -> None:
         if self.sampling.n < 1:
             raise ConfigError(f"sampling.n: expected at least 1 candidate, got {self.sampling.n}")
+        if self.max_sources is not None and self.max_sources < 0:
+            raise ConfigError(f"max_sources: expected 0 (all) or more, got {self.max_sources}")
 
 
 @dataclass
@@ -99,6 +105,12 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.min_train_rows < 0:
             raise ConfigError(f"min_train_rows: expected 0 or more, got {self.min_train_rows}")
+        if self.max_sources < 0:
+            raise ConfigError(f"max_sources: expected 0 (all) or more, got {self.max_sources}")
+        for task in ("think", "search", "search_answer"):
+            if getattr(self, task).max_sources is not None:
+                raise ConfigError(f"{task}.max_sources: only qgen has its own cap (think and search take the "
+                                  "questions synth.max_sources leaves)")
         for name, share in self.mix.items():
             if not 0.0 <= share <= 1.0:
                 raise ConfigError(f"mix.{name}: expected a share between 0 and 1, got {share}")

@@ -128,13 +128,17 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
             rows.append({"id": f"conversation/{rec['id']}", "task": "conversation", "split": rec["split"],
                          "source_ids": [rec["id"]], "urls": [rec.get("url")], "messages": rec["messages"],
                          "tools": rec.get("tools") or [], "provenance": None, "valid": True, "reject_reason": None})
-    if cfg.max_sources:  # the teacher sees at most this many sources per split and kind, spread over sites
-        def spread(recs, first=lambda r: 0):
-            return [r for s in SPLITS for r in sorted(
-                (x for x in recs if x["split"] == s),
-                key=lambda x: (first(x), hashlib.sha256(x["id"].encode()).digest()))[:cfg.max_sources]]
-        # sections that state requirements (shall, should, may; 应, 宜, 可) first
-        questions, docs = spread(questions), spread(docs, lambda d: tasks.normative(d) == 0)
+    def spread(recs, cap, first=lambda r: 0):
+        """At most `cap` sources per split (0: all), spread over sites by a hash of their ids."""
+        if not cap:
+            return recs
+        return [r for s in SPLITS for r in sorted(
+            (x for x in recs if x["split"] == s),
+            key=lambda x: (first(x), hashlib.sha256(x["id"].encode()).digest()))[:cap]]
+    questions = spread(questions, cfg.max_sources)
+    # qgen's own cap, where set; sections that state requirements (shall, should, may; 应, 宜, 可) first
+    docs = spread(docs, cfg.max_sources if cfg.qgen.max_sources is None else cfg.qgen.max_sources,
+                  lambda d: tasks.normative(d) == 0)
     by_id = {r["id"]: r for r in sources}
 
     def verify(task, rec, req, res, tpl, task_cfg, messages_for):
@@ -328,8 +332,9 @@ def too_few_train_rows(metrics: dict, min_rows: int) -> str | None:
     rejects = ", ".join(f"{reason} {n}" for reason, n in sorted(metrics["rejects"].items(), key=lambda kv: -kv[1])[:5])
     return (f"synth kept {train} train rows ({metrics['train_rows']}), fewer than synth.min_train_rows = {min_rows}; "
             f"most rejected as: {rejects or 'none'} (data/sft/rejects.jsonl, metrics/synth.json). "
-            "A stronger teacher (teacher=openai and its URL), more sources (synth.max_sources, synth.qgen_pairs) or "
-            "sites with question-and-answer pages give more; or lower synth.min_train_rows knowingly")
+            "A stronger teacher (teacher=openai and its URL), more sections and candidates for qgen "
+            "(synth.qgen.max_sources, synth.qgen.sampling.n) or sites with question-and-answer pages give more; "
+            "or lower synth.min_train_rows knowingly")
 
 
 def synthesize_inputs(params: Sections, pending: dict | None = None) -> tuple[list[dict], dict]:

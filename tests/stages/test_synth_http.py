@@ -568,3 +568,27 @@ def test_batch_export_import_in_rounds_gives_the_live_backends_rows(synth_worksp
                    "sites.standards.sample.port=0", "teacher=gemma-3-270m")
     with pytest.raises(SystemExit, match="prompt_format is completion .*run_batch serves /v1/chat/completions"):
         synth("--export-batch", "b")
+
+
+def test_qgen_has_its_own_source_cap(synth_workspace, tmp_path):
+    """synth.qgen.max_sources: the sections qgen writes from, per split, apart from the questions
+    think and search take (synth.max_sources); unset, qgen follows synth.max_sources."""
+    docs = collections.Counter(r["split"] for r in map(json.loads, (synth_workspace / "data/dedup/split.jsonl")
+                                                      .read_text(encoding="utf-8").splitlines())
+                               if r["kind"] == "doc" and r["split"] in ("train", "val", "test"))
+    assert min(docs.values()) > 2, docs  # the cap of 2 leaves sections out of every split
+    server = _serve(_BatchTeacher)
+    url = f"teacher.base_url=http://127.0.0.1:{server.server_port}/v1"
+    try:
+        shared = _workspace(synth_workspace, tmp_path / "shared", url, "synth.max_sources=2")
+        run_stage("pipeline.stages.synth", shared)
+        own = _workspace(synth_workspace, tmp_path / "own", url, "synth.max_sources=2", "synth.qgen.max_sources=0")
+        run_stage("pipeline.stages.synth", own)
+    finally:
+        server.shutdown()
+    shared_m, own_m = (json.loads((ws / "metrics/synth.json").read_text()) for ws in (shared, own))
+    assert shared_m["verify"]["unverifiable"]["qgen"] == 2 * len(docs)
+    assert own_m["verify"]["unverifiable"]["qgen"] == sum(docs.values())
+    # think takes the same questions either way; search also takes qgen's new ones
+    assert own_m["verify"]["think"] == shared_m["verify"]["think"]
+    assert own_m["verify"]["search"]["en"]["sources"] > shared_m["verify"]["search"]["en"]["sources"]

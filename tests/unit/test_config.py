@@ -121,6 +121,8 @@ def test_qwen_tiny_is_the_gpu_profile_with_tiny_sizes(tmp_path):
     ("+eval.enable_thinking=false", "eval.enable_thinking: a switch of the model's own template (Qwen3's)"),
     ("model=qwen-tiny", ""),  # the tiny Qwen composes with either template
     ("model.tiny.vocab_size=null", "model.tiny.vocab_size: required with the sentencepiece tokenizer"),
+    ("+synth.think.max_sources=3", "synth.think.max_sources: only qgen has its own cap"),
+    ("synth.qgen.max_sources=-1", "synth.qgen.max_sources: expected 0 (all) or more, got -1"),
     ("crawl.workers=0", "crawl.workers: expected at least 1 worker process, got 0"),
     ("crawl.redis.port=0", "crawl.redis.port: expected 1..65535, got 0"),
     ("crawl.redis.basename=a*b", "crawl.redis.basename: expected a non-empty key prefix without spaces"),
