@@ -58,7 +58,8 @@ class VerifyConfig:
     token F1 against the gold is at least this."""
     pair_checks: bool = True
     """Reject the qgen pairs that teach nothing (a question that asks nothing, an answer that is a
-    question, repeats the question or is not in the section, markup, loops: tasks.pair_reject).
+    question, repeats the question, copies the prompt's examples or is not in the section, markup or a
+    special token, loops: tasks.pair_reject).
     Off only for a teacher whose words mean nothing (the tiny profile's random one)."""
 
     def __post_init__(self) -> None:

@@ -204,7 +204,7 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
             continue
         for candidate, text in enumerate(res):
             new, reasons = tasks.qgen_records(doc, text, cfg.qgen_pairs, qcfg.max_question_chars, qcfg.max_answer_chars,
-                                              candidate, checks=cfg.verify.pair_checks)
+                                              candidate, checks=cfg.verify.pair_checks, examples=tpl.text)
             for reason in reasons:
                 add("qgen", doc, [], reason, tpl, req, k=len(rows))
             for rec in new:

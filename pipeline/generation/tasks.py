@@ -367,18 +367,28 @@ _QUESTION_MARK = re.compile(r"[?？]")
 _ASKING_VERB = re.compile(r"^(?:explain|describe|list|name|give|state|define|compare|summari[sz]e|outline|identify)\b"
                           r"|^(?:请|简述|说明|列出|列举|解释|比较)", re.I)
 _TRAILING_CITATION = re.compile(r"(?:\s*[(（][^()（）]*[)）]\s*[.。]?)+\s*$")
-_MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
+# an HTML tag, or a model's special token (<start_of_image>, <|im_end|>)
+_MARKUP = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>|<\|[^<>|\s]+\|>")
 
 
-def pair_reject(question: str, answer: str, source: str = "") -> str | None:
+def _copied(text: str, examples: str, source: str) -> bool:
+    """`text` (12 characters or more) is in the template's worked examples and not in the section."""
+    def flat(s: str) -> str:
+        return " ".join(s.lower().split())
+    return len(flat(text)) >= 12 and flat(text) in flat(examples) and flat(text) not in flat(source)
+
+
+def pair_reject(question: str, answer: str, source: str = "", examples: str = "") -> str | None:
     """Why a generated pair teaches nothing, or None: not_a_question (the question asks nothing:
     no question mark, no 吗/呢 at its end, no "Explain", "List", "简述"... at its start),
     answer_is_question (the answer asks another question), question_holds_answer (four in five of
     the answer's words are in the question already: a question that states its own answer, or an
-    answer that repeats the question), markup (an HTML tag the section's text does not hold: the
-    page's, not the subject's), not_in_section (two in three of the answer's words, those of three
-    letters or more and CJK characters, are not in the section: copied from the template's examples
-    or made up), repetitive (either loops)."""
+    answer that repeats the question), markup (an HTML tag or a model's special token the
+    section's text does not hold: the page's or the model's, not the subject's),
+    copied_from_template (the question or the answer is one of `examples`', the prompt's worked
+    examples, and not the section's), not_in_section (two in three of the answer's words, those of
+    three letters or more and CJK characters, are not in the section: made up, or copied in part),
+    repetitive (either loops)."""
     if not (_QUESTION_MARK.search(question) or question.rstrip(" 。.").endswith(("吗", "呢"))
             or _ASKING_VERB.match(question)):
         return "not_a_question"
@@ -390,6 +400,8 @@ def pair_reject(question: str, answer: str, source: str = "") -> str | None:
         return "question_holds_answer"
     if any(tag not in source for tag in _MARKUP.findall(question + " " + answer)):
         return "markup"
+    if examples and (_copied(question, examples, source) or _copied(bare, examples, source)):
+        return "copied_from_template"
     content = [w for w in words if len(w) >= 3 or is_cjk(w)]
     if source and content:
         in_source = set(scoring.answer_tokens(source))
@@ -401,9 +413,10 @@ def pair_reject(question: str, answer: str, source: str = "") -> str | None:
 
 
 def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 160, max_answer_chars: int = 240,
-                 candidate: int = 0, checks: bool = True) -> tuple[list[dict], list[str]]:
+                 candidate: int = 0, checks: bool = True, examples: str = "") -> tuple[list[dict], list[str]]:
     """New question records from a qgen output (the `candidate`-th of the request's n), and the
-    reasons of the pairs rejected. Ids: `<doc>/q<k>`, and `<doc>/c<candidate>q<k>` after the
+    reasons of the pairs rejected (`examples`: the template's text, whose worked examples a pair
+    must not copy). Ids: `<doc>/q<k>`, and `<doc>/c<candidate>q<k>` after the
     first candidate, so that n > 1 gives every pair its own id."""
     try:
         data = json.loads(output, strict=False)  # control characters inside strings: cleaned below
@@ -429,7 +442,7 @@ def qgen_records(doc: dict, output: str, pairs: int, max_question_chars: int = 1
             reasons.append("long_answer")
         elif not chat_format.language_matches(question + " " + answer, lang):
             reasons.append("wrong_language")
-        elif checks and (why := pair_reject(question, answer, doc.get("text") or "")):
+        elif checks and (why := pair_reject(question, answer, doc.get("text") or "", examples)):
             reasons.append(why)
         else:
             records.append({"id": f"{doc['id']}/" + (f"c{candidate}" if candidate else "") + f"q{k}",

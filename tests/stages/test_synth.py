@@ -157,6 +157,21 @@ def test_looping_reasonings_and_pairs_that_teach_nothing_are_rejected_by_name():
     assert tasks.pair_reject("最后一步会释放锁吗", "会。") is None
     assert tasks.pair_reject("Explain what the last step of a commit does.", "It releases the lock.") is None
     assert tasks.pair_reject("简述提交的最后一步", "释放锁。") is None
+    # the prompt's worked examples copied (what gemma-3-270m wrote on SQLite's atomic commit page),
+    # and a model's special tokens
+    examples = (ROOT / "conf/synth/prompts/fewshot/neutral/qgen.txt").read_text(encoding="utf-8")
+    commit = "A rollback journal keeps the original content. At most one writer holds the lock; the oldest reader is first."
+    assert tasks.pair_reject("How many backups does the Atomic Commit keep?", "At most 14; the oldest is deleted "
+                             "first (4.2) (3.4).", commit, examples) == "copied_from_template"
+    assert tasks.pair_reject("How many backups does the backup tool keep?", "One.", "One backup is kept.",
+                             examples) == "copied_from_template"
+    assert tasks.pair_reject("How many backups does the Atomic Commit keep?", "At most 14; the oldest is deleted "
+                             "first (4.2) (3.4).", commit) is None  # the examples are what tells it apart
+    assert tasks.pair_reject("What does the last step do?", "It releases the lock<start_of_image> (3.1).",
+                             commit) == "markup"
+    assert tasks.pair_reject("What does the last step do?", "It releases the lock.<|im_end|>", commit) == "markup"
+    assert tasks.pair_reject("What does the last step do?", "The lock is released; at most one writer holds it.",
+                             commit, examples) is None
 
 
 def test_a_teacher_that_leaves_too_few_train_rows_stops_the_run_with_the_counts():
