@@ -371,12 +371,6 @@ _TRAILING_CITATION = re.compile(r"(?:\s*[(（][^()（）]*[)）]\s*[.。]?)+\s*$
 _MARKUP = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>|<\|[^<>|\s]+\|>")
 
 
-def _copied(text: str, examples: str, source: str) -> bool:
-    """`text` (12 characters or more) is in the template's worked examples and not in the section."""
-    def flat(s: str) -> str:
-        return " ".join(s.lower().split())
-    return len(flat(text)) >= 12 and flat(text) in flat(examples) and flat(text) not in flat(source)
-
 
 def pair_reject(question: str, answer: str, source: str = "", examples: str = "") -> str | None:
     """Why a generated pair teaches nothing, or None: not_a_question (the question asks nothing:
@@ -400,8 +394,11 @@ def pair_reject(question: str, answer: str, source: str = "", examples: str = ""
         return "question_holds_answer"
     if any(tag not in source for tag in _MARKUP.findall(question + " " + answer)):
         return "markup"
-    if examples and (_copied(question, examples, source) or _copied(bare, examples, source)):
-        return "copied_from_template"
+    if examples:  # a question or answer of 12 characters or more, whitespace and case aside
+        shown, section = _clean(examples).lower(), _clean(source).lower()
+        if any(len(t) >= 12 and t in shown and t not in section
+               for t in (_clean(question).lower(), _clean(bare).lower())):
+            return "copied_from_template"
     content = [w for w in words if len(w) >= 3 or is_cjk(w)]
     if source and content:
         in_source = set(scoring.answer_tokens(source))
