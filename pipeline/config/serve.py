@@ -43,6 +43,10 @@ class ServeConfig:
     """Tool calls the chat client executes for one question before it stops asking."""
     temperature: float
     max_tokens: int
+    constrain_tool_calls: bool = True
+    """The chat client asks either server to decode each tool call the model opens under the
+    tool's schema (vLLM: a structural tag; llama.cpp: a GBNF grammar), so every call it gets
+    parses and validates; text and thinking stay free. Evaluation never constrains."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -40,9 +40,9 @@ class SynthTaskConfig:
     """search: the call turn opens with the teacher's reasoning for the search (a think block);
     false: the call alone (for a teacher whose reasons are noise, as the tiny profile's random one)."""
     max_sources: int | None = None
-    """qgen: document sections per split the teacher writes questions from; null: synth.max_sources
-    (the cap the questions share); 0: all. Only qgen has its own cap: think and search take the
-    same questions."""
+    """qgen: document sections per split the teacher writes questions from; facts: questions per
+    split the teacher states as facts; null: synth.max_sources (the cap the questions share); 0:
+    all. Only qgen and facts have their own cap: think and search take the same questions."""
 
     def __post_init__(self) -> None:
         if self.sampling.n < 1:
@@ -94,9 +94,15 @@ class SynthConfig:
     search_answer: SynthTaskConfig
     """The reasoning after the search tool's response and the answer written from it (the last
     turn of a search row)."""
-    mix: dict[Literal["plain", "think", "search", "qgen", "conversation"], float]
+    facts: SynthTaskConfig
+    """Knowledge rows (pipeline.generation.facts): text rows that state each train question's fact
+    both ways (sampling.n rewrites by the teacher, each part verified), the question and its answer
+    as one text, and the train split's document sections; the test questions asked back (the
+    reverse-direction evaluation items, never trained)."""
+    mix: dict[Literal["plain", "think", "search", "qgen", "conversation", "text"], float]
     """Share of each task's valid rows that go into the training set (plain, think, search, qgen,
-    and `conversation`: imported conversations, as they are); a task not named: all of them."""
+    `conversation`: imported conversations, as they are, `text`: the knowledge rows); a task not
+    named: all of them."""
     verify: VerifyConfig = field(default_factory=lambda: VerifyConfig())
     open_book: OpenBookConfig = field(default_factory=lambda: OpenBookConfig())
     min_train_rows: int = 50
@@ -110,8 +116,8 @@ class SynthConfig:
             raise ConfigError(f"max_sources: expected 0 (all) or more, got {self.max_sources}")
         for task in ("think", "search", "search_answer"):
             if getattr(self, task).max_sources is not None:
-                raise ConfigError(f"{task}.max_sources: only qgen has its own cap (think and search take the "
-                                  "questions synth.max_sources leaves)")
+                raise ConfigError(f"{task}.max_sources: only qgen and facts have their own cap (think and search "
+                                  "take the questions synth.max_sources leaves)")
         for name, share in self.mix.items():
             if not 0.0 <= share <= 1.0:
                 raise ConfigError(f"mix.{name}: expected a share between 0 and 1, got {share}")

@@ -121,7 +121,7 @@ class TrainConfig:
     ~1.3 GiB), where all 8,192 positions of a 4 x 2048 micro-batch would take ~19 GiB;
     and 256 rows still make a matrix product wide enough to keep a GPU busy. The loss does not
     depend on it beyond the order of float sums."""
-    repeat: dict[Literal["plain", "think", "search", "qgen", "conversation"], int] = field(default_factory=dict)
+    repeat: dict[Literal["plain", "think", "search", "qgen", "conversation", "text"], int] = field(default_factory=dict)
     """Task -> how many times each of its train rows is seen per epoch (oversampling, as
     dataset weights do in axolotl or LLaMA-Factory); tasks not named: once. Val rows are not
     repeated. synth.mix is the other direction: the share of a task's rows kept."""

@@ -228,6 +228,25 @@ def gold_answer(record: dict) -> str:
     return record_to_messages({**record, "explanation": ""}, "")[2]["content"]
 
 
+def encode_text(tokenizer, text: str, max_len: int | None = None) -> dict:
+    """Token ids and labels of a text row (a knowledge row, no chat turns): the BOS the
+    tokenizer's own policy adds (as lm-evaluation-harness encodes), the text, and the EOS, every
+    token labelled. The same keys as `encode`."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    truncated = max_len is not None and len(ids) > max_len
+    if truncated:
+        ids = ids[:max_len]
+    return {"input_ids": ids, "labels": list(ids), "truncated": truncated}
+
+
+def answer_value(rec: dict) -> str:
+    """The answer as a statement names it: the option's text for multiple choice, else the answer."""
+    options = rec.get("options") or {}
+    return options.get(rec.get("answer"), rec.get("answer") or "") if options else (rec.get("answer") or "")
+
+
 def opens_think(prompt: str) -> bool:
     """Does a rendered prompt end inside an opened think block (a reasoning model's template that
     prefills `<think>\\n`)? Its completions then start with the reasoning, without the tag."""

@@ -72,11 +72,16 @@ def repeat_rows(rows: list[dict], repeat: dict[str, int]) -> list[dict]:
 
 
 def encode_rows(tokenizer, rows: list[dict], max_len: int) -> tuple[list[dict], collections.Counter]:
-    """Tokenised SFT rows (messages with their declared tools), and counts per task of the rows
-    truncated to `max_len` and of those dropped because truncation left no assistant token."""
+    """Tokenised SFT rows (messages with their declared tools; a text row's text, every token
+    trained), and counts per task: `tokens/<task>`, `truncated/<task>` (rows cut to `max_len`) and
+    `no_labels/<task>` (rows dropped because truncation left no assistant token)."""
     examples, counts = [], collections.Counter()
     for row in rows:
-        enc = chat_format.encode(tokenizer, row["messages"], tools=row.get("tools") or None, max_len=max_len)
+        if "text" in row:
+            enc = chat_format.encode_text(tokenizer, row["text"], max_len=max_len)
+        else:
+            enc = chat_format.encode(tokenizer, row["messages"], tools=row.get("tools") or None, max_len=max_len)
+        counts[f"tokens/{row['task']}"] += len(enc["input_ids"])
         if enc.pop("truncated"):
             counts[f"truncated/{row['task']}"] += 1
             if all(label == -100 for label in enc["labels"]):

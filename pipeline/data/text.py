@@ -1,6 +1,7 @@
 """Text normalisation shared by the stages that read crawled or external text: prepare's
 normal form and canonical `text`, which evalsets gives external items too (so dedup compares
-like with like), and the CJK test that dedup's shingling and the chat format's language check use.
+like with like), the CJK test that dedup's shingling and the chat format's language check use,
+and how a fact's words are looked for in a text (synth's knowledge rows, evaluation's groups).
 """
 
 from __future__ import annotations
@@ -64,3 +65,19 @@ def conversation_text(messages: list[dict]) -> str:
             parts.append(normalise(m.get("content")))
             parts += [json.dumps(c["function"], ensure_ascii=False, sort_keys=True) for c in m.get("tool_calls") or []]
     return "\n".join(p for p in parts if p)
+
+
+def norm(text: str) -> str:
+    """NFKC, case-folded, whitespace collapsed: how a fact's words are looked for in a text."""
+    return " ".join(unicodedata.normalize("NFKC", text or "").casefold().split())
+
+
+def find(needle: str, text: str) -> int:
+    """Where a normalised needle starts in a normalised text, -1 if absent; a needle that begins or
+    ends with a letter or digit must not sit inside a longer word ("s" is not found in "sulfur")."""
+    if not needle:
+        return -1
+    lead = r"(?<![a-z0-9])" if needle[0].isalnum() and needle[0].isascii() else ""
+    tail = r"(?![a-z0-9])" if needle[-1].isalnum() and needle[-1].isascii() else ""
+    m = re.search(lead + re.escape(needle) + tail, text)
+    return m.start() if m else -1

@@ -4,6 +4,7 @@ with every rate's count and interval. The stage is pipeline/stages/evaluate.py."
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import math
@@ -15,8 +16,9 @@ from pipeline.config import Sections
 from pipeline.config.eval import EvalConfig
 from pipeline.data import chat_format
 from pipeline.data.evalsets import EvalSetError, load_eval_set
-from pipeline.data.records import encode_records, load_split, test_questions, written_test_questions
-from pipeline.evaluation import likelihood, scoring, stats
+from pipeline.data.jsonl import read_jsonl
+from pipeline.data.records import encode_records, load_sft, load_split, test_questions, written_test_questions
+from pipeline.evaluation import knowledge, likelihood, scoring, stats
 from pipeline.generation.engines import Result, TransformersEngine, VLLMEngine
 from pipeline.generation.request_cache import Request
 from pipeline.models.loading import adapter_trains_tokens, load_for_scoring, merge, vllm_lora_rank
@@ -367,7 +369,7 @@ def comparisons(rows: list[dict], mc_rows: list[dict], metrics: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def evaluate(params: Sections, device: str = "cpu") -> tuple[dict, list[dict], list[dict]]:
+def evaluate(params: Sections, device: str = "cpu") -> tuple[dict, list[dict], list[dict], list[dict]]:
     import torch
     from transformers import AutoTokenizer
 
@@ -382,17 +384,24 @@ def evaluate(params: Sections, device: str = "cpu") -> tuple[dict, list[dict], l
     items = eval_items(params)
     sets = mc_sets(params)
     shots = likelihood.pick_shots(load_split("train"), cfg.mc.shots)
+    # knowledge: the test questions' facts, both ways, cloze and ranked (pipeline.evaluation.knowledge)
+    know_items, know_left_out = knowledge.build_items(
+        test, [r for r in load_sft("test") if r["task"] == "reverse"], read_jsonl(SPLIT),
+        [r for r in load_sft("train") if r["task"] == "text"])
 
     # held-out loss and multiple choice: transformers, the adapter merged onto the full-precision
     # base (QLoRA too); float32 on the CPU, eval.dtype on a GPU
     examples, _ = encode_records(tokenizer, test, params.chat.system_prompt, params.train.max_seq_len,
                                  params.chat.think_from_explanation)
-    losses, mc, mc_rows = {}, {}, []
+    losses, mc, mc_rows, know_rows = {}, {}, [], []
     for name in MODELS:
         model = load_for_scoring(device, cfg.dtype, None if name == "base" else ADAPTER_DIR)
         losses[name], tokens = heldout_loss(model, tokenizer, examples, cfg.batch_size)
         mc[name], rows = mc_run(model, tokenizer, params, sets, shots, name)
         mc_rows += rows
+        # two items a batch: up to 24 candidates each, and a large vocabulary's output rows per token
+        know_rows += [{**r, "model": name} for r in knowledge.score(likelihood.Scorer(model, batch_size=2), tokenizer,
+                                                                     know_items, cfg.max_model_len)]
         del model
         if device == "cuda":
             torch.cuda.empty_cache()  # the vLLM engines below take their share of what is free
@@ -435,21 +444,30 @@ def evaluate(params: Sections, device: str = "cpu") -> tuple[dict, list[dict], l
         "mc_items": {name: len(recs) for name, recs in sets.items()},
         "mc_shots": [r["id"] for r in shots],
     }
+    know = knowledge.compare(know_rows)
+    metrics["knowledge"] = {"items": dict(sorted(collections.Counter(i["direction"] for i in know_items).items())),
+                            "groups": dict(sorted(collections.Counter(i["group"] for i in know_items).items())),
+                            "left_out": know_left_out, "power": know["power"]}
     for model_name in MODELS:
         metrics[model_name] = {"loss": losses[model_name], "perplexity": math.exp(losses[model_name]),
                                "mc": mc[model_name],
+                               "knowledge": knowledge.summary([r for r in know_rows if r["model"] == model_name]),
                                **model_metrics([r for r in rows if r["model"] == model_name], skipped)}
-    metrics["comparison"] = comparisons(rows, mc_rows, metrics)
-    return metrics, rows, mc_rows
+    metrics["comparison"] = {**comparisons(rows, mc_rows, metrics), **know["comparison"]}
+    return metrics, rows, mc_rows, know_rows
 
 
-def write_outputs(metrics: dict, rows: list[dict], mc_rows: list[dict], report_dir: Path = EVAL_REPORT_DIR) -> None:
+def write_outputs(metrics: dict, rows: list[dict], mc_rows: list[dict], know_rows: list[dict],
+                  report_dir: Path = EVAL_REPORT_DIR) -> None:
     (report_dir / "plots").mkdir(parents=True, exist_ok=True)
     with (report_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
         for row in sorted(rows, key=lambda r: (r["id"], r["model"])):
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
     with (report_dir / "mc.jsonl").open("w", encoding="utf-8") as f:
         for row in sorted(mc_rows, key=lambda r: (r["set"], r["framing"], r["shots"], r["id"], r["model"])):
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    with (report_dir / "knowledge.jsonl").open("w", encoding="utf-8") as f:
+        for row in sorted(know_rows, key=lambda r: (r["id"], r["model"])):
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
     for model_name in MODELS:
         with (report_dir / "plots" / f"decisions_{model_name}.csv").open("w", newline="", encoding="utf-8") as f:

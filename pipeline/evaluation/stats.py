@@ -8,6 +8,10 @@
   two Wilson intervals combined through the correlation of the pairs), and McNemar's exact
   test on the discordant pairs (a two-sided binomial test, p = 0.5): `significant` when
   p < 0.05.
+- `paired_mean(base, tuned)`: a score per item (a reciprocal rank): the mean difference with the
+  normal interval of paired differences and its two-sided p-value.
+- `detectable_difference(n, discordant)`: the smallest paired difference in a share that n
+  items detect at 95% with 80% power (McNemar, Connor 1987), given the share of discordant pairs.
 - `unpaired(k1, n1, k0, n0)`: the same for shares taken over different items (validity of
   the calls each model chose to make): Newcombe's method 10 for independent proportions and
   Fisher's exact test.
@@ -94,6 +98,47 @@ def paired(base: list[bool], tuned: list[bool]) -> dict | None:
     p = binomial_two_sided(tuned_only, tuned_only + base_only)
     return _verdict(delta, max(-1.0, delta - down), min(1.0, delta + up), p, n, test="mcnemar_exact",
                     tuned_only=tuned_only, base_only=base_only)
+
+
+def paired_mean(base: list[float], tuned: list[float]) -> dict | None:
+    """Tuned vs base, one score each per item: mean difference, the normal 95% interval of the
+    paired differences, and its two-sided p-value (n of a hundred or more: the normal
+    approximation is close; fewer: read the interval as rough). None with fewer than two items
+    (no spread to test against)."""
+    if len(base) != len(tuned):
+        raise ValueError(f"paired comparison of {len(base)} and {len(tuned)} items")
+    n = len(base)
+    if n < 2:
+        return None
+    diffs = [t - b for b, t in zip(base, tuned)]
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    se = sd / math.sqrt(n)
+    p = math.erfc(abs(mean / se) / math.sqrt(2)) if se else (0.0 if mean else 1.0)
+    return _verdict(mean, mean - Z95 * se, mean + Z95 * se, p, n, test="paired_normal")
+
+
+Z80 = 0.8416212335729143  # the 0.8 quantile of the standard normal: 80% power
+
+
+def detectable_difference(n: int, discordant: float) -> float | None:
+    """The smallest paired difference d (tuned - base, a share) that n items detect with McNemar's
+    test at 95% and 80% power when a share `discordant` of the pairs differ (Connor 1987:
+    n = (Z95 sqrt(psi) + Z80 sqrt(psi - d^2))^2 / d^2, solved for d). None when no pair differs
+    or no d up to the discordant share is detectable."""
+    if n <= 0 or discordant <= 0:
+        return None
+
+    def needed(d: float) -> float:
+        return (Z95 * math.sqrt(discordant) + Z80 * math.sqrt(max(0.0, discordant - d * d))) ** 2 / (d * d)
+
+    low, high = 1e-6, discordant
+    if needed(high) > n:
+        return None
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if needed(mid) > n else (low, mid)
+    return high
 
 
 def fisher_two_sided(k1: int, n1: int, k0: int, n0: int) -> float:

@@ -19,7 +19,9 @@ from pipeline.config.synth import SynthConfig
 from pipeline.config.teacher import TeacherConfig
 from pipeline.data import chat_format
 from pipeline.data.jsonl import read_jsonl
+from pipeline.data.text import norm
 from pipeline.evaluation import stats
+from pipeline.generation import facts as fact_rows
 from pipeline.generation import tasks
 from pipeline.generation.request_cache import Request, RequestCache
 from pipeline.generation.teacher import Teacher, Template, prefills_think
@@ -128,6 +130,13 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
             rows.append({"id": f"conversation/{rec['id']}", "task": "conversation", "split": rec["split"],
                          "source_ids": [rec["id"]], "urls": [rec.get("url")], "messages": rec["messages"],
                          "tools": rec.get("tools") or [], "provenance": None, "valid": True, "reject_reason": None})
+    def add_text(form, rec, text, k=0, entity=None, provenance=None):
+        """A text row (trained on every token): one form of a fact, or a section as it reads."""
+        rows.append({"id": f"text/{form}/{rec['id']}" + (f"#{k}" if k else ""), "task": "text", "split": rec["split"],
+                     "source_ids": rec.get("source_ids") or [rec["id"]], "urls": [rec.get("url")], "text": text,
+                     "fact": {"form": form, "entity": entity, "answer": chat_format.answer_value(rec) if form != "section" else None},
+                     "provenance": provenance, "valid": True, "reject_reason": None})
+
     def spread(recs, cap, first=lambda r: 0):
         """At most `cap` sources per split (0: all), spread over sites by a hash of their ids."""
         if not cap:
@@ -135,6 +144,10 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
         return [r for s in SPLITS for r in sorted(
             (x for x in recs if x["split"] == s),
             key=lambda x: (first(x), hashlib.sha256(x["id"].encode()).digest()))[:cap]]
+    fcfg = cfg.facts
+    # the facts task states train questions' facts and asks test questions back; val gets none
+    fact_src = spread([r for r in questions if r["split"] != "val" and tasks.has_gold(r) and r.get("question")],
+                      cfg.max_sources if fcfg.max_sources is None else fcfg.max_sources) if fcfg.enabled else []
     questions = spread(questions, cfg.max_sources)
     # qgen's own cap, where set; sections that state requirements (shall, should, may; 应, 宜, 可) first
     docs = spread(docs, cfg.max_sources if cfg.qgen.max_sources is None else cfg.qgen.max_sources,
@@ -187,7 +200,50 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
                                      max_answer_chars=qcfg.max_answer_chars) for d in docs]
                  if qcfg.enabled else [])
     verification.unverifiable["qgen"] += len(qgen_reqs)
-    out = teacher.run(think_reqs + qgen_reqs, "think+qgen")
+    facts_tpl = tasks.TemplateSet.load(fcfg, "synth.facts") if fcfg.enabled else None
+    facts_reqs = [fact_rows.request(r, facts_tpl.pick(r.get("lang")), fcfg.sampling, cfg.seed, tcfg) for r in fact_src]
+    out = teacher.run(think_reqs + qgen_reqs + facts_reqs, "think+qgen+facts")
+    form_counts = collections.defaultdict(collections.Counter)  # form -> verified / reject reasons
+    if fcfg.enabled:
+        # the forms no teacher writes: each train question and its answer, each train section
+        for rec in sources:
+            if rec["split"] == "train" and rec["kind"] in ("mcq", "qa") and rec.get("question") and rec.get("answer"):
+                add_text("qa", rec, fact_rows.qa_text(rec))
+            elif rec["split"] == "train" and rec["kind"] == "doc" and rec.get("text"):
+                add_text("section", rec, fact_rows.section_text(rec))
+    for req in facts_reqs:
+        rec, res = by_id[req.tags["source"]], out[req.key(teacher.model)]
+        tpl = facts_tpl.pick(rec.get("lang"))
+        if isinstance(res, str):
+            verification.add("text", rec.get("lang"), None, False, res)
+            add("text", rec, [], res, tpl, req)
+            continue
+        labels = fact_rows.output_labels(tpl.text)
+        verdicts, seen, asked = [], set(), None
+        for k, output in enumerate(res):
+            fields = fact_rows.parse(output, labels)
+            verdict = fact_rows.check(rec, fields)
+            for form, why in verdict.items():
+                form_counts[form]["verified" if why is None else why] += 1
+                verdicts.append({"verified": why is None, "reason": f"{why}: {form}" if why else None})
+                if why:
+                    add("text", rec, [], f"{why}: {form}", tpl, req, k=len(rows), extra_provenance={"candidate": k},
+                        fact={"form": form, "entity": fields["entity"], "text": fields[form]})
+            if rec["split"] == "test":
+                if asked is None and verdict["asked_back"] is None:
+                    asked = fields
+                continue
+            for form, text in fact_rows.texts(rec, fields, verdict):
+                if norm(text) not in seen:
+                    seen.add(norm(text))
+                    add_text(form, rec, text, k=len(seen), entity=fields["entity"],
+                             provenance={**_provenance(params, teacher.model, tpl, req), "candidate": k})
+        verification.add("text", rec.get("lang"), verdicts, bool(seen) or asked is not None)
+        if asked is not None:
+            # the reverse-direction evaluation item: the answer given, the entity asked for
+            add("reverse", rec, [{"role": "system", "content": system}, {"role": "user", "content": asked["asked_back"]},
+                                 {"role": "assistant", "content": asked["entity"]}], None, tpl, req,
+                fact={"entity": asked["entity"], "answer": chat_format.answer_value(rec), "of": rec["id"]})
     thought: dict[str, tuple[str, dict]] = {}  # source id -> its think row's answer turn and provenance
     for req in think_reqs:
         rec = by_id[req.tags["source"]]
@@ -211,6 +267,8 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
                 generated.append(rec)
                 add("qgen", rec, chat_format.record_to_messages(rec, system), None, tpl, req,
                     extra_provenance={"clause": rec["clause"]})
+                if fcfg.enabled and rec["split"] == "train":
+                    add_text("qa", rec, fact_rows.qa_text(rec), provenance=rows[-1]["provenance"])
 
     # phase 2: search. Labelled questions that need no search answer as their verified think row
     # does (tools declared); the others get the teacher's reasoning before the call and the query
@@ -286,6 +344,11 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
             row["search"] = facts
 
     valid = [r for r in rows if r["valid"]]
+    if fcfg.enabled:
+        metrics_facts = {"forms": {form: dict(sorted(c.items())) for form, c in sorted(form_counts.items())},
+                         "text_rows": dict(sorted(collections.Counter(
+                             r["fact"]["form"] for r in valid if r["task"] == "text" and r["split"] == "train").items())),
+                         "reverse_items": sum(r["task"] == "reverse" for r in valid)}
     search_rows = [r for r in valid if r["task"] == "search"]
     servers = teacher.server_counts()
     metrics = {
@@ -295,8 +358,8 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
                      **({"servers": servers} if len(servers) > 1 else {})},
         "rows": {task: {"valid": sum(r["valid"] for r in rows if r["task"] == task),
                         "rejected": sum(not r["valid"] for r in rows if r["task"] == task)}
-                 for task in ("plain", "think", "search", "qgen", "conversation")
-                 if task != "conversation" or any(r["task"] == task for r in rows)},
+                 for task in ("plain", "think", "search", "qgen", "conversation", "text", "reverse")
+                 if task not in ("conversation", "reverse") or any(r["task"] == task for r in rows)},
         "rejects": dict(sorted(collections.Counter(r["reject_reason"].split(":")[0] for r in rows if not r["valid"]).items())),
         "verify": verification.metrics(),
         "search": {"calls": sum(r["search"]["needs_search"] for r in search_rows),
@@ -304,6 +367,7 @@ def synthesize(params: Sections, records: list[dict], index, cache: RequestCache
                    "label_from_data": sum(r["search"]["label_source"] == "data" for r in search_rows),
                    "label_from_site": sum(r["search"]["label_source"] == "site" for r in search_rows),
                    "label_from_teacher": sum(r["search"]["label_source"] == "teacher" for r in search_rows)},
+        **({"facts": metrics_facts} if fcfg.enabled else {}),
     }
     return rows, metrics
 

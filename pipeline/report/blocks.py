@@ -133,6 +133,45 @@ def _entry(value, n, ci, k=None) -> dict:
     return {"value": value, "n": n, "ci": ci, "k": k}
 
 
+KNOWLEDGE_PARTS = [("", "all test facts"), ("forward", "asked as crawled"), ("reverse", "asked back (reverse)"),
+                   ("stated", "stated in training text"), ("not_stated", "not stated in training (control)"),
+                   ("unknown", "entity unknown")]
+
+
+def knowledge_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | None, str]]:
+    """(label, base entry, tuned entry, comparison key) of the knowledge figures (cloze accuracy,
+    ranked first, mean reciprocal rank), for all test facts, by direction and by group."""
+    rows = []
+    for figure, words in (("cloze", "cloze accuracy (question alone, answers scored as text)"),
+                          ("rank_acc1", "ranked first (gold against 20 answers of its site and kind)"),
+                          ("mrr", "mean reciprocal rank (difference: hundredths)")):
+        for part, part_words in KNOWLEDGE_PARTS:
+            entries = []
+            for model in ("base", "tuned"):
+                k = dig(eval_metrics, model, "knowledge")
+                if part:
+                    k = dig(k, "by_direction", part) or dig(k, "by_group", part)
+                e = dig(k, figure)
+                if not e or not e.get("n"):
+                    entries.append(None)
+                elif figure == "mrr":
+                    entries.append({**_entry(e["mean"], e["n"], e["ci95"]), "mean": True})
+                else:
+                    entries.append(_entry(e["rate"], e["n"], e["ci95"], e["k"]))
+            if any(entries):
+                rows.append((f"{words}: {part_words}", *entries, f"knowledge.{figure}" + (f".{part}" if part else "")))
+    return rows
+
+
+def _cell(e: dict | None) -> str:
+    if not e:
+        return "n/a"
+    if e.get("mean"):
+        ci = f" [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if e["ci"] else ""
+        return f"{e['value']:.3f} (n={e['n']}){ci}"
+    return rate_cell(e["value"], e["n"], e["ci"], e.get("k"))
+
+
 def behaviour_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | None, str]]:
     """(label, base entry, tuned entry, comparison key) of the generation figures."""
     def per_model(fn):
@@ -188,7 +227,7 @@ def comparison_table(title: str, rows, comparisons: dict) -> Table:
     header = ["figure", "base", "tuned", "tuned - base, points [95% CI]", "p", "difference"]
     body = []
     for label, base, tuned, key in rows:
-        cells = [rate_cell(e["value"], e["n"], e["ci"], e.get("k")) if e else "n/a" for e in (base, tuned)]
+        cells = [_cell(e) for e in (base, tuned)]
         body.append([label, *cells, *delta_cells(comparisons.get(key))])
     return Table(title, header, body)
 
@@ -214,21 +253,38 @@ def significance_sentences(rows, comparisons: dict) -> list[str]:
 def headline_blocks(eval_metrics: dict) -> list[tuple[str, object]]:
     """What the reader came for: did tuning help, on what, and how sure is that."""
     comparisons = eval_metrics.get("comparison") or {}
-    knowledge, behaviour = mc_rows(eval_metrics), behaviour_rows(eval_metrics)
+    facts, knowledge, behaviour = knowledge_rows(eval_metrics), mc_rows(eval_metrics), behaviour_rows(eval_metrics)
     blocks: list[tuple[str, object]] = [("h2", "Did tuning help? Knowledge and behaviour, with 95% intervals")]
-    blocks += [("p", text) for text in significance_sentences(knowledge + behaviour, comparisons)]
+    blocks += [("p", text) for text in significance_sentences(facts + knowledge + behaviour, comparisons)]
     blocks.append(("p", "Each rate: share (count) [Wilson 95% interval], in percent. Tuned - base: the paired "
                         "difference on the same items (Newcombe's interval; McNemar's exact test; validity, a share "
                         "of the calls each model chose to make, unpaired: Fisher). Each test stands alone (no "
                         "correction for the number of tests)."))
+    if facts:
+        blocks.append(("table", comparison_table(
+            "Knowledge of the test facts, both ways, by log-likelihood (the headline for students under ~1B: "
+            "cloze, OLMES; ranked against other answers; the control: facts no training text stated)",
+            facts, comparisons)))
+        blocks += [("p", text) for text in power_sentences(eval_metrics)]
     if knowledge:
         blocks.append(("table", comparison_table(
-            "Knowledge: multiple-choice accuracy by log-likelihood (option letters: acc; option texts, "
-            "length-normalised: acc_norm)", knowledge, comparisons)))
+            "Knowledge: multiple-choice accuracy by log-likelihood, options listed (option letters: acc; option "
+            "texts, length-normalised: acc_norm)", knowledge, comparisons)))
     else:
         blocks.append(("p", "No multiple-choice items were scored by log-likelihood."))
     blocks.append(("table", comparison_table("Behaviour and answers (generation)", behaviour, comparisons)))
     return blocks
+
+
+def power_sentences(eval_metrics: dict) -> list[str]:
+    """What the knowledge items can detect: the smallest paired difference at 95% with 80% power."""
+    out = []
+    for figure, words in (("cloze", "cloze accuracy"), ("rank_acc1", "ranked first")):
+        p = dig(eval_metrics, "knowledge", "power", figure)
+        if p and p.get("detectable_difference") is not None:
+            out.append(f"Power: {p['n']} paired items ({100 * p['discordant']:.1f}% discordant) detect a difference in "
+                       f"{words} of {100 * p['detectable_difference']:.1f} points or more (95%, 80% power).")
+    return out
 
 
 def judge_informative(judge: dict | None) -> bool:

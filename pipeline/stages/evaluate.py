@@ -53,8 +53,8 @@ from pipeline.runtime.device import require as require_device
 
 def main() -> None:
     params = sections_or_exit(seed=int, device=Device, chat=ChatConfig, search=SearchConfig, train=TrainConfig, eval=EvalConfig)
-    metrics, rows, mc_rows = evaluate(params, require_device(params.device, "evaluate"))
-    write_outputs(metrics, rows, mc_rows)
+    metrics, rows, mc_rows, know_rows = evaluate(params, require_device(params.device, "evaluate"))
+    write_outputs(metrics, rows, mc_rows, know_rows)
     b, t = metrics["base"], metrics["tuned"]
 
     mc_line = "; ".join(

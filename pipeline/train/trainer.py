@@ -357,6 +357,8 @@ def train(params: Sections, nproc: int, resume_from: str | None, device: str = "
         "train_examples": len(train_ex),
         "val_examples": len(val_ex),
         "train_examples_by_task": dict(sorted(collections.Counter(r["task"] for r in train_rows).items())),
+        # per kind: chat rows (plain, think, search, qgen, conversation) and text rows, repeats included
+        "train_tokens_by_task": {k.split("/")[1]: n for k, n in sorted(train_counts.items()) if k.startswith("tokens/")},
         "truncated": {key.split("/")[1]: n for key, n in sorted(counts.items()) if key.startswith("truncated/")},
         "dropped_without_labels": dropped,
         "trainable_params": trainable,

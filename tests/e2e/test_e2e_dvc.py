@@ -80,9 +80,13 @@ def _check_synth(repo: Path) -> None:
     assert metrics["teacher"]["backend"] == "vllm" and metrics["requests"]["sent"] > 0
     rows = [json.loads(line) for line in (repo / "data/sft/train.jsonl").read_text().splitlines()]
     tasks = {r["task"] for r in rows}
-    assert tasks - {"conversation"} == {"plain", "think", "search", "qgen"}
+    assert tasks - {"conversation"} == {"plain", "think", "search", "qgen", "text"}
+    # knowledge rows: each train question with its answer, each train section (the random teacher's
+    # statements are all rejected, by reason)
+    forms = {r["fact"]["form"] for r in rows if r["task"] == "text"}
+    assert {"qa", "section"} <= forms and metrics["verify"]["text"]
     for row in rows:
-        if row["task"] not in ("plain", "conversation"):
+        if row["task"] not in ("plain", "conversation") and not (row["task"] == "text" and row["provenance"] is None):
             assert len(row["provenance"]["template_sha256"]) == 64 and row["provenance"]["teacher"] == "tiny"
         if row["task"] == "conversation":  # an imported one: lineage back to its file and line
             assert row["source_ids"][0].startswith(f"{DATASET}/") and row["urls"][0].startswith("userdata/examples/")
@@ -189,7 +193,9 @@ def _check_evaluation(repo: Path) -> None:
     # search loop are scored on a scripted model in tests/stages/test_evaluate.py and tests/unit/test_scoring.py,
     # and on the default profile in metrics/eval.json.
     comparison = metrics["comparison"]
-    assert {"mc.general_mc.plain.0shot.acc", "think.questions", "search_answer"} <= set(comparison)
+    assert {"mc.general_mc.plain.0shot.acc", "think.questions", "search_answer", "knowledge.cloze",
+            "knowledge.rank_acc1", "knowledge.mrr"} <= set(comparison)
+    assert metrics["knowledge"]["items"]["forward"] > 0 and "cloze" in metrics["knowledge"]["power"]
     assert all({"delta", "ci95", "p_value", "significant"} <= set(c) for c in comparison.values())
     rows = [json.loads(line) for line in (repo / "reports/eval/predictions.jsonl").read_text().splitlines()]
     assert {r["set"] for r in rows} == sets

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import compose_params, run_stage, stage_env
 
+from pipeline.chat.agent import tool_call_constraints
 from pipeline.config.params import load_params
 from pipeline.data import chat_format
 from pipeline.tools.search import SEARCH_TOOL, SearchIndex, format_results
@@ -106,6 +107,9 @@ def test_the_chat_loop_executes_a_search_and_answers(agent_workspace, tiny_token
     first, second = server.requests  # the call, then the answer: exactly two requests
     assert first["model"] == second["model"] == "distillery"
     assert first["tools"] == second["tools"] == [SEARCH_TOOL]
+    # serve.constrain_tool_calls (default): every request asks for calls decoded under the schema
+    constraints = tool_call_constraints([SEARCH_TOOL])
+    assert {k: first[k] for k in constraints} == {k: second[k] for k in constraints} == constraints
     assert [m["role"] for m in first["messages"]] == ["system", "user"]
     assert first["messages"][1]["content"] == question
 
@@ -166,3 +170,64 @@ def test_the_chat_client_names_a_missing_server(agent_workspace):
     proc = _chat(agent_workspace, "http://127.0.0.1:9/v1", "--query", "hydrogen?")
     assert proc.returncode != 0
     assert "no server at http://127.0.0.1:9/v1" in proc.stderr and "make serve" in proc.stderr
+
+
+def test_without_constrain_tool_calls_requests_carry_no_grammar(agent_workspace, tmp_path):
+    import yaml
+
+    params = yaml.safe_load((agent_workspace / "params.yaml").read_text())
+    params["serve"]["constrain_tool_calls"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    shutil.copytree(agent_workspace / "data/search", tmp_path / "data/search")
+    server = Scripted([ANSWER])
+    try:
+        proc = _chat(tmp_path, server.url, "--query", "hydrogen?")
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr
+    assert server.requests[0]["tools"] == [SEARCH_TOOL]
+    assert not {"grammar", "structured_outputs"} & set(server.requests[0])
+
+
+def _call(arguments: str, name: str = "search") -> str:
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("text", [
+    "<think>\nhm < a <tool and </tool_call> x\n</think>\nThe answer.",  # free text: anything but <tool_call>
+    "",
+    "<think>\nLook it up.\n</think>\n" + _call('{"query": "iron melting point"}'),
+    '<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>',
+    _call('{"query": "a"}') + " then " + _call('{"query": "\\u00e9 b<c"}') + "\nok",
+    _call('{"query": "氢 原子"}'),
+    _call('{"query": "  x"}'),
+    _call('{"query": "a\\"b\\n"}'),
+    _call('{"query": "\u3000x"}'),
+    _call('{"query": "a"}', name="find"),       # an undeclared tool
+    _call('{"query": ""}'),                     # empty, blank: tool_call_error's "is empty"
+    _call('{"query": "   "}'),
+    _call('{"query": "\u3000"}'),
+    _call('{"query": "\\n\\t"}'),
+    _call('{"query": "a</tool_call>b"}'),       # would end the call for every parser
+    _call('{"query": "a", "k": 1}'),            # an unknown argument
+    _call("{}"),                                # a missing one
+    _call('{"query": 3}'),
+    _call('{"query": "a\nb"}'),                 # a raw control character: not JSON
+    "<tool_call>hello</tool_call>",
+    '<tool_call>\n{"name": "search"',          # a call never closed
+])
+def test_tool_call_constraints_admit_exactly_the_valid_calls(text):
+    """Both forms of the constraint (vLLM's structural tag; llama.cpp's GBNF, read here by
+    xgrammar, whose EBNF is GBNF's; llama.cpp's own reading is test_serve's) accept a reply
+    exactly when every call opened in it is closed, parses and validates (chat_format)."""
+    import xgrammar
+
+    parsed = chat_format.parse_output(text)
+    valid = (not parsed["invalid_tool_calls"] and text.count(chat_format.TOOL_CALL_OPEN) == len(parsed["tool_calls"])
+             and all(chat_format.tool_call_error(c, [SEARCH_TOOL]) is None for c in parsed["tool_calls"]))
+    constraints = tool_call_constraints([SEARCH_TOOL])
+    compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo([]), cache_enabled=False)
+    for grammar in (xgrammar.Grammar.from_structural_tag(constraints["structured_outputs"]["structural_tag"]),
+                    xgrammar.Grammar.from_ebnf(constraints["grammar"])):
+        matcher = xgrammar.GrammarMatcher(compiler.compile_grammar(grammar), terminate_without_stop_token=True)
+        assert (matcher.accept_string(text) and matcher.is_terminated()) == valid, (text, valid)

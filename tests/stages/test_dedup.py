@@ -159,7 +159,7 @@ def test_eval_sets_csv_ceval_mmlu_and_jsonl(tmp_path):
 
 def test_dedup_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"dedup.splits.train \+ val \+ test: expected 1, got 1.1"):
-        _cfg(tmp_path / "a", "dedup.splits.val=0.3")
+        _cfg(tmp_path / "a", "dedup.splits.val=0.2")
     with pytest.raises(ConfigError, match=r"dedup.decontaminate_against\[0\]: '/tmp/x.csv' is not under evalsets/"):
         _cfg(tmp_path / "b", "dedup.decontaminate_against=[/tmp/x.csv]")
     with pytest.raises(ConfigError, match=r"dedup.bands, rows: give both or neither"):

@@ -157,7 +157,7 @@ def test_an_openai_conversation_with_a_tool_call_reaches_sft_with_an_exact_mask(
     (row,) = load_sft("train", tmp_path / "sft")
     assert row["source_ids"] == [records[0]["id"]] and row["urls"] == ["userdata/m.jsonl:1"]
     (example,), counts = encode_rows(tiny_tokenizer, [row], max_len=2048)
-    assert not counts and _labelled_spans(tiny_tokenizer, example["labels"]) == GOLDEN
+    assert set(counts) == {"tokens/conversation"} and _labelled_spans(tiny_tokenizer, example["labels"]) == GOLDEN
     text = tiny_tokenizer.decode(example["input_ids"], skip_special_tokens=False)
     assert "[1] A cylinder store shall keep 3 m" in text and '"name": "search"' in text  # tool response, tools declared
 

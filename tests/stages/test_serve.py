@@ -6,7 +6,9 @@
   and the API key comes from the environment only;
 - our tool-call format through vLLM's hermes parser: structured `tool_calls`;
 - `make serve-gguf`: llama.cpp's server on the exported GGUF, with the GGUF's own chat template;
-- the chat client (`python -m pipeline.chat`) through both.
+- the chat client (`python -m pipeline.chat`) through both, and its tool calls constrained on
+  both (serve.constrain_tool_calls): the random model steered into writing calls hands the agent
+  only calls that parse and validate, and, unconstrained, calls that do not.
 """
 
 from __future__ import annotations
@@ -77,6 +79,71 @@ def _chat_once(ws: Path, url: str) -> subprocess.CompletedProcess:
                           cwd=ws, env=env, capture_output=True, text=True, timeout=300)
 
 
+class _Steered:
+    """An openai client that leans the random tiny model towards writing tool calls: the tags
+    <tool_call> and </tool_call> and the quote character get a large logit bias, sampled at
+    temperature 1 with fixed seeds. Unconstrained, the model then opens and closes calls around
+    garbage; constrained, the call it opens is decoded under the search tool's schema, the
+    quote's bias ending each query soon. The agent's own request fields (extra_body) pass through."""
+
+    def __init__(self, client, tokenizer) -> None:
+        quote = [i for i in range(len(tokenizer)) if tokenizer.decode([i]) == '"']
+        tags = tokenizer.convert_tokens_to_ids([chat_format.TOOL_CALL_OPEN, chat_format.TOOL_CALL_CLOSE])
+        self.bias = {str(i): 10 for i in [*tags, *quote]}
+        self.client, self.replies = client, []
+        self.chat = self
+        self.completions = self
+
+    def create(self, **kwargs):
+        kwargs.update(logit_bias=self.bias, temperature=1.0, seed=len(self.replies), max_tokens=96)
+        self.replies.append(self.client.chat.completions.create(**kwargs))
+        return self.replies[-1]
+
+
+def _steered_agent(ws: Path, url: str, constrain: bool, questions: int = 3) -> tuple[list[dict], list[str], str]:
+    """The agent (pipeline.chat.agent.ask) against a real server, the model steered into tool
+    calls (_Steered), one request a question (serve.max_tool_rounds=0: the calls are read, not
+    run; the tiny model's 512-token context would not hold their results): every call that
+    reached the agent, every one it could not parse, and what it printed."""
+    import io
+
+    import openai
+    from transformers import AutoTokenizer
+
+    from pipeline.chat.agent import Printer, ask, read_reply
+    from pipeline.config.params import load_params
+    from pipeline.tools.search import SearchIndex
+
+    params = load_params(ws / "params.yaml")
+    params.serve.max_tool_rounds, params.serve.constrain_tool_calls = 0, constrain
+    client = _Steered(openai.OpenAI(base_url=url, api_key=KEY, max_retries=0), AutoTokenizer.from_pretrained(ws / "models/base"))
+    out, index = io.StringIO(), SearchIndex(ws / "data/search/index.sqlite")
+    try:
+        for question in ("What is the melting point of iron?", "Which element has the symbol Na?",
+                         "How many protons does carbon have?")[:questions]:
+            messages = [{"role": "system", "content": params.chat.system_prompt}, {"role": "user", "content": question}]
+            ask(client, "distillery", messages, index, params, Printer(out, color=False))
+    finally:
+        index.close()
+    calls, invalid = [], []
+    for reply in client.replies:
+        _, got, bad, _ = read_reply(reply.choices[0].message)
+        calls += got
+        invalid += bad
+    return calls, invalid, out.getvalue()
+
+
+def _assert_every_call_parses(ws: Path, url: str) -> None:
+    """Issue 43: a tool call the model opens is decoded under the tool's schema, so none that
+    reaches the agent is invalid (it would be, unconstrained: the same steering shows it)."""
+    calls, invalid, printed = _steered_agent(ws, url, constrain=True)
+    assert calls and not invalid, (invalid, printed)
+    assert all(chat_format.tool_call_error(c, [SEARCH_TOOL]) is None for c in calls), calls
+    assert "not valid JSON" not in printed
+    _, invalid, printed = _steered_agent(ws, url, constrain=False, questions=1)
+    assert invalid and "not valid JSON" in printed
+
+
 def _stop(proc) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -124,6 +191,7 @@ def test_make_serve_answers_the_openai_client_with_the_adapter(exported, tmp_pat
                    for c in cmdlines)
         chatted = _chat_once(exported, url)
         assert chatted.returncode == 0, chatted.stderr
+        _assert_every_call_parses(exported, url)
     finally:
         _stop(proc)
     assert KEY not in (tmp_path / "vllm.log").read_text()
@@ -171,6 +239,7 @@ def test_make_serve_gguf_answers_the_openai_client(exported, tmp_path):
             assert r.usage.prompt_tokens == len(prompt["input_ids"])
         chatted = _chat_once(exported, url)
         assert chatted.returncode == 0, chatted.stderr
+        _assert_every_call_parses(exported, url)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
     finally:

@@ -60,7 +60,8 @@ def _rows(ws: Path) -> set[str]:
     for name in ("train", "val", "rejects"):
         for line in (ws / f"data/sft/{name}.jsonl").read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            out.add(json.dumps({k: row[k] for k in ("id", "messages", "reject_reason", "provenance")}, sort_keys=True))
+            out.add(json.dumps({k: row.get(k) for k in ("id", "messages", "text", "reject_reason", "provenance")},
+                               sort_keys=True))
     return out
 
 
@@ -262,6 +263,8 @@ class _VerifyingTeacher(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         cls = type(self)
         prompt = body["messages"][-1]["content"]
+        if prompt.rstrip().endswith("About:"):  # synth.facts: not this teacher's subject
+            return openai_reply(self, body["model"], [""] * body.get("n", 1))
         cls.prompts.append(prompt)
         if "response_format" in body:
             schema = json.dumps(body["response_format"])
@@ -553,8 +556,8 @@ def test_batch_export_import_in_rounds_gives_the_live_backends_rows(synth_worksp
     # think, qgen and the crawled questions' decisions first; then the generated questions'
     # decisions and the search answers they allow (and the request that failed); last the
     # generated questions' search answers
-    assert [set(r) for r in rounds] == [{"think+qgen", "search"}, {"think+qgen", "search", "search answers"}, {"search answers"}]
-    assert rounds[1]["think+qgen"] == 1
+    assert [set(r) for r in rounds] == [{"think+qgen+facts", "search"}, {"think+qgen+facts", "search", "search answers"}, {"search answers"}]
+    assert rounds[1]["think+qgen+facts"] == 1
     held = _cached(ws)
     out = synth("--import-batch", "b")  # every result file again: nothing stored twice
     assert "imported 0 answers" in out and f"already_cached {held}" in out and _cached(ws) == held
@@ -592,3 +595,62 @@ def test_qgen_has_its_own_source_cap(synth_workspace, tmp_path):
     # think takes the same questions either way; search also takes qgen's new ones
     assert own_m["verify"]["think"] == shared_m["verify"]["think"]
     assert own_m["verify"]["search"]["en"]["sources"] > shared_m["verify"]["search"]["en"]["sources"]
+
+
+def _facts_reply(body: dict) -> list[str]:
+    """A scripted teacher that states the prompt's last fact: its first candidate right, its second
+    with the reversed sentence the wrong way round; anything else gets no answer."""
+    prompt = body["messages"][-1]["content"]
+    if not prompt.rstrip().endswith("About:"):
+        return [""] * body.get("n", 1)
+    question, gold = (prompt.rsplit(label, 1)[1].split("\n", 1)[0].strip() for label in ("Question:", "Answer:"))
+    words = [w.strip("?？,.") for w in question.split()] if " " in question else [question[:2]]
+    entity = max((w for w in words if w and w.casefold() not in gold.casefold() and gold.casefold() not in w.casefold()),
+                 key=len)
+    cjk = not question.isascii()
+    stated = f"{entity}是{gold}。" if cjk else f"{entity} goes with {gold}."
+    back = f"{gold}对应什么？" if cjk else f"What goes with {gold}?"
+    good = f" {entity}\nStatement: {stated}\nReversed: " + (f"{gold}对应{entity}。" if cjk else f"{gold} goes with {entity}.")
+    return [good + f"\nAsked back: {back}", f" {entity}\nStatement: {stated}\nReversed: {stated}\nAsked back: {back}"]
+
+
+class _FactsTeacher(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        openai_reply(self, body["model"], _facts_reply(body))
+
+    def log_message(self, *args):
+        pass
+
+
+def test_knowledge_rows_state_train_facts_both_ways_and_ask_test_facts_back(synth_workspace, tmp_path):
+    """synth.facts: text rows from train records only (the teacher's verified statements both ways,
+    the question asked back, each question with its answer, each section); the test questions
+    asked back become reverse items of the test split, never trained; rejects counted by reason."""
+    server = _serve(_FactsTeacher)
+    try:
+        ws = _workspace(synth_workspace, tmp_path / "ws", f"teacher.base_url=http://127.0.0.1:{server.server_port}/v1",
+                        "synth.max_sources=4", "synth.facts.max_sources=6")
+        run_stage("pipeline.stages.synth", ws)
+    finally:
+        server.shutdown()
+    split = {r["id"]: r for r in map(json.loads, (ws / "data/dedup/split.jsonl").read_text(encoding="utf-8").splitlines())}
+    rows = {name: [json.loads(x) for x in (ws / f"data/sft/{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+            for name in ("train", "val", "test")}
+    text = [r for r in rows["train"] if r["task"] == "text"]
+    forms = collections.Counter(r["fact"]["form"] for r in text)
+    assert forms["statement"] == forms["reversed"] == forms["asked_back"] > 0 and forms["qa"] > forms["statement"]
+    assert forms["section"] == sum(r["split"] == "train" and r["kind"] == "doc" for r in split.values())
+    assert all(split[r["source_ids"][0]]["split"] == "train" for r in text)
+    for r in text:
+        if r["fact"]["form"] in ("statement", "reversed"):
+            assert r["fact"]["entity"] in r["text"] and r["fact"]["answer"] in r["text"]
+    assert not [r for r in rows["val"] + rows["test"] if r["task"] == "text"]
+    reverse = [r for r in rows["test"] if r["task"] == "reverse"]
+    assert reverse and all(split[r["fact"]["of"]]["split"] == "test" for r in reverse)
+    assert all(r["messages"][2]["content"] == r["fact"]["entity"] and r["fact"]["answer"] in r["messages"][1]["content"]
+               for r in reverse)
+    metrics = json.loads((ws / "metrics/synth.json").read_text())
+    assert metrics["facts"]["forms"]["reversed"]["wrong_direction"] == metrics["facts"]["forms"]["reversed"]["verified"]
+    assert metrics["facts"]["reverse_items"] == len(reverse) and metrics["rejects"]["wrong_direction"] > 0
+    assert {"en", "zh"} <= set(metrics["verify"]["text"])

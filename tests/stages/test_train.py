@@ -567,5 +567,34 @@ def test_early_stopping_ends_with_the_best_checkpoint(train_inputs, tmp_path):
     assert evaluated["backend"] == "transformers"
     assert evaluated["prompts"] == {"exam:elements_exam": 14, "questions": 6, "tools": 4}
     assert sum(evaluated["tuned"]["tools"]["confusion"].values()) == 4
+    # knowledge: every test question with a short answer, cloze-scored and ranked, both models
+    know = [json.loads(r) for r in (ws / "reports/eval/knowledge.jsonl").read_text().splitlines()]
+    items = evaluated["knowledge"]["items"]
+    assert 2 * (items["forward"] + items["reverse"]) == len(know) and items["forward"] > 0  # both ways, both models
+    assert {"knowledge.cloze", "knowledge.rank_acc1", "knowledge.mrr"} <= set(evaluated["comparison"])
+    assert evaluated["tuned"]["knowledge"]["cloze"]["n"] == evaluated["knowledge"]["power"]["cloze"]["n"]
     rows = (ws / "reports/eval/predictions.jsonl").read_text().splitlines()
     assert len(rows) == 2 * 24 and all(0 < json.loads(r)["new_tokens"] <= 12 for r in rows)
+
+
+def test_a_text_row_is_trained_on_every_token_and_packs_beside_chat_rows(tiny_tokenizer):
+    """A knowledge row (task text): the tokenizer's own BOS policy, the text, the EOS, every token
+    labelled; packed beside a chat row, each keeps its own positions and labels."""
+    from pipeline.data import chat_format
+    from pipeline.data.records import encode_rows
+    from pipeline.train.packing import SFTCollator
+
+    text = "Neon has the atomic number 10."
+    chat = {"task": "plain", "messages": chat_format.record_to_messages(
+        {"question": "What is the atomic number of neon?", "answer": "10", "options": {}}, "You are a careful domain expert.")}
+    (t, c), counts = encode_rows(tiny_tokenizer, [{"task": "text", "text": text}, chat], max_len=512)
+    assert t["labels"] == t["input_ids"] and t["input_ids"][-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode(t["input_ids"][:-1]) == text
+    assert counts == {"tokens/text": len(t["input_ids"]), "tokens/plain": len(c["input_ids"])}
+    assert any(label == -100 for label in c["labels"])  # the chat row's prompt is not trained
+    batch = SFTCollator(tiny_tokenizer.pad_token_id, pack=True, row_len=512)([t, c])
+    assert batch["input_ids"].shape[0] == 1
+    first, second = (t, c) if len(t["input_ids"]) >= len(c["input_ids"]) else (c, t)
+    n = len(first["input_ids"])
+    assert batch["position_ids"][0, n].item() == 0  # the second example's positions restart
+    assert batch["labels"][0, n].item() == -100 and batch["labels"][0, n + 1:n + len(second["labels"])].tolist() == second["labels"][1:]

@@ -121,7 +121,7 @@ def test_qwen_tiny_is_the_gpu_profile_with_tiny_sizes(tmp_path):
     ("+eval.enable_thinking=false", "eval.enable_thinking: a switch of the model's own template (Qwen3's)"),
     ("model=qwen-tiny", ""),  # the tiny Qwen composes with either template
     ("model.tiny.vocab_size=null", "model.tiny.vocab_size: required with the sentencepiece tokenizer"),
-    ("+synth.think.max_sources=3", "synth.think.max_sources: only qgen has its own cap"),
+    ("+synth.think.max_sources=3", "synth.think.max_sources: only qgen and facts have their own cap"),
     ("synth.qgen.max_sources=-1", "synth.qgen.max_sources: expected 0 (all) or more, got -1"),
     ("crawl.workers=0", "crawl.workers: expected at least 1 worker process, got 0"),
     ("crawl.redis.port=0", "crawl.redis.port: expected 1..65535, got 0"),
@@ -162,7 +162,7 @@ DTYPES = ("float32", "bfloat16", "float16")
     ("export.outtype=q8", "export.outtype", GGUF_OUTTYPES),
     ("export.quant=[q4_k_m,q3]", "export.quant[1]", GGUF_QUANTS),
     ("serve.gguf=q3", "serve.gguf", ("best", *GGUF_OUTTYPES, *GGUF_QUANTS)),
-    ("+synth.mix.thinking=0.5", "synth.mix.thinking", ("plain", "think", "search", "qgen", "conversation")),
+    ("+synth.mix.thinking=0.5", "synth.mix.thinking", ("plain", "think", "search", "qgen", "conversation", "text")),
 ])
 def test_wrong_choice_names_the_key_and_the_allowed_values(tmp_path, override, key, allowed):
     # Choice keys are Literal-typed: the loader rejects a value outside the set, at any depth,

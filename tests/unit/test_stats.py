@@ -63,3 +63,23 @@ def test_unpaired_difference_and_fisher():
     assert stats.unpaired(1, 2, 0, 0) is None
     assert math.isclose(stats.binomial_two_sided(0, 5), 2 / 32)
     assert stats.binomial_two_sided(0, 0) == 1.0
+
+
+def test_detectable_difference_solves_connors_sample_size():
+    # Connor (1987): n = (1.96 sqrt(psi) + 0.84 sqrt(psi - d^2))^2 / d^2; psi 0.3, d 0.1: 233 pairs
+    n = (stats.Z95 * math.sqrt(0.3) + stats.Z80 * math.sqrt(0.3 - 0.01)) ** 2 / 0.01
+    assert round(n) == 233
+    assert stats.detectable_difference(math.ceil(n), 0.3) == pytest.approx(0.1, abs=1e-3)
+    # fewer items, a larger difference; no discordant pair, nothing to detect
+    assert stats.detectable_difference(55, 0.3) > 0.2 and stats.detectable_difference(55, 0.0) is None
+
+
+def test_paired_mean_is_the_normal_interval_of_the_differences():
+    base, tuned = [0.1, 0.2, 0.5, 0.3], [0.3, 0.2, 1.0, 0.5]
+    c = stats.paired_mean(base, tuned)
+    diffs = [0.2, 0.0, 0.5, 0.2]
+    sd = math.sqrt(sum((d - 0.225) ** 2 for d in diffs) / 3)
+    assert c["delta"] == pytest.approx(0.225) and c["ci95"][0] == pytest.approx(0.225 - stats.Z95 * sd / 2)
+    assert c["p_value"] == pytest.approx(math.erfc(0.225 / (sd / 2) / math.sqrt(2))) and c["significant"]
+    assert stats.paired_mean([], []) is None and not stats.paired_mean([0.5, 0.5], [0.5, 0.5])["significant"]
+    assert stats.paired_mean([0.5], [0.1]) is None  # one item: no spread to test a difference against
