@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import compose_params, run_stage, stage_env
 
-from pipeline.chat.agent import tool_call_constraints
+from pipeline.chat.grammar import tool_call_constraints
 from pipeline.config.params import load_params
 from pipeline.data import chat_format
 from pipeline.tools.search import SEARCH_TOOL, SearchIndex, format_results
