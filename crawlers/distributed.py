@@ -1,31 +1,11 @@
 """A crawl shared by several worker processes (sites.<name>.scheduler: redis), on scrapy-redis.
 
-The frontier is scrapy-redis's: its PriorityQueue (a sorted set of pickled requests) and its
-RFPDupeFilter (a set of request fingerprints), under <crawl.redis.basename>:<site>. What scrapy-redis
-leaves out, and this module adds:
+scrapy-redis gives the frontier in Redis (its priority queue and fingerprint dupefilter); this module adds what it
+leaves out, so that a worker killed at any point loses no request and no counter is counted twice: each worker's
+requests in flight, atomic enqueueing, an idle rule that waits for the live workers' follow-ups, and counters kept
+per request. Requests are pickled: the Redis server must be one only the crawl uses.
 
-- In flight. scrapy-redis pops a request and forgets it; a worker killed while fetching it loses it
-  for good (the dupefilter has seen it). Here the pop moves the request, atomically (a Lua script),
-  from the queue into the worker's in-flight set (`inflight:<worker>`, a sorted set with the queue's
-  score), and the request leaves it only when the engine is done with it: response parsed, follow-ups
-  enqueued, items written. A rerun of the stage moves a lost worker's in-flight requests back into
-  the queue as they were: they are the only requests ever fetched twice.
-- Enqueueing is atomic too (fingerprint added and request queued in one script): a worker killed
-  between the two would otherwise leave a URL seen and never queued.
-- Idle. A worker with an empty queue keeps polling while any live worker has requests in flight
-  (their follow-ups are still to come); it finishes when the queue is empty and nothing is in flight.
-  When what is left in flight belongs to dead workers only (no heartbeat), it stops with
-  finish_reason `worker_lost`: the crawl is incomplete and the stage's rerun finishes it.
-- Counters. Each request's counters (drops by reason, broken pages, robots.txt denials: the tracked
-  stats) are attributed to it (a context variable set in the downloader and spider middlewares) and
-  appended to the worker's ledger when the request is done, keyed by the request. A request that was
-  in flight at a kill never reached the ledger and is counted once, when it is fetched again; so the
-  merged counters equal a one-process crawl's.
-
-Redis keys of one crawl (<p> = <basename>:<site>): <p>:requests, <p>:dupefilter, <p>:inflight:<id>,
-<p>:workers (id -> host and pid), <p>:alive:<id> (heartbeat, expires), <p>:finished (id -> finish
-reason, or `lost` once its in-flight requests were put back), <p>:meta (the crawl exists; base_url).
-Requests are pickled (scrapy-redis's serializer): the Redis server must be one only the crawl uses.
+Design and Redis keys: docs/scaling.md ("How the shared frontier works").
 """
 
 from __future__ import annotations

@@ -1,47 +1,13 @@
-"""The device check (issue 40, part 9): the qwen-tiny profile's GPU path on a lent GPU machine in one
-call of at most 10 minutes, everything that machine lacks carried in one folder (gpu-check/, ignored
-by git, at most 64 MiB with the working tree).
+"""The device check: the qwen-tiny profile's GPU path on a lent GPU machine, in one call of at most 10 minutes.
+Everything that machine lacks is carried in one folder: gpu-check/ (ignored by git; with the working tree,
+at most 64 MiB).
 
     bash scripts/gpu-check.sh --prepare     # here (network, .venv): fills gpu-check/ (minutes)
     bash scripts/gpu-check.sh               # there: the check (make gpu-check); one JSON at the end
     bash scripts/gpu-check.sh --device cpu  # here: the same steps on the CPU (a dry run of the script)
 
-The lent machine (KINDS.md: H100 or H200, 16 cores, no network) has Python 3.12, torch 2.11+cu130,
-transformers 5.17, peft and accelerate, and no vllm, dvc, trl, datasets or dvclive. The project says
-Python <3.12 and pins torch 2.13.0 and transformers 5.19.0: there the library runs from the source
-tree (PYTHONPATH), not `pip install -e .`, on the machine's own torch and transformers; the JSON's
-`versions` says what differs from requirements/constraints-cpu.txt.
-
-What `prepare` writes to gpu-check/ (about 26 MiB; the working tree adds under 3):
-- params.yaml: `python -m pipeline.config.compose profile=qwen-tiny device=cuda train.dtype=bfloat16
-  eval.dtype=bfloat16 eval.backend=transformers` (no vLLM there). The run composes it again there
-  from this tree's conf/ (dvc and hydra are among the wheels), so a conf/ change since `prepare`
-  counts; the prepared file is the fallback;
-- data/: data/sft (train/val/test), data/dedup/split.jsonl and data/search/index.sqlite, made by
-  `pipeline.config.compose profile=qwen-tiny && dvc repro synth search_index` in a temporary clone of this
-  repo (its committed code; the SFT rows are text, whatever the code that trains on them);
-- tokenizers/qwen3-3.7.2/*.xz: Qwen3's pinned tokenizer (pipeline.models.tokenizers), xz-compressed
-  (11 MB -> 1.4 MB); the run unpacks it into its own DISTILLERY_CACHE, where base_model checks its
-  sha256;
-- wheels/: what the train and evaluate path imports that the machine lacks (trl, datasets with
-  dill and multiprocess, dvclive with dvc and their closure; omegaconf's antlr4 4.9.3, an sdist,
-  built into a wheel here), at our pins, for cp312 manylinux x86_64; wheels/fallback/: our pins of
-  packages the machine has, installed there only where its own version breaks a carried package's
-  requirement; wheels/alt/datasets/: datasets 5.0.0 (+ fsspec 2026.4.0), installed instead of 5.2.0
-  only where the machine's pyarrow is older than 24 (pyarrow's cp312 wheel is 55 MB: not carried);
-- manifest.json: sizes, the wheels, and models/base's sha256s and config as base_model built it
-  here (the ~40 MB of weights are initialised there from the seed, not carried; the run compares).
-
-What `run` does, each step timed and in its own process, a failure recorded and the next step still
-attempted, within --budget seconds (540), one JSON printed at the end (compact, then a headline
-line) and written to $OUT/gpu-check.json with the stages' log beside it:
-install (pip --no-index --no-deps --target /tmp/gpu-check-site, then PYTHONPATH), env (versions
-against our pins, GPU, driver), base_model (the real stage; bytes against the prepared ones), train
-(the real stage: bf16 on CUDA), heldout_and_mc (harness.heldout_loss and harness.mc_run, i.e.
-pipeline.evaluation.likelihood, for base and tuned: bf16 and float32 on CUDA, each against float32 on the
-CPU), generation (pipeline.generation.engines.TransformersEngine on the device, greedy: tokens/s, did it
-stop, outputs against the CPU's), chunked_loss (pipeline.train.loss against the full-logits loss on the
-device: values, gradients, peak memory) and evaluate_stage (`python -m pipeline.stages.evaluate`).
+The machine has Python 3.12, torch, transformers, peft and accelerate and no network; the library runs there from
+the source tree. What `prepare` carries and each step of `run`: docs/gpus.md ("The GPU device check").
 """
 
 from __future__ import annotations

@@ -3,10 +3,9 @@
     python scripts/gpu_install.py stale {cpu,gpu}   # what the other flavour left that must go first
     python scripts/gpu_install.py check-cuda        # on a GPU machine: vllm imports and torch has CUDA
 
-check-cuda exits 1 when CUDA is unusable, naming the driver nvidia-smi reports, the CUDA the installed
-torch was built for and what to install instead. It needs nothing but the standard library until it
-imports vllm and torch, and --torch-facts replaces those imports (tests run it on a CPU machine).
-Also read_constraints, the reader of requirements/constraints-*.txt for scripts/lock_gpu.py and tests.
+check-cuda exits 1 when CUDA is unusable, naming the driver, torch's CUDA and what to install instead; --torch-facts
+replaces its imports of vllm and torch (tests run it on a CPU). Also read_constraints, for scripts/lock_gpu.py.
+Docs: docs/gpus.md.
 """
 from __future__ import annotations
 

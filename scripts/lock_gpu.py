@@ -1,12 +1,8 @@
-"""`make lock-gpu`: resolve requirements/constraints-gpu.txt, the pins of `make setup`'s GPU flavour,
-and check that the committed file is exactly that resolution (`make lock-gpu WRITE=1` rewrites it).
+"""`make lock-gpu`: resolve requirements/constraints-gpu.txt (the GPU flavour's pins) and check the committed file.
 
-It resolves, from any machine (a CPU one included), what a user's GPU machine installs: uv pip compile
-of pyproject.toml and requirements/gpu.in for manylinux_2_28 x86_64 and Python 3.11 (uv builds sdists'
-metadata for that target, which pip's --platform mode cannot), from PyPI alone, with this machine's pip
-and uv configuration ignored (its wheel folders, local indexes and constraint files). The CPU flavour's
-pins are uv's preferences, so both flavours share every version that vllm's CUDA build allows.
-It needs PyPI, so `make test` does not run it; tests/unit/test_gpu_install.py checks the file's shape.
+It resolves from any machine, with uv, what a GPU machine installs (manylinux_2_28 x86_64, Python 3.11, PyPI alone,
+this machine's pip and uv configuration ignored), preferring the CPU flavour's pins; `make lock-gpu WRITE=1`
+rewrites the file. It needs PyPI, so `make test` does not run it. Docs: docs/gpus.md.
 """
 from __future__ import annotations
 

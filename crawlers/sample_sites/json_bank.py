@@ -1,17 +1,8 @@
 """Sample site `json_bank`: an English question bank behind a JSON API, for the json spider.
 
-The same questions are served by three endpoints, one per pagination style a real API uses:
-
-    /api/page/questions?page=2&per_page=8      page numbers from 1
-    /api/offset/questions?offset=16&limit=8    items skipped
-    /api/cursor/questions?cursor=<token>       an opaque token from the previous response's
-                                               meta.next_cursor (null on the last page)
-
-Each answers {"data": {"questions": [...]}, "meta": {...}}; a page past the end has no questions.
-A question's options come as an object {"A": ...} or as a list, and its answer as the option's
-key, its 0-based index or its text, as APIs do. What goes wrong: a question with an empty
-answer, an answer index outside the options, an old endpoint whose body is cut off mid-JSON, and a
-drafts endpoint robots.txt disallows.
+It serves the same questions paged by page number, by offset and by cursor, with options and answers in the shapes
+real APIs use, and planted defects (an empty answer, an index outside the options, a body cut off mid-JSON, a drafts
+endpoint robots.txt disallows). The endpoints: docs/your-domain.md ("JSON APIs").
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""The json spider: a question bank behind a JSON API. conf/site/<name>.yaml's `api` says where the
-list of items is in a response, where each field is in an item (JMESPath, jmespath.org) and how
-the API pages: by page number, by offset, by a cursor the previous response gave, or not at all.
+"""The json spider: it crawls a question bank behind a JSON API, as conf/site/<name>.yaml's `api` describes it.
 
-What APIs give is normalised to the raw item contract:
-- options: an object {"A": "Fe", ...} is kept as it is; a list ["Fe", "Ir", ...] is keyed A, B, ...
-- a multiple-choice answer: an option's key ("B"); a string that is one option's text ("Ir")
-  becomes that option's key; a JSON integer is a 0-based index into the options (1 -> "B").
-  Any other answer is kept as given, and the item pipeline drops it (answer_not_in_options).
-- numbers become text (an answer 30 -> "30"); a list of strings (paragraphs) is joined by spaces.
-- an item without an id gets one from a hash of the endpoint and the question, as the qa spider does.
-
-The next page's URL is built from the current one (its query parsed, the parameter set), never
-from a link the server gives, so the same crawl asks for the same URLs: the HTTP cache replays it.
+JMESPath says where the items and their fields are; the API pages by page number, offset, cursor, or not at all.
+What APIs give (options as objects or lists, answers as keys, indexes or texts, numbers, paragraphs) is normalised
+to the raw item contract. The next page's URL is built from the current one, never taken from the server, so a
+re-crawl asks for the same URLs and the HTTP cache replays it. Docs: docs/your-domain.md ("JSON APIs").
 """
 
 from __future__ import annotations

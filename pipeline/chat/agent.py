@@ -5,20 +5,9 @@
     python -m pipeline.chat --model base           # the base model instead of base + adapter
     python -m pipeline.chat --base-url http://host:port/v1
 
-It talks to `make serve` (vLLM) or `make serve-gguf` (llama.cpp) through the official `openai`
-client, declares the `search` tool, and reads the model's tool calls in either form: OpenAI's
-structured `tool_calls` (vLLM with the hermes parser) or `<tool_call>` blocks in the text (any
-server). Each call runs against the local index (data/search/index.sqlite) with the code synthesis
-uses to write tool responses; the result goes back as a `tool` message, until the model answers
-without a call (at most serve.max_tool_rounds searches per question). Thinking is shown dimmed,
-tool calls and their results clearly marked, then the answer.
-
-With serve.constrain_tool_calls (the default) each request also carries a grammar for the
-declared tools (`tool_call_constraints`, pipeline/chat/grammar.py): text stays free, but once
-the model opens a `<tool_call>`, the call is decoded under the tool's schema, so every call that comes back parses
-and validates (chat_format.parse_output, chat_format.tool_call_error). vLLM reads it as a
-structural tag (`structured_outputs`), llama.cpp's server as a GBNF `grammar`; each ignores
-the other's field. Evaluation (offline engines) never constrains: it measures the model's own calls.
+It talks to `make serve` (vLLM) or `make serve-gguf` (llama.cpp) through the `openai` client, reads tool calls in
+either form (structured `tool_calls` or `<tool_call>` blocks) and runs them with the code synthesis used to write the
+training data's tool responses. Docs: docs/serving.md; the tool-call grammar: docs/design/chat-format.md.
 """
 
 from __future__ import annotations

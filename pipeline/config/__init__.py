@@ -1,14 +1,11 @@
 """Typed configuration: one dataclass per params.yaml section, one module per section.
 
-`make params` (pipeline.config.compose) and `python -m pipeline.config` check the whole file, sections and
-the rules across them (pipeline/config/params.py). A stage checks only the sections it reads,
-`load_sections(train=TrainConfig, seed=int)`, and imports only their modules: editing one
-section's schema reruns only the stages that read it (their dvc.yaml deps are their imports).
-An unknown key or a wrong type fails in well under a second with a message naming the key
-(`train.lrr`, `model.tiny.hidden_size`). A key with a fixed set of values is typed
-`Literal[...]`: the checker lists the allowed values, so no `__post_init__` repeats the set.
+A stage checks, and imports, only the sections it reads (`load_sections(train=TrainConfig, seed=int)`), so editing
+one section's schema reruns only the stages that read it.
 
     python -m pipeline.config [params.yaml]     # validate the whole file
+
+Design: docs/design/layout.md; every key: the configuration reference, generated from the field docstrings.
 """
 
 from __future__ import annotations

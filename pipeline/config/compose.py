@@ -2,13 +2,10 @@
 
     python -m pipeline.config.compose                                   # the defaults (make params)
     python -m pipeline.config.compose profile=tiny domain=mydocs train.epochs=2
-    python -m pipeline.config.compose --keep                            # compose again, same choice (make repro, make train)
+    python -m pipeline.config.compose --keep            # compose again, same choice (make repro, make train)
 
-A composition with overrides is a choice that sticks: they are written to
-conf/selection/current.yaml (group choices as `override /<group>: <option>`, keys as values), which
-conf/config.yaml loads last. So `make repro`, `make train` and `dvc exp run -S lr=1e-5` (DVC composes
-conf/ itself) keep the profile, domain and overrides until the next `make params`; plain
-`make params` removes the file and composes the defaults.
+A composition with overrides is a choice that sticks (conf/selection/current.yaml, which conf/config.yaml loads
+last), so `make repro`, `make train` and `dvc exp run -S` keep it. Docs: docs/profiles.md.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""What a site's YAML extracts, before a crawl: `python -m pipeline.crawl <site> --preview [URL ...]`
-(make preview SITE=<site> [URLS='...']).
+"""What a site's YAML extracts, before a crawl: the items, drops and links of a few pages, written nowhere.
 
-Fetches the site's start pages (or the URLs given, absolute or paths on a served sample site) and
-follows links until `pages` pages in all (none beyond the URLs given), with robots.txt obeyed and
-nothing read from or written to the HTTP cache, the crawl state or data/. For each page it prints
-what each extractor (`layouts[i]`, `sections`, `api.items`) matched, every item kept (id, kind,
-question or section, answer) and every item the validation drops with its reason, then the links
-the page would have the crawl follow. The items are the ones the full crawl writes from those pages.
+    python -m pipeline.crawl <site> --preview [URL ...]       # make preview SITE=<site> [URLS='...']
+
+With URLs given it fetches those alone and follows no link. The items are the ones the full crawl writes from
+those pages. Docs: docs/stages/crawl.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
-"""The one chat format: template, tags, record -> messages, tokenisation with label masks,
-and parsing of model output. Synthesis, training, evaluation, serving and export all go
-through this module, so the format cannot drift between them. `python -m pipeline.chat` is the
-chat client (pipeline/chat/__main__.py runs pipeline/chat/agent.py).
+"""The one chat format: template, tags, messages, label masks and the parsing of model output.
 
-The template is ChatML-shaped:
+Synthesis, training, evaluation, serving and export all go through this module, so the format cannot drift between
+them. With `chat.template: native` every function follows the model's own (ChatML) template instead of ours.
 
-    <|im_start|>system\n...<|im_end|>\n
-    <|im_start|>user\n...<|im_end|>\n
-    <|im_start|>assistant\n<think>\n...\n</think>\n<tool_call>\n{json}\n</tool_call><|im_end|>\n
-    <|im_start|>tool\n<tool_response>\n...\n</tool_response><|im_end|>\n
-
-Assistant content and its closing <|im_end|> sit inside `{% generation %}` so that
-`return_assistant_tokens_mask` marks exactly the tokens the model is trained on: never the
-system, user or tool turns, never the role header, always the end-of-turn token.
-
-`chat.template: native` keeps a model's own template instead (base_model leaves it in place;
-the Qwen family: ChatML turns, hermes `<tool_call>` blocks, Qwen3's `enable_thinking`). Every
-function here follows the template saved with the tokenizer (`is_native`); the label mask of a
-native template, which has no generation markers, is found from the rendered text
-(`native_labels`): the same rule, assistant content and its end-of-turn token.
+Design: docs/design/chat-format.md.
 """
 
 from __future__ import annotations

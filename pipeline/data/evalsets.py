@@ -1,13 +1,7 @@
-"""Eval sets from elsewhere (evalsets/): C-Eval and MMLU style CSV, or JSONL.
+"""Eval sets from elsewhere (evalsets/): C-Eval and MMLU style CSV, or JSONL, read as clean records.
 
-Each item comes back as a clean record (question, options, answer, explanation and the
-canonical `text` that prepare would have built), with `where` = file:line, so the dedup
-stage can compare it with crawled records and name it in its report.
-
-- CSV with a header row (C-Eval): id, question, A, B, C, D, answer[, explanation].
-- CSV without a header (MMLU): question, A, B, C, D, answer.
-- JSONL: one object per line with `question`, `options` ({"A": ...}) or A/B/C/D keys,
-  `answer`, optionally `id` and `explanation`; or an object with `text` only.
+Each item carries the canonical `text` that prepare would have built and `where` (file:line), so the dedup stage can
+compare it with crawled records and name it in its report. The formats: docs/your-domain.md.
 """
 
 from __future__ import annotations

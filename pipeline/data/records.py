@@ -1,13 +1,7 @@
 """Reading the records that flow between stages, and turning them into token ids.
 
-- split records (dedup's data/dedup/split.jsonl): `load_split` gives one split's questions;
-  `test_questions` the questions evaluation asks (for a domain of documents only, those the
-  teacher wrote from the test split's sections);
-- SFT rows (synth's data/sft/*.jsonl): `load_sft`, and `encode_rows` tokenises them with their
-  declared tools;
-- a crawled question as a conversation (`encode_records`): what the held-out loss is measured on.
-
-Tokenisation goes through pipeline.data.chat_format, the one template, so train and evaluate see the same ids.
+Split records (dedup's), SFT rows (synth's) and crawled questions as conversations (for the held-out loss) are read
+here and tokenised through pipeline.data.chat_format, the one template, so train and evaluate see the same ids.
 """
 
 from __future__ import annotations

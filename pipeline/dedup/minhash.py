@@ -1,16 +1,10 @@
-"""Near-duplicate detection engine: shingles, vectorised MinHash signatures, LSH candidates,
-exact-Jaccard verification and union-find clusters. The dedup stage and bench/dedup.py use it.
+"""Near-duplicate detection: shingles, MinHash signatures, LSH candidates, exact-Jaccard checks, clusters.
 
-Signatures follow datasketch's `affine32` scheme bit for bit (its permutations, drawn from
-`numpy.random.RandomState(seed)`, and its MurmurHash3 pre-mix), so they are valid
-`datasketch.LeanMinHash` values and go straight into a `datasketch.MinHashLSH` index, in
-memory or in Redis. What differs is how they are computed: shingles are hashed with numpy
-over whole documents (one xxhash call per word, none per character), and the permutations
-are applied to a block of documents at once, with one `minimum.reduceat` per block, in
-worker processes. No `MinHash.update` per shingle.
-
-`near_duplicate_clusters` is the whole search as the dedup stage runs it: exact groups, LSH
-candidates (the index in memory or in Redis), verified pairs, union-find clusters.
+Signatures are datasketch's `affine32` MinHash bit for bit (its permutations from numpy.random.RandomState(seed),
+its MurmurHash3 pre-mix), so they go straight into a datasketch MinHashLSH index, in memory or in Redis. They are
+computed without a call per shingle: shingles hashed with numpy over whole documents (one xxhash call per word, none
+per character), the permutations applied to a block of documents at once (one `minimum.reduceat` per block), in
+worker processes. `near_duplicate_clusters` is the search as the dedup stage runs it. Docs: docs/stages/dedup.md.
 """
 
 from __future__ import annotations

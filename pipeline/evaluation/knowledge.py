@@ -1,25 +1,9 @@
-"""Knowledge measured where a small student can show it: the test questions' facts scored by
-log-likelihood in cloze form, ranked against a pool of answers, asked both ways, and split by
-whether training stated them.
+"""Knowledge measured where a small student can show it: the test facts, by log-likelihood in cloze form.
 
-- cloze (OLMES, Gu et al. 2024): the question alone, options not listed ("Question: ...\\nAnswer:"),
-  each candidate answer scored as the continuation, normalised by its length in characters.
-  Models under ~1B cannot bind an answer to its letter (Robinson et al., ICLR 2023), so for them
-  this is the headline; the letter and listed-option figures stay beside it (`mc`). Candidates:
-  a multiple-choice question's options; a free-form one's answer and three answers of other
-  questions from its pool.
-- ranking: the gold answer against POOL_MIN answers of other questions of the
-  same site and kind (answers of the same shape, numbers with numbers, where there are enough):
-  accuracy at 1 and the reciprocal rank. More candidates than four options give a figure with
-  more power.
-- directions: `forward`, the test question as crawled; `reverse`, the same fact asked the other
-  way round: synth's `reverse` row of the test question where the teacher wrote one (the answer
-  given, the entity asked), else the answer given and the question itself asked ("Answer: ..." /
-  "Question:", the test question against three others of its site and kind). Evaluation items
-  only, never trained.
-- groups: `stated` when one train text row names both the fact's entity (without one: every rare
-  word of the question) and its answer, what training stated; `not_stated` when none does (the
-  control); `unknown` when there is nothing to look for.
+Each fact is scored as a cloze (OLMES), ranked against a pool of other answers, asked both ways (forward and
+reverse), and split by whether training stated it (`stated`, and `not_stated`: the control).
+
+Design: docs/design/metrics.md.
 """
 
 from __future__ import annotations

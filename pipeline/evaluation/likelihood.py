@@ -1,32 +1,10 @@
-"""Multiple-choice accuracy by log-likelihood, as lm-evaluation-harness scores MMLU and C-Eval:
-the model is not asked to write an answer; each option is a continuation of the question, and
-the option the model finds most likely is its choice. A pretrained model that never learned to
-name an option gets a real figure this way, not 0 by construction.
+"""Multiple-choice accuracy by log-likelihood, as lm-evaluation-harness scores MMLU and C-Eval.
 
-- continuations: the option letters (`acc`: " A", " B", ...) and the option texts (`acc_norm`:
-  the log-likelihood divided by the text's length in characters, lm-evaluation-harness's
-  normalisation, so long options are not penalised for their length);
-- framings: `plain`, lm-evaluation-harness's MMLU prompt
+The model is not asked to write an answer: each option is a continuation of the question and the most likely one is
+its choice, so a pretrained model that never learned to name an option still gets a real figure. Only the positions
+that predict a continuation go through the output layer, and the prompts' shared start is computed once.
 
-      Question: <question>
-      A. <option>
-      ...
-      Answer:
-
-  continued by " A" or " <option text>", shots separated by a blank line; and `chat`, the
-  question asked in the chat template (system prompt, then the question and its options as
-  the user's turn, as in training), the answer scored where the assistant's answer starts:
-  after an empty think block when the model was trained to think first
-  (chat.think_from_explanation), each shot a user turn and the assistant's "B. <text>";
-- shots: the first k multiple-choice records of the train split by id, the same k for every
-  item (lm-evaluation-harness's `first_n` sampler), never a test or exam item.
-
-Tokenisation as lm-evaluation-harness's: the context alone and the context with the
-continuation are encoded, the continuation's tokens are what the second adds to the first.
-Only the positions that predict continuation tokens go through the output layer (Gemma's has
-262k rows; a full log-softmax at every position is what makes the harness slow on a CPU), the
-shared start of all contexts (system prompt, shots) is computed once and its key/value cache
-reused, and all continuations of one item run as one batch on the item's cache.
+Design: docs/design/metrics.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """Scorers for evaluation: pure functions from model outputs (and their references) to numbers.
 
-- think: is there exactly one well-formed `<think>...</think>`, first, non-empty, and how long.
-- tools: are the tool calls valid (JSON, declared tool, arguments against the schema); the
-  call / no-call decision against the label (confusion matrix, accuracy); argument match in
-  the style of BFCL's AST checker: same function name, required arguments present with the
-  declared types, and for free-text arguments (a search query) a similarity instead of
-  string equality.
-- exam: the option letter a multiple-choice answer names, robust to "B", "(B)", "答案：B",
-  "the answer is B" or the option's text; accuracy overall and per chapter.
-- judge: verdicts read from a judge model's text. A verdict counts only in the exact form
-  the judge prompt asks for, on the judge's own last line, and only after every copy of the
-  candidate answers has been cut out of the judge's text: a candidate that writes "[[10]]" or
-  "Rating: 10" cannot score itself. Unreadable verdicts are None (counted by the caller).
+Think blocks, free-form answers, tool calls (validity, the call decision, BFCL-style argument match), the option an
+exam answer names, and judge verdicts (read only in the exact form asked for, the candidates' text cut out first).
+
+Design: docs/design/metrics.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
-"""Intervals and comparisons for the figures a user reads: every rate comes with its count and a
-95% interval, and base vs tuned is compared on the same items.
+"""Intervals and comparisons for the figures a user reads: every rate with its count and a 95% interval.
 
-- `rate(k, n)`: the share, n, and Wilson's score interval (good at small n and at 0% or 100%,
-  where the normal approximation gives [1, 1]).
-- `paired(base, tuned)`: the two models scored on the same items (True/False each). The
-  difference tuned - base with Newcombe's interval for paired proportions (his method 10: the
-  two Wilson intervals combined through the correlation of the pairs), and McNemar's exact
-  test on the discordant pairs (a two-sided binomial test, p = 0.5): `significant` when
-  p < 0.05.
-- `paired_mean(base, tuned)`: a score per item (a reciprocal rank): the mean difference with the
-  normal interval of paired differences and its two-sided p-value.
-- `detectable_difference(n, discordant)`: the smallest paired difference in a share that n
-  items detect at 95% with 80% power (McNemar, Connor 1987), given the share of discordant pairs.
-- `unpaired(k1, n1, k0, n0)`: the same for shares taken over different items (validity of
-  the calls each model chose to make): Newcombe's method 10 for independent proportions and
-  Fisher's exact test.
+Wilson intervals for rates; base vs tuned on the same items by Newcombe's paired interval and McNemar's exact test
+(a score per item by its paired mean); the difference n items can detect; Fisher's test for shares over different
+items. Closed forms only, no resampling: the same counts give the same figures on any machine.
 
-Closed forms only, no resampling: the same counts give the same figures on any machine, so
-metrics files do not churn.
+Design: docs/design/metrics.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,14 @@
-"""llama.cpp's CPU backend as scripts/setup.sh builds it: on x86-64, ggml's CPU code once per
-instruction-set level (libggml-cpu-<variant>.so in .venv/lib/ggml-cpu-variants, a path compiled
-into libggml), of which each process loads the best its CPU runs the first time it loads a model.
-The AMX variant (sapphirerapids, whose kernels crashed) is never built.
+"""llama.cpp's CPU backend as scripts/setup.sh builds it: which variant a process loads, and how to force one.
+
+On x86-64 setup builds ggml's CPU code once per instruction-set level (never the AMX one); each process loads the
+best its CPU runs the first time it loads a model.
 
     python -m pipeline.export.llama_build                      # which variant loads here, and why
     python -m pipeline.export.llama_build --cpu haswell        # force one (AVX2, the portable build's)
     python -m pipeline.export.llama_build --cpu haswell --generate model.gguf --tokens 16
 
-A process picks its variant with force_cpu_variant(name) before its first model; use_env_variant()
-does it from DISTILLERY_LLAMA_CPU=<variant> (this module's command line, bench/llama_cpp.py and
-tests/stages/test_llama_build.py call it; the pipeline's stages do not). For every process at once, e.g.
-to get round a crash in one variant, rename its file (`mv libggml-cpu-zen4.so{,.off}`: ggml only
-loads *.so) and the next best one loads.
+In Python: force_cpu_variant(name) before the first model, or use_env_variant() for DISTILLERY_LLAMA_CPU=<variant>.
+Design: docs/design/llama-cpp.md.
 """
 
 from __future__ import annotations

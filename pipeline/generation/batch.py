@@ -1,5 +1,4 @@
-"""The teacher's requests as OpenAI batch files, for engines that answer a file of requests at a
-time: vLLM's `run_batch` on a cluster, a hosted batch API.
+"""The teacher's requests as OpenAI batch files, for engines that answer a file of requests at a time.
 
     python -m pipeline.stages.synth --export-batch batch/             # batch/requests-00000.jsonl, ...
     python -m vllm.entrypoints.openai.run_batch -i batch/requests-00000.jsonl -o batch/results-00000.jsonl ...
@@ -7,23 +6,8 @@ time: vLLM's `run_batch` on a cluster, a hosted batch API.
     ...                                                           # until nothing is left to export
     dvc repro synth                                               # every answer from the cache
 
-- An export holds the requests missing from the request cache (data/synth_cache) whose prompts
-  are known now. Later requests are built from earlier answers (the search decision comes before
-  the answer written from the search's results; qgen's questions get their own decisions), so
-  they come in later rounds: import the answers, export again, until the export is empty.
-- Each line is `{"custom_id": <request key>, "method": "POST", "url": "/v1/chat/completions",
-  "body": ...}`, the body exactly what the openai backend sends (pipeline.generation.engines.chat_body).
-  Shards of at most `--shard-size` lines (OpenAI's limit: 50,000 per file).
-- An import reads result files (`{"custom_id", "response": {"status_code", "body"}, "error"}`)
-  and stores each answer under its key, once: an answer to a request the cache already holds,
-  or to no request the current params.yaml makes (a file from another configuration), is counted
-  and skipped; a failed request (an error, a status other than 200) or a malformed line is
-  counted with its file and line and not stored, so the next export carries it again.
-- OpenAI batch files hold chat requests. A completion-format teacher (the cpu profile's few-shot
-  base model) is refused: vLLM's run_batch serves no /v1/completions.
-
-Nothing here writes data/sft or the metrics: `dvc repro synth` does, from the cache (it sends
-anything still missing to the configured backend).
+Exports read and imports fill the request cache only; nothing here writes data/sft or the metrics.
+Docs: docs/stages/synth.md.
 """
 
 from __future__ import annotations

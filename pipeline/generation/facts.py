@@ -1,25 +1,8 @@
-"""Knowledge rows (synth.facts): the domain's facts as plain text the student is trained on in
-full, stated in both directions.
+"""Knowledge rows (synth.facts): the domain's facts as plain text the student trains on, stated both ways.
 
-Why: a fact seen once, one way, is stored but not retrieved from a question (Allen-Zhu & Li,
-"Physics of Language Models 3.1", 2023: rewrites with varied order are what make it
-retrievable), and "A is B" does not teach "B is A" (Berglund et al., 2023, the reversal curse).
-So for every train-split question with a gold answer the teacher names what the question is
-about (the entity) and writes, `synth.facts.sampling.n` times:
-
-- `statement`: one sentence that names the entity before the answer;
-- `reversed`: one sentence that names the answer before the entity;
-- `asked_back`: the question asked the other way round (the answer given, the entity asked),
-  trained as a question and its answer (the entity).
-
-Every part is verified on its own (it must carry the gold answer and the entity, in its
-direction, in the record's language, with no markup or loop); the entity must be words of the
-question. Beside the teacher's, two forms need no teacher: `qa`, the question and its answer (with
-the explanation) as one text, and `section`, a train-split document section as it reads.
-
-Test-split questions get the same request, and their verified `asked_back` becomes an evaluation
-item of the reverse direction (task `reverse` in data/sft/test.jsonl; never trained). Val and test
-records never give a training row.
+A fact seen once, one way, is stored but not retrieved from a question, and "A is B" does not teach "B is A"; so the
+teacher restates each train question's fact (statement, reversed, asked back), each part verified on its own. Test
+questions asked back become reverse evaluation items, never trained. Docs: docs/stages/synth.md#knowledge-rows.
 """
 
 from __future__ import annotations

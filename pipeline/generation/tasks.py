@@ -1,19 +1,9 @@
-"""The synthesis tasks: what each asks the teacher, and how an answer becomes an SFT row.
+"""The synthesis tasks: what each asks the teacher (think, qgen, search), and how an answer becomes an SFT row.
 
-- think: question (+ the gold answer with hint `answer`, + passages from the open book) -> n
-  candidates, each a reasoning and a final answer, judged against the gold (judge_candidate):
-  the row's assistant turn is `<think>reasoning</think>` + the verified answer. A teacher that
-  cannot emit the tags itself (`teacher.emits_tags: false`) writes the reasoning and an
-  "Answer:" line and the pipeline adds the tags; a tag it writes anyway makes the candidate
-  unbalanced, and rejected, rather than silently cleaned.
-- qgen: document section -> new question-answer pairs, as JSON under a schema (structured
-  outputs), validated; each pair is a new record whose source is the section, its answer citing
-  the section's clause.
-- search: question -> {"needs_search", "reason", "query"} as JSON (needs_search fixed by the
-  grammar where the data or the site labels the question). The row records where its label came
-  from. With a search: the reason as a think block and the call, the tool response from the local
-  index (pipeline.tools.search), then the teacher's reasoning over the results and its verified answer;
-  without: the question's verified think turn.
+Every candidate is checked before it becomes a row. A teacher without tags of its own (`teacher.emits_tags: false`)
+writes an "Answer:" line and the pipeline adds the tags; a tag it writes anyway makes the candidate unbalanced, and
+rejected, rather than silently cleaned. Where the data or the site labels a question, the search decision's
+`needs_search` is fixed by the grammar. Docs: docs/stages/synth.md.
 """
 
 from __future__ import annotations

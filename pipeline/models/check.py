@@ -1,15 +1,7 @@
-"""Checks of a base model materialised from a GGUF (`model.source: gguf`, the cpu profile's
-gemma-3-270m), run by the base_model stage before anything trains on it; written to
-metrics/base_model.json. The stage fails when one does not hold:
+"""Checks of a base model materialised from a GGUF (`model.source: gguf`) against llama.cpp, before anything trains.
 
-- tokenizer: the HF tokenizer's ids equal llama.cpp's on the source GGUF for a fixed text and a
-  few strings, with llama.cpp's BOS policy (Gemma: `<bos>` in front);
-- reconverted: the HF checkpoint converted back to an f32 GGUF by llama.cpp's own converter and
-  run in llama.cpp agrees with the HF model's top-1 token on at least 99.5% of the positions of
-  the fixed text (the dequantization and the tensor naming are right);
-- source: the source GGUF's own top-1 agreement with the HF model is reported, and below 90%
-  fails: llama.cpp computes Q4_K with quantized activations, so 100% is not expected there, but a
-  wrong dequantization falls far lower.
+Tokenizer ids, the checkpoint converted back to an f32 GGUF, and the source GGUF's own top-1 agreement: the
+base_model stage writes them to metrics/base_model.json and fails when one does not hold. Docs: docs/profiles.md.
 """
 
 from __future__ import annotations

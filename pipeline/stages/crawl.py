@@ -1,29 +1,14 @@
 """Stage crawl@<site>: run the site's spider and write data/raw/<site>.jsonl.
 
-- Sample sites are generated and served on 127.0.0.1 (their configured port) for the crawl.
-- Every response is kept in Scrapy's HTTP cache, data/httpcache/<site> (a persisted DVC
-  output): a re-crawl replays finished pages instead of fetching them again, and
-  `sites.<site>.offline: true` replays the whole crawl without the network.
-- Resuming: the crawl keeps its state in data/crawl_state/<site> (Scrapy's JOBDIR and every
-  accepted item, appended as found). A crawl stopped cleanly (Ctrl-C, SIGTERM) resumes from
-  that queue. A killed one (SIGKILL, power loss) leaves a queue Scrapy cannot trust, so the
-  next run starts over from the start URLs, and the HTTP cache serves every page fetched
-  before: no finished page is fetched twice either way.
-- The output is written whole at the end (sorted by id, replacing the previous file), with
-  the crawl's counters in metrics/crawl/<site>.json.
-- `sites.<site>.scheduler: redis`: the frontier lives in Redis (crawl.redis; crawlers/distributed.py)
-  and the stage starts crawl.workers worker processes on it, each with its share of the site's
-  concurrency and its own files in data/crawl_state/<site>/ (worker-<id>.items.jsonl, .ledger.jsonl:
-  its requests' counters, .stats.json: written when it exits). More machines join with `--worker`.
-  The crawl is complete when the queue is empty, nothing is in flight and every worker that took
-  part exited and left its files here; then the items and counters of all workers are merged (as a
-  one-process crawl's: unique_ids, counters summed once per request) and the crawl's Redis keys are
-  deleted. Otherwise the stage exits non-zero and keeps the state: a rerun puts a lost worker's
-  in-flight requests back in the queue and goes on.
+Around the spider it does what a DVC stage needs: it serves a sample site for the crawl, keeps the HTTP cache and the
+crawl's state so that a rerun replays or resumes instead of fetching again, starts the workers of a Redis crawl and
+merges what they found, and writes the output whole at the end, with its counters in metrics/crawl/<site>.json.
 
     python -m pipeline.crawl elements_qa           # reads params.yaml (dvc repro crawl@elements_qa)
     python -m pipeline.crawl elements_qa --worker  # join a redis crawl from another machine
     python -m pipeline.crawl elements_qa --preview [URL ...]  # what the YAML extracts (pipeline.crawl.preview)
+
+Guide: docs/stages/crawl.md (several workers: docs/scaling.md)
 """
 
 from __future__ import annotations

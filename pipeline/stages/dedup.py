@@ -1,28 +1,12 @@
 """Stage dedup: exact and near-duplicate removal, leak-free splits, decontamination.
 
-1. Exact duplicates: records whose normal form (case-folded word characters) is equal.
-2. Near-duplicates (pipeline/dedup/minhash.py's near_duplicate_clusters): MinHash signatures
-   (vectorised, all cores) into a datasketch MinHashLSH index (in memory or in Redis);
-   candidate pairs verified by exact Jaccard on the shingle sets; clusters by union-find.
-3. One representative per cluster, by this rule: the source `dedup.prefer` names first (crawled
-   pages before imported datasets by default), then a record with an explanation before one
-   without (more to learn from), then the shortest canonical text (copying sites add marks,
-   rarely remove words), then the smallest id. The others are removed, each with the reason
-   and the representative it duplicates.
-4. Splits per cluster, by a stable hash of the representative's normal form: near-duplicates
-   never straddle train/val/test, and a question keeps its split when the corpus grows. An
-   imported record whose dataset names its split keeps it, and takes its cluster with it (the
-   most held-out one when a cluster's records name several: test, then val).
-5. Decontamination: the items of every exam set evaluate scores (eval.exam_sets, eval.general_sets)
-   and of `dedup.decontaminate_against` (further eval sets from elsewhere) are
-   clustered together with the corpus; a cluster holding one of them sends no record to train.
-   (A near-duplicate of a val/test record is in that record's cluster, so it is not in train.)
-
-Outputs: data/dedup/split.jsonl (kept records + cluster_id, split, duplicates),
-data/dedup/removed.jsonl (id, where, reason, cluster_id, duplicate_of, jaccard),
-metrics/dedup.json and reports/dedup_clusters.md.
+Duplicates weigh some questions more than others and, across splits, leak held-out answers into training: so one record
+is kept per cluster of near-duplicates, the splits are drawn per cluster, and a cluster that holds an item of an exam
+set sends nothing to train.
 
     python -m pipeline.stages.dedup        # reads params.yaml (dvc repro dedup)
+
+Guide: docs/stages/dedup.md
 """
 
 from __future__ import annotations

@@ -1,42 +1,12 @@
-"""Stage evaluate: base vs tuned on the held-out test split, and on external exam sets; every
-rate with its count and a 95% interval, and tuned vs base compared on the same items.
+"""Stage evaluate: base vs tuned on the held-out test split and on external exam sets.
 
-Knowledge, by log-likelihood (pipeline.evaluation.likelihood, as lm-evaluation-harness scores MMLU):
-multiple-choice accuracy on the test split's multiple-choice questions and on every exam set,
-option letters (`acc`) and length-normalised option texts (`acc_norm`), plain-text and
-chat-template framings, zero-shot and eval.mc.shots-shot. The base model gets a real figure.
-
-Behaviour and answers, by generation through pipeline.generation.engines (eval.backend `vllm`: one engine
-serves the base model and, through a LoRARequest, base + adapter; an adapter with trained token
-rows, which vLLM cannot apply as a LoRA module, is merged into a temporary copy served by a
-second engine; `transformers`: generate, the adapter merged onto the full-precision base), the
-same prompts and sampling (greedy by default) for both:
-
-- questions: the test split's crawled questions (system + question, as in training);
-- tools: the test split's search conversations from synth, the search tool declared: the first
-  turn is scored for tool-call validity, the call / no-call decision against the label and
-  BFCL-style argument match (pipeline.evaluation.scoring); then the conversation runs to its end: each
-  search call runs on the real index (data/search/index.sqlite), the result goes back as the
-  tool's turn, up to eval.max_tool_rounds times, and the final answer is scored;
-- exam:<name>: each file in eval.exam_sets and eval.general_sets, answered in words (generation accuracy, the option
-  named in the answer; kept beside the log-likelihood figure, named as such).
-
-On every prompt set: think rate (one well-formed think block first), stop rate, and free-form
-answers against the reference answer (normalised exact match, contains-reference, token F1;
-CJK by character). Held-out loss and perplexity come from a forward pass over the test
-questions' reference answers (the tokens train learns). A prompt that does not fit
-eval.max_model_len with max_new_tokens is skipped and counted, not cut.
-
-Intervals: Wilson's for each rate; tuned vs base on the same items with Newcombe's interval
-for the paired difference and McNemar's exact test (pipeline.evaluation.stats), under `comparison`.
-
-Writes metrics/eval.json (shown by `dvc exp show`), reports/eval/predictions.jsonl (one
-generation a line: id, set, model, output, parsed fields, the search rounds, scores, the
-source's URL), reports/eval/mc.jsonl (one log-likelihood item a line: its options'
-log-likelihoods and the choices) and reports/eval/plots/decisions_{base,tuned}.csv (label vs
-decision, for `dvc plots`).
+It answers whether tuning helped: knowledge scored by log-likelihood (so the base model gets a real figure), behaviour
+and answers by generation with the same prompts for both, every rate with its count and a 95% interval, and tuned vs
+base compared on the same items.
 
     python -m pipeline.stages.evaluate       # reads params.yaml (dvc repro evaluate)
+
+Guide: docs/stages/evaluate.md
 """
 
 from __future__ import annotations

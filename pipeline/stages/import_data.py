@@ -1,22 +1,12 @@
 """Stage import@<name>: a dataset the user already has -> data/imported/<name>.jsonl.
 
-Formats (params.yaml `datasets.<name>.format`):
-- `alpaca`: {instruction, input, output} (and `system`, `history` [[question, answer], ...]);
-- `sharegpt`: {conversations: [{from: human|gpt|system|function_call|observation, value}],
-  system, tools};
-- `messages`: OpenAI chat JSONL {messages: [{role, content, tool_calls}], tools};
-- `table`: JSON, JSONL, CSV or Parquet files, or a hub dataset, read with `columns`.
-
-A single question and answer (alpaca without history, a table row) becomes a record of the raw
-item contract (kind qa or mcq), so it is cleaned, deduplicated, split and given to the teacher like a
-crawled question. Anything with more turns becomes a record of kind `conversation` (OpenAI
-messages, tool calls with their arguments as objects, tools declared), which goes to data/sft as
-it is. Every record: id `<name>/<row id>`, site `<name>`, origin `import`, url `<file>:<line>`.
-
-A malformed row is never fatal: it is counted by reason with its line number
-(metrics/import/<name>.json), and the rows around it are imported.
+Alpaca, ShareGPT, OpenAI messages and tables become records that the later stages read like crawled ones: a single
+question and answer is cleaned, deduplicated, split and given to the teacher; a longer conversation is trained on as
+it is. A malformed row is counted by reason, never fatal.
 
     python -m pipeline.stages.import_data NAME      # reads params.yaml (dvc repro import@NAME)
+
+Guide: docs/your-data.md
 """
 
 from __future__ import annotations

@@ -1,28 +1,11 @@
-"""Stage judge: a judge model grades the evaluate stage's answers to the test questions, and is
-checked on control items before anything it says is reported.
+"""Stage judge: a judge model grades the evaluate stage's answers to the test questions.
 
-- single: each answer (base and tuned) graded against the reference answer (MT-Bench's
-  reference-guided grading): correct or not, and a 1-10 rating, at temperature 0;
-- pairwise: base vs tuned, asked twice with the positions swapped; verdicts that disagree
-  count as a tie (and are counted as inconsistent), so position bias cannot pick a winner;
-- controls, in every run, with known right verdicts: the reference answer itself (correct),
-  the reference answer of another question (wrong), an empty answer (wrong), and the reference
-  against that wrong answer in both orders. `controls.accuracy` (single control verdicts as
-  expected, an unreadable one a miss) and `controls.position_consistency` (control pairs whose
-  two verdicts agree once unswapped) must both reach judge.min_control for the judge to be
-  `informative`; otherwise metrics/judge.json says so and the report shows no ranking by it.
-
-The judge is any synthesis backend (conf/judge/*.yaml: vLLM, an OpenAI-compatible server,
-transformers), its requests cached like the teacher's (data/judge_cache/requests.sqlite,
-keyed by the full request): rerunning after a change elsewhere sends only new requests.
-Verdicts are read by pipeline.evaluation.scoring, which an answer cannot hijack ("[[10]]" or
-"Rating: 10" inside an answer never sets its score); an unreadable verdict is stored as
-null and counted, never dropped.
-
-Reads reports/eval/predictions.jsonl and params.yaml (judge); writes
-reports/judge/judgments.jsonl and metrics/judge.json.
+The judge is checked on control items with known verdicts in every run, and what it says is reported only when it
+passes them: a judge that cannot grade (a small or random model) reads as uninformative, never as a ranking.
 
     python -m pipeline.stages.judge          # reads params.yaml (dvc repro judge)
+
+Guide: docs/stages/evaluate.md
 """
 
 from __future__ import annotations

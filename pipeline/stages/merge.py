@@ -1,19 +1,12 @@
-"""Stage merge: the LoRA adapter merged into the full-precision base, saved as a HF checkpoint
-that llama.cpp's converter reads without guessing.
+"""Stage merge: the LoRA adapter merged into the full-precision base, saved to models/merged.
 
-What it writes to models/merged, beyond save_pretrained's files:
-- tokenizer.model, the SentencePiece model, when the base has one (transformers 5 saves only
-  tokenizer.json; without tokenizer.model the converter treats a SentencePiece vocabulary as an
-  unknown BPE one);
-- added_tokens_decoder in tokenizer_config.json, so the converter types the turn and tag tokens
-  as control / user-defined tokens and llama.cpp keeps each one a single token;
-- the chat template without training-only markers (chat.INFERENCE_CHAT_TEMPLATE);
-- eos = the end-of-turn token in config.json, generation_config.json and the tokenizer,
-  checked after saving: a merge that loses it fails here, not in a user's Ollama.
-
-The merge itself is pipeline.models.merge (evaluate uses it too).
+The checkpoint is what llama.cpp's converter reads without guessing: it carries the SentencePiece model, the added
+tokens' types, the chat template for inference and the end-of-turn token as eos (checked after saving). The merge
+itself is pipeline.models.merge (evaluate uses it too).
 
     python -m pipeline.stages.merge        # dvc repro merge
+
+Guide: docs/export.md
 """
 
 from __future__ import annotations

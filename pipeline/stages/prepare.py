@@ -1,17 +1,12 @@
 """Stage prepare: raw crawl items and imported records -> clean records, every reject counted by reason.
 
-Normalisation is Unicode NFKC plus whitespace collapsing, applied to every text field
-(in Chinese records, punctuation next to CJK text stays full-width, as is the convention);
-`text` is the canonical string later stages compare (question, options and answer of a
-question; the body of a document section; the user and assistant turns of an imported
-conversation, whose messages stay as written). The fetch date stays in data/raw (VOLATILE_FIELDS):
-a re-crawl of unchanged pages gives the same data/clean. Duplicates, exact or near, and the
-train/val/test split are the dedup stage's work.
-
-Outputs: data/clean/clean.jsonl (kept, sorted by id), data/clean/rejects.jsonl
-(id, where: the item's URL or file:line, reason) and metrics/prepare.json.
+The later stages compare one normal form: normalised text fields and `text`, the canonical string of a record. The
+fetch date stays in data/raw (VOLATILE_FIELDS), so a re-crawl of unchanged pages gives the same data/clean and reruns
+nothing after this stage. Duplicates, exact or near, and the train/val/test split are the dedup stage's work.
 
     python -m pipeline.stages.prepare        # reads params.yaml (dvc repro prepare)
+
+Guide: docs/stages/dedup.md
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Stage quantize: llama.cpp's quantizer, as llama-cpp-python exposes it (llama_model_quantize),
-makes models/gguf/quant/<export.name>-<type>.gguf from the convert stage's file for every type
-in export.quant, each with an Ollama Modelfile next to it.
+"""Stage quantize: a smaller GGUF for every type in export.quant, each with an Ollama Modelfile next to it.
+
+They are made from the convert stage's file by llama.cpp's quantizer, as llama-cpp-python exposes it
+(llama_model_quantize); verify_export then says which of them keep the model's behaviour.
 
     python -m pipeline.stages.quantize    # dvc repro quantize
+
+Guide: docs/export.md
 """
 
 from __future__ import annotations

@@ -1,27 +1,12 @@
 """Stage report: one page that says whether tuning helped, and where it did not.
 
-- First the answer, with its uncertainty: knowledge (multiple-choice accuracy by
-  log-likelihood, per set, framing and shots) and behaviour (think, end of turn, search
-  decisions and answers, free-form answers), base and tuned each as a rate with its count and
-  Wilson 95% interval, the paired difference with its 95% interval and p-value, and in words
-  which differences are significant (p < 0.05, each test on its own: no correction for the
-  number of tests, so about one in twenty true non-differences reads as significant).
-- The judge only if it passed its controls (metrics/judge.json `informative`); otherwise the
-  page says it is uninformative and shows no ranking by it (no ratings, no pairwise verdicts,
-  no worst-by-rating order).
-- Then every other number evaluate and judge wrote (metrics/eval.json, metrics/judge.json),
-  with the signed delta tuned - base; exam accuracy by chapter; the tool-decision confusion
-  matrices. A null (no data) reads "n/a", never a crash.
-- The worst tuned predictions (lowest judge rating first where the judge is informative, then
-  wrong answers) with question, reference and output: averages hide what a reader spots in five
-  examples.
-- The training loss curves dvclive wrote (reports/train/plots/metrics/{train,eval}/loss.tsv).
-
-Writes reports/eval.md and reports/eval.html. The HTML is one self-contained file (inline CSS
-and SVG, no script, nothing fetched), and every string from data is escaped: model outputs
-carry `<think>`, `<tool_call>` and, sooner or later, `</table>`.
+It writes reports/eval.md and a self-contained reports/eval.html from what evaluate, judge and train wrote: the answer
+first, with its uncertainty; the judge only if it passed its controls; then every other figure, and the worst tuned
+answers, since averages hide what a reader spots in five examples.
 
     python -m pipeline.stages.report [--worst N]      # dvc repro report
+
+Guide: docs/stages/evaluate.md
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
-"""Stage search_index: the local search index (pipeline/tools/search.py) over the deduplicated corpus,
-data/search/index.sqlite: every document section, and the train split's questions with their
-answers (never a val or test answer).
+"""Stage search_index: the local search index (pipeline/tools/search.py) behind the `search` tool.
+
+synth writes its search rows' tool responses from data/search/index.sqlite, evaluate and the chat client run the
+model's searches on it; it holds the document sections and the train split's questions with their answers, never a
+val or test answer.
 
     python -m pipeline.stages.search_index       # dvc repro search_index
+
+Guide: docs/stages/synth.md
 """
 
 from __future__ import annotations

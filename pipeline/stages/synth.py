@@ -1,24 +1,10 @@
-"""Stage synth: the teacher writes think, search and qgen rows for the train, val and test splits.
+"""Stage synth: the teacher writes think, search, qgen and knowledge rows for the train, val and test splits.
 
-Think and search rows are verified traces: for each question with a gold answer the teacher writes
-n candidates (reasoning, then a final answer), each checked against the gold; the first that passes
-is the row (pipeline/generation/tasks.py, judge_candidate). Search rows are agent trajectories: the
-reasoning before the call, the call, the index's response, the reasoning over it, the answer.
+With the crawled questions and the imported conversations they are data/sft, what train learns from and evaluate asks.
+Think and search rows are verified traces: of the teacher's candidates for a question, only one that reaches the gold
+answer becomes a row. Every request goes through a cache first, so a rerun sends only what is missing.
 
-Reads data/dedup/split.jsonl, the search index and params.yaml (teacher, synth, search,
-chat); writes data/sft/{train,val,test}.jsonl (OpenAI messages with tools declared, loadable by
-`datasets.load_dataset("json", ...)`), data/sft/rejects.jsonl (with reasons) and
-metrics/synth.json. Every request goes through the cache in data/synth_cache first; only
-the missing ones reach the teacher, chunk by chunk.
-
-Imported conversations (records of kind conversation) become rows of task `conversation` as they
-are, in their record's split; synth.mix sets the share of them that goes into training.
-
-Row: id, source_ids, task (plain | think | search | qgen | conversation), split, messages, tools,
-provenance {teacher, model, backend, template, template_sha256, sampling, seed, request_key,
-candidate (which of the n), passages (the open book's), clause (qgen)},
-urls (lineage back to the crawl), valid, reject_reason, and for search rows the label, its
-source, the query and the passages the tool response holds.
+Guide: docs/stages/synth.md
 """
 
 from __future__ import annotations

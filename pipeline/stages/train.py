@@ -1,27 +1,14 @@
-"""Stage train: LoRA, DoRA or QLoRA fine-tuning of models/base on the synthesised SFT rows
-(data/sft: plain, think, search and qgen conversations of the train split; val for eval loss)
-with TRL's SFTTrainer.
+"""Stage train: LoRA, DoRA or QLoRA fine-tuning of models/base on data/sft with TRL's SFTTrainer.
 
-Conversations are tokenised by pipeline.data.chat_format (the one template); the loss covers assistant
-tokens and their end-of-turn token only. Batches are packed without cross-attention
-(pipeline.train.packing). A checkpoint (adapter, optimizer, scheduler, RNG states, data position)
-is saved at every evaluation in models/checkpoints, which DVC leaves in place between runs:
-a killed run, rerun with the same configuration and data, continues from its last
-checkpoint. Early stopping and best-checkpoint selection go by eval loss.
-
-The adapter, the tokenizer and the chat template are saved together in models/adapter;
-DVCLive writes the loss curves to reports/train/; metrics/train.json gets the run's figures
-(losses, tokens/s, peak memory, trainable parameters, processes and batch layout).
+It writes the adapter, with the tokenizer and chat template it was trained with, to models/adapter. Batches are packed
+without attention across rows, and a checkpoint at every evaluation lets a killed run continue where it stopped; it
+runs as one process or several, on one machine or several.
 
     python -m pipeline.train                       # reads params.yaml (dvc repro train)
     DISTILLERY_NPROC=2 python -m pipeline.train    # 2 processes under torchrun (make train GPUS=2)
     python -m pipeline.train --plan                # the GPU memory it needs, estimated, nothing loaded
 
-Several machines (make train GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=host): DISTILLERY_NNODES,
-DISTILLERY_NODE_RANK, DISTILLERY_MASTER_ADDR and DISTILLERY_MASTER_PORT go to torchrun's static
-rendezvous; the batch is laid out over all N x M processes. Node 0 owns the outputs (adapter,
-metrics, checkpoints); the other nodes read the same inputs (params.yaml, models/base, data/sft)
-from their own path, train and write nothing.
+Guide: docs/stages/train.md
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Local search over the crawled corpus: the `search` tool whose results synthesis writes into
-the training data's tool responses and the chat client (pipeline/chat/agent.py) returns to the model.
+"""Local search over the crawled corpus: the `search` tool of the training data and of the chat client.
 
-The index is SQLite FTS5 with bm25 ranking. FTS5's unicode61 tokenizer splits on spaces and
-punctuation, which leaves a Chinese sentence as one token; so CJK runs are indexed (and
-queried) as overlapping character bigrams, the classic way to index unsegmented CJK text.
-What is indexed: every document section, and the questions of the train split with their
-answers. Val and test questions are not: a search must never hand the model a held-out answer.
-
-The search_index stage (pipeline/stages/search_index.py) builds the index with `build_index`.
+SQLite FTS5 with bm25 ranking, CJK text indexed as character bigrams; val and test questions are never indexed, so a
+search cannot hand the model a held-out answer. The search_index stage builds the index (`build_index`).
 
     python -m pipeline.tools.search --query "..."   # ask the built index
 """

@@ -1,21 +1,9 @@
-"""The training loss: next-token cross-entropy over the labelled positions only, with the output
-layer applied to a few of them at a time.
+"""The training loss: next-token cross-entropy over the labelled positions only.
 
-A causal LM's own loss computes logits at every position: [rows, length, vocab] in the compute
-dtype, a float32 copy and its log-softmax, all kept for the backward pass. Over Qwen's 152k
-vocabulary that is ~19 GiB at 4 rows x 2048 tokens, more than the rest of a 7B QLoRA step, and
-most positions of a chat row (system prompt, question, tool declaration and passages) have no
-label. Here the model's body runs once and its final hidden states are taken from the decoder
-(the model itself is called, so that DDP's gradient synchronisation stays intact, with
-`logits_to_keep` selecting no position). The labelled positions are gathered and go through
-the output layer and the cross-entropy in chunks of `chunk_tokens`; each chunk's gradients
-(for its hidden states and the output layer's trainable parameters) are computed right away,
-in the forward pass, and its logits freed: no logits exist beyond one chunk's, and none are
-computed twice. That is Liger's fused linear cross-entropy (in Triton, GPU only) in plain torch;
-torchtune's CEWithChunkedOutputLoss chunks too but keeps every chunk's logits for the backward
-pass, and recomputing each chunk in the backward pass (torch.utils.checkpoint) costs one more
-pass through the output layer: +20% per step for gemma-3-270m on a CPU, whose output layer is
-most of its parameters.
+A causal LM's own loss keeps logits over the vocabulary at every position for the backward pass, though most
+positions of a chat row have no label. Here the labelled positions' hidden states go through the output layer and
+the cross-entropy in chunks, each chunk's gradients computed at once and its logits freed: Liger's fused linear
+cross-entropy, in plain torch. Design: docs/gpus.md ("The loss").
 """
 
 from __future__ import annotations

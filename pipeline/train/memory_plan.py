@@ -1,32 +1,10 @@
-"""The memory a training run needs on one GPU (per process), estimated from params.yaml and the
-student's shape without loading any weights:
+"""The memory a training run needs on one GPU (per process), estimated from params.yaml without loading weights.
 
     python -m pipeline.train --plan
 
-- weights: the base in train.dtype; for QLoRA the decoder's linear layers in 4 bits (NF4, one
-  scale per 64 weights, itself 8-bit with double quantization) and everything else in float32,
-  which PEFT's prepare_model_for_kbit_training makes of the 16-bit embeddings, output layer and
-  norms;
-- trainable parameters (LoRA matrices, the new tokens' rows), their gradients and AdamW's two
-  moments, all float32 (PEFT keeps adapter weights in float32 under mixed precision: they are
-  their own master copy);
-- activations: what autograd keeps for the backward pass, counted tensor by tensor as
-  Korthikanti et al. count them ("Reducing Activation Recomputation in Large Transformer
-  Models", 2022, section 4.1: 34·s·b·h bytes per GPT layer), for a Llama/Qwen2 layer as
-  transformers and PEFT run it (SwiGLU MLP, grouped-query attention through SDPA's
-  flash/memory-efficient kernels: no seq² term; float32 RMSNorm; LoRA's copy of each adapted
-  layer's input in the compute dtype). With gradient checkpointing each layer keeps only its
-  input and one layer is recomputed at a time (their section 5: 2·s·b·h·L). Gemma's two extra
-  norms per layer and Qwen3's and Gemma's q/k norms are not counted;
-- the loss (pipeline.train.loss): the final norm, the labelled positions' hidden states and their
-  gradients, and one chunk of train.loss_chunk_tokens positions' logits over the vocabulary with
-  their gradients;
-- a fixed reserve for the CUDA context, cuBLAS workspaces and allocator fragmentation.
-
-The micro-batch is taken as full rows of train.max_seq_len tokens, all labelled: an upper bound.
-The shape comes from models/base/config.json (what base_model built, added tokens included) when
-it is the configured model's, else from the Hugging Face cache's config.json for model.hf_id,
-else from model.arch (model.tiny for the tiny source).
+Weights, trainable parameters with their gradients and AdamW's moments, activations (after Korthikanti et al. 2022),
+the loss's chunk and a fixed reserve, for full, fully labelled rows: an upper bound.
+What each term counts: docs/gpus.md ("The memory estimate").
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """Batches for training: padded, or packed without padding and without cross-contamination.
 
-A packed batch holds exactly the examples of the padded batch it replaces (same sampler, same
-steps, same loss), laid first-fit-decreasing into rows of at most `row_len` tokens. Position
-ids restart at 0 for every example and no attention mask is passed, so transformers builds a
-block-diagonal causal mask from the position ids (masking_utils.find_packed_sequence_indices):
-no token attends across examples, and each example's loss equals its loss in a padded batch.
-
-Why our own collator rather than TRL's padding-free one: TRL flattens the whole batch into one
-row and relies on flash-attention's varlen kernels to keep attention per example. Without them
-(CPU, SDPA) one row of batch x length tokens means attention over the whole batch, several
-times the work of the padded batch; rows of at most max_seq_len keep it bounded.
-
-The first label of every packed example is -100 (as in TRL's padding-free collator): the
-shifted loss would otherwise predict it from the previous example's last token.
+A packed batch holds exactly the examples of the padded batch it replaces, laid first-fit-decreasing into rows of at
+most `row_len` tokens. Position ids restart at 0 for every example and no attention mask is passed, so transformers
+builds a block-diagonal causal mask from them (masking_utils.find_packed_sequence_indices): each example's loss equals
+its padded loss. The first label of every packed example is -100, as in TRL's padding-free collator: the shifted
+loss would otherwise predict it from the previous example's last token. Why not TRL's: docs/stages/train.md.
 """
 
 from __future__ import annotations

@@ -2,11 +2,9 @@
 
     python scripts/llama-cpp/patch.py <llama.cpp source dir>
 
-scripts/setup.sh runs this on llama-cpp-python's vendored llama.cpp before compiling it. It copies
-the kernel next to ggml-cpu/repack.cpp and makes four insertions there (the headers it needs, at
-the top; the kernel's #include; its instance; where q8_0 weights pick it), each next to an exact
-line of llama.cpp's source; if a line is missing (a llama-cpp-python version whose repack.cpp changed),
-it stops with the line it looked for and changes nothing. Running it twice changes nothing more.
+scripts/setup.sh runs it on llama-cpp-python's vendored llama.cpp before compiling it. When an anchor line of
+repack.cpp is missing it stops and changes nothing; run twice, it changes nothing more.
+Design: docs/design/llama-cpp.md.
 """
 
 from __future__ import annotations
