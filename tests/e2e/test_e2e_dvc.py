@@ -329,9 +329,10 @@ def test_repro_noop_and_experiment(tmp_path):
     assert stages[4:6] == ["prepare", "dedup"]
     assert stages[6:8] in (["base_model", "search_index"], ["search_index", "base_model"])
     assert stages[8:10] == ["synth", "train"]
-    assert set(stages[10:]) == {*EVAL_STAGES, *EXPORT_STAGES} and len(stages) == 10 + 7
+    assert set(stages[10:]) == {*EVAL_STAGES, *EXPORT_STAGES, "summary"} and len(stages) == 10 + 8
     for group in (EVAL_STAGES, EXPORT_STAGES):  # each in its own order, the two groups in any
         assert [s for s in stages if s in group] == group
+    assert stages[-1] == "summary"  # it reads evaluate's, train's and verify_export's metrics
     for name in SITES:  # dvc repro crawled every sample site in full
         ids = {json.loads(line)["id"] for line in (repo / f"data/raw/{name}.jsonl").read_text().splitlines()}
         assert ids == {f"{name}/{i}" for i in GENERATORS[name](seed=0).valid}
@@ -359,7 +360,7 @@ def test_repro_noop_and_experiment(tmp_path):
 
     # Another quantization reruns quantize and verify_export only: no merge, no conversion.
     exp = _run(repo, "dvc", "exp", "run", "-S", "export.quant=[q8_0]")
-    assert _stages_run(exp) == ["quantize", "verify_export"]
+    assert _stages_run(exp) == ["quantize", "verify_export", "summary"]
     _check_export(repo, ["q8_0"])
     # Back to the committed run (the experiment's results stay in `dvc exp show`): each
     # experiment below changes one thing against it.
@@ -369,15 +370,16 @@ def test_repro_noop_and_experiment(tmp_path):
 
     # Judge settings rerun the judge (from its cache: 8 of the 16 questions) and the report only.
     exp = _run(repo, "dvc", "exp", "run", "-S", "judge.max_items=8")
-    assert _stages_run(exp) == ["judge", "report"]
+    assert _stages_run(exp) == ["judge", "report"]  # the judge is not in the summary
     judged = json.loads((repo / "metrics/judge.json").read_text())
     assert judged["items"] == 8 and judged["requests"]["sent"] == 0
     # The product card's form: a top-level lr that train.lr follows.
     exp = _run(repo, "dvc", "exp", "run", "-S", "lr=1e-5")
-    assert _stages_run(exp)[0] == "train" and set(_stages_run(exp)[1:]) == {*EVAL_STAGES, *EXPORT_STAGES}
+    assert _stages_run(exp)[0] == "train" and set(_stages_run(exp)[1:]) == {*EVAL_STAGES, *EXPORT_STAGES, "summary"}
     assert "Stage 'base_model' didn't change" in exp
     # A new dedup threshold reruns dedup, never crawl or prepare, and dvc then lists the stages
     # that read dedup's output as changed (the first repro above ran everything below them).
+    before_dedup = json.loads((repo / "metrics/dedup.json").read_text())["near_duplicates"]
     exp = _run(repo, "dvc", "exp", "run", "-S", "dedup.threshold=0.6", "dedup")
     assert _stages_run(exp) == ["dedup"] and "Stage 'prepare' didn't change" in exp
     status = json.loads(_run(repo, "dvc", "status", "--json"))
@@ -390,18 +392,85 @@ def test_repro_noop_and_experiment(tmp_path):
     assert f"import@{DATASET}" in status and not [s for s in status if s.startswith("crawl@")]
     assert not [s for s in status if s.startswith("import@") and s != f"import@{DATASET}"]
 
+    removed_06 = json.loads((repo / "metrics/dedup.json").read_text())["near_duplicates"]
+    assert removed_06 > before_dedup >= 54  # a lower threshold finds more near-duplicates
+
     shown = json.loads(_run(repo, "dvc", "exp", "show", "--json"))
     baseline = next(row for row in shown if row["rev"] != "workspace")
     runs = [baseline["data"]] + [e["revs"][0]["data"] for e in baseline["experiments"] or []]
     lrs = sorted(r["params"]["params.yaml"]["data"]["train"]["lr"] for r in runs)
     assert lrs == [pytest.approx(1e-5)] + [pytest.approx(3e-3)] * 4
-    for run in runs:  # every evaluation and judge figure is in `dvc exp show`
-        tuned = run["metrics"]["metrics/eval.json"]["data"]["tuned"]
-        assert tuned["loss"] > 0 and "rate" in tuned["think"] and "decision_accuracy" in tuned["tools"]
-        assert "accuracy" in tuned["exam"] and "elements_exam" in tuned["exam_sets"]
-        assert "tuned_win_rate" in run["metrics"]["metrics/judge.json"]["data"]["pairwise"]
-        assert run["metrics"]["metrics/export.json"]["data"]["passed"] is True
-    # a lower threshold finds more near-duplicates, and exp show has the dedup figures of each run
-    removed = {r["params"]["params.yaml"]["data"]["dedup"]["threshold"]:
-               r["metrics"]["metrics/dedup.json"]["data"]["near_duplicates"] for r in runs}
-    assert removed[0.6] > removed[0.8] >= 54
+    for run in runs:  # the summary is the one metrics file: `dvc exp show` leads with it
+        assert set(run["metrics"]) == {"metrics/summary.json"}
+        summary = run["metrics"]["metrics/summary.json"]["data"]
+        assert summary["loss"]["tuned"] > 0 and summary["gguf"]["passed"] is True
+        assert 0 <= summary["think"]["rate"] <= 1 and summary["think"]["n"] > 0
+        assert summary["knowledge_cloze"]["n"] > 0 and summary["training"]["tokens_per_s"] > 0
+
+    _check_sweep(repo, tmp_path)
+
+
+def _metric_leaves(tree, prefix: str = "") -> list[str]:
+    if isinstance(tree, dict):
+        return [leaf for key, value in tree.items() for leaf in _metric_leaves(value, f"{prefix}{key}.")]
+    return [prefix.rstrip(".")]
+
+
+def _check_sweep(repo: Path, tmp_path: Path) -> None:
+    """A two-point grid through `make sweep` (dvc exp run --queue, dvc queue start): each experiment
+    runs train and the stages below it, nothing above; `dvc exp show` has few metric columns and,
+    with --only-changed, few columns in all, lr and the summary among them; `dvc plots diff` draws
+    both loss curves on one page; `dvc exp push` and `dvc exp pull` share the experiments through a
+    git remote and the DVC remote."""
+    _run(repo, "git", "reset", "--hard", "-q")
+    # the dataset setting composed above is the kept choice (conf/selection/current.yaml, not committed
+    # here): plain `make params` drops it, so the sweep's experiments differ from the commit in lr alone
+    _run(repo, sys.executable, "-m", "pipeline.config.compose")
+    assert _run(repo, "git", "status", "--porcelain", "--untracked-files=no") == ""
+    _run(repo, "dvc", "checkout", "-q")
+    _run(repo, "dvc", "exp", "remove", "-A")  # the experiments above are checked; a user's sweep starts here
+    try:
+        out = _run(repo, "make", "sweep", "SET=lr=1e-4,2e-4")
+    finally:  # a failure above leaves no queue worker or experiment running
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=_env(), capture_output=True)
+    tasks = re.findall(r"^([0-9a-f]{7,})\s+(\S+)\s+.*Success\s*$", _run(repo, "dvc", "queue", "status"), re.M)
+    assert len(tasks) == 2, out
+    for task, _name in tasks:
+        log = _run(repo, "dvc", "queue", "logs", task)
+        ran = _stages_run(log)
+        assert ran[0] == "train" and set(ran[1:]) == {*EVAL_STAGES, *EXPORT_STAGES, "summary"}, log[-3000:]
+        assert "Stage 'synth' didn't change" in log and "Stage 'base_model' didn't change" in log
+    shown = json.loads(_run(repo, "dvc", "exp", "show", "--json"))
+    baseline = next(row for row in shown if row["rev"] != "workspace")
+    runs = {e["revs"][0]["name"]: e["revs"][0]["data"] for e in baseline["experiments"] or []}
+    by_lr = {r["params"]["params.yaml"]["data"]["lr"]: r for r in runs.values()}
+    assert {1e-4, 2e-4} <= set(by_lr), sorted(by_lr)
+    for lr in (1e-4, 2e-4):
+        leaves = _metric_leaves(by_lr[lr]["metrics"])
+        assert len(leaves) <= 30 and any(leaf.endswith("loss.tuned") for leaf in leaves), leaves
+    header = _run(repo, "dvc", "exp", "show", "--csv", "--only-changed").splitlines()[0].split(",")
+    assert len(header) <= 30 and "lr" in header and "loss.tuned" in header, header
+    names = [name for name, r in runs.items() if r["params"]["params.yaml"]["data"]["lr"] in (1e-4, 2e-4)]
+    assert len(names) == 2, runs.keys()
+    # both loss curves on one page
+    _run(repo, "dvc", "plots", "diff", *names, "-o", str(tmp_path / "plots"))
+    page = (tmp_path / "plots/index.html").read_text()
+    assert "Train and eval loss" in page and all(name in page for name in names)
+    # shared like data: the git ref to a git remote, the outputs to the DVC remote (make remote, above)
+    origin = tmp_path / "origin.git"
+    _run(tmp_path, "git", "init", "-q", "--bare", str(origin))
+    _run(repo, "git", "remote", "add", "origin", str(origin))
+    _run(repo, "git", "push", "-q", "origin", "main")
+    _run(repo, "dvc", "exp", "push", "origin", names[0])
+    clone = tmp_path / "exp-clone"
+    _run(tmp_path, "git", "clone", "-q", "-b", "main", str(origin), str(clone))
+    _run(clone, "make", "remote", f"REMOTE={tmp_path / 'remote'}")
+    _run(clone, "dvc", "exp", "pull", "origin", names[0])
+    pulled = json.loads(_run(clone, "dvc", "exp", "show", "--json"))
+    there = {e["revs"][0]["name"]: e["revs"][0]["data"] for row in pulled if row["rev"] != "workspace"
+             for e in row["experiments"] or []}
+    assert there[names[0]]["metrics"] == runs[names[0]]["metrics"]
+    _run(clone, "dvc", "exp", "apply", names[0])
+    _run(repo, "dvc", "exp", "apply", names[0])
+    adapter = "models/adapter/adapter_model.safetensors"
+    assert (clone / adapter).read_bytes() == (repo / adapter).read_bytes()
