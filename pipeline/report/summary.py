@@ -3,13 +3,7 @@ lists for every experiment (metrics/summary.json). Guide: docs/sweeps.md."""
 
 from __future__ import annotations
 
-
-def _get(data: dict | None, *path: str):
-    for key in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
+from pipeline.report.blocks import dig
 
 
 def _rate(rate: float | None, n: int | None, ci95: list | None) -> dict:
@@ -20,8 +14,8 @@ def _rate(rate: float | None, n: int | None, ci95: list | None) -> dict:
 def _knowledge(eval_metrics: dict) -> dict:
     """Cloze accuracy on the test questions (both directions): the tuned model's with its interval,
     and the paired difference tuned - base with its interval: the headline of the knowledge block."""
-    tuned = _get(eval_metrics, "tuned", "knowledge", "cloze") or {}
-    paired = _get(eval_metrics, "comparison", "knowledge.cloze") or {}
+    tuned = dig(eval_metrics, "tuned", "knowledge", "cloze") or {}
+    paired = dig(eval_metrics, "comparison", "knowledge.cloze") or {}
     tuned_low, tuned_high = tuned.get("ci95") or (None, None)
     low, high = paired.get("ci95") or (None, None)
     return {"tuned": tuned.get("rate"), "tuned_low": tuned_low, "tuned_high": tuned_high, "n": tuned.get("n"),
@@ -33,14 +27,14 @@ def summarize(eval_metrics: dict, train_metrics: dict | None, export_metrics: di
     Rates carry their count and 95% interval; a figure a run does not have is null."""
     tuned = eval_metrics.get("tuned") or {}
     tools = tuned.get("tools") or {}
-    served = _get(export_metrics, "served") or {}
+    served = dig(export_metrics, "served") or {}
     return {
-        "loss": {"base": _get(eval_metrics, "base", "loss"), "tuned": tuned.get("loss")},
+        "loss": {"base": dig(eval_metrics, "base", "loss"), "tuned": tuned.get("loss")},
         "knowledge_cloze": _knowledge(eval_metrics),
-        "think": _rate(_get(tuned, "think", "rate"), _get(tuned, "think", "n"), _get(tuned, "think", "ci95")),
+        "think": _rate(dig(tuned, "think", "rate"), dig(tuned, "think", "n"), dig(tuned, "think", "ci95")),
         "search_decisions": _rate(tools.get("decision_accuracy"), tools.get("n"), tools.get("decision_accuracy_ci95")),
         "tool_calls_valid": _rate(tools.get("validity"), tools.get("call_attempts"), tools.get("validity_ci95")),
-        "gguf": {"served": served.get("type"), "passed": _get(export_metrics, "passed")},
-        "training": {"seconds": _get(train_metrics, "train_runtime_s"),
-                  "tokens_per_s": _get(train_metrics, "tokens_per_s")},
+        "gguf": {"served": served.get("type"), "passed": dig(export_metrics, "passed")},
+        "training": {"seconds": dig(train_metrics, "train_runtime_s"),
+                  "tokens_per_s": dig(train_metrics, "tokens_per_s")},
     }

@@ -7,21 +7,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pipeline.paths import EVAL_METRICS, EXPORT_METRICS, SUMMARY_METRICS, TRAIN_METRICS
+from pipeline.report.blocks import read_json
 from pipeline.report.summary import summarize
 
 
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 def main() -> None:
-    eval_metrics = _read(EVAL_METRICS)
+    eval_metrics = read_json(EVAL_METRICS)
     if eval_metrics is None:
         raise SystemExit(f"error: {EVAL_METRICS} is missing; run `dvc repro evaluate` first")
-    summary = summarize(eval_metrics, _read(TRAIN_METRICS), _read(EXPORT_METRICS))
+    summary = summarize(eval_metrics, read_json(TRAIN_METRICS), read_json(EXPORT_METRICS))
     SUMMARY_METRICS.parent.mkdir(parents=True, exist_ok=True)
     SUMMARY_METRICS.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     print(f"summary: {SUMMARY_METRICS}")

@@ -483,13 +483,21 @@ def _batch_reply(body: dict) -> list[str]:
     return [f"Step {k + 1}: it comes to {gold}.\nAnswer: {gold}" for k in range(body.get("n", 1))]
 
 
-class _BatchTeacher(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        openai_reply(self, body["model"], _batch_reply(body))
+def _stateless_teacher(reply) -> type:
+    """An OpenAI-compatible endpoint whose answer is `reply(request body)` alone."""
 
-    def log_message(self, *args):
-        pass
+    class Teacher(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            openai_reply(self, body["model"], reply(body))
+
+        def log_message(self, *args):
+            pass
+
+    return Teacher
+
+
+_BatchTeacher = _stateless_teacher(_batch_reply)
 
 
 def _run_batch_file(requests: Path, results: Path, fail: int | None = None) -> list[str]:
@@ -614,13 +622,7 @@ def _facts_reply(body: dict) -> list[str]:
     return [good + f"\nAsked back: {back}", f" {entity}\nStatement: {stated}\nReversed: {stated}\nAsked back: {back}"]
 
 
-class _FactsTeacher(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        openai_reply(self, body["model"], _facts_reply(body))
-
-    def log_message(self, *args):
-        pass
+_FactsTeacher = _stateless_teacher(_facts_reply)
 
 
 def test_knowledge_rows_state_train_facts_both_ways_and_ask_test_facts_back(synth_workspace, tmp_path):
