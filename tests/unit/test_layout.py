@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import shlex
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -255,3 +256,32 @@ def test_no_import_cycles():
         if node not in state:
             walk(node, [node])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def dvc_outputs(dvc_yaml: dict, key: str = "new_site") -> list[tuple[str, bool]]:
+    """(path, cached) of every output, metric and plot file of dvc.yaml; a foreach stage's ${key}
+    as a site or dataset name that no shipped domain has."""
+    found = []
+    for body in stages(dvc_yaml).values():
+        for section in ("outs", "metrics", "plots"):
+            for entry in body.get(section) or []:
+                path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+                found.append((path.replace("${key}", key), (opts or {}).get("cache", True)))
+    return found
+
+
+def test_every_cached_output_is_git_ignored_by_a_committed_pattern():
+    """DVC adds a .gitignore entry for each output it caches and, when a later stage of the same
+    `dvc repro` fails, takes the entries that command added back out (treeverse/dvc#11091): a new
+    site's crawl output would then wait in `git status` to be committed. The committed .gitignore
+    files already ignore every cached output, for any site or dataset name, so DVC adds no entry;
+    the outputs kept in git (cache: false) are not ignored."""
+    outputs = dvc_outputs(load_dvc_yaml())
+    assert ("data/raw/new_site.jsonl", True) in outputs and ("metrics/summary.json", False) in outputs
+    paths = [path for path, _ in outputs]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT, input="\n".join(paths),
+                          capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    ignored = set(proc.stdout.split())
+    assert [path for path, cached in outputs if cached and path not in ignored] == []
+    assert [path for path, cached in outputs if not cached and path in ignored] == []
