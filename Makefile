@@ -48,7 +48,7 @@ sweep: ## Queue one experiment per point of SET's grid, run them (dvc queue), th
 	python scripts/sweep.py --jobs $(JOBS) $(SET)
 
 exps: ## The experiments side by side: only the columns that differ (params and the summary's figures)
-	dvc exp show --only-changed --drop '^(Created|State|Executor)$$|^(data|models|reports|metrics|pipeline)/[^:]*$$'
+	python scripts/sweep.py --show
 
 .PHONY: docs docs-serve
 docs: ## Build the documentation site into site/ (mkdocs build --strict; results and configuration pages generated)

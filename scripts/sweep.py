@@ -3,6 +3,7 @@ wait for it, then show what differs between the runs. Guide: docs/sweeps.md.
 
     python scripts/sweep.py 'lr=1e-5,2e-4' 'train.epochs=1,2'     # 4 experiments
     python scripts/sweep.py --jobs 2 'lr=1e-5,2e-4'                 # two at a time (two GPUs, say)
+    python scripts/sweep.py --show                                  # the experiments side by side (make exps)
 
 Each argument is one `-S` of `dvc exp run --queue`: comma-separated values make the grid (Hydra's
 sweep syntax; quote them for the shell); experiments queued before run too. Ctrl-C stops the queue's
@@ -35,9 +36,14 @@ def _queue_status() -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sets", nargs="+", metavar="KEY=V1,V2", help="one -S override each; commas make the grid")
+    parser.add_argument("sets", nargs="*", metavar="KEY=V1,V2", help="one -S override each; commas make the grid")
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at once (default 1)")
+    parser.add_argument("--show", action="store_true", help="only show the experiments side by side (make exps)")
     args = parser.parse_args(argv)
+    if args.show:
+        return _dvc(*EXPS_SHOW[1:]).returncode
+    if not args.sets:
+        parser.error("expected at least one KEY=V1,V2")
     for item in args.sets:
         if "=" not in item:
             parser.error(f"{item!r}: expected key=value[,value...]")
