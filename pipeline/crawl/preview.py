@@ -103,6 +103,12 @@ def render(name: str, site: SiteConfig, result: list[dict]) -> str:
     dropped = sum(len(e["dropped"]) for e in result)
     lines.append(f"preview {name}: {len(result)} pages, {kept} items kept, {dropped} dropped "
                  "(nothing written; a page robots.txt forbids is not fetched)")
+    if not kept and not dropped:
+        seen = {e["url"] for e in result}
+        nxt = next((link for e in result for link in e["links"] if link not in seen), None)
+        if nxt:  # start pages that are contents pages: their sections are one link away
+            lines.append("no item on these pages: if they only list links (a contents page), preview a page "
+                         f"they link to: python -m pipeline.crawl {name} --preview {nxt}")
     return "\n".join(lines)
 
 
