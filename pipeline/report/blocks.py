@@ -11,23 +11,32 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipeline.data.jsonl import read_jsonl as _read_jsonl
-from pipeline.evaluation.stats import rate_cell
+from pipeline.evaluation.stats import pct, rate_cell, unpaired, wilson
 from pipeline.paths import JUDGE_METRICS
 
 MAX_CURVE_ROWS = 20  # per curve in the Markdown table; the SVG draws every point
 
-# (row label, path inside a model's entry of eval.json, decimals)
-METRIC_ROWS = [
+# Figures that are not rates: (row label, path inside a model's entry of eval.json, decimals)
+VALUE_ROWS = [
     ("held-out loss", ("loss",), 4),
     ("perplexity", ("perplexity",), 1),
-    ("stop rate", ("stop_rate",), 3),
-    ("think rate", ("think", "rate"), 3),
     ("mean think chars", ("think", "mean_chars"), 1),
-    ("tool-call validity", ("tools", "validity"), 3),
-    ("search-decision accuracy", ("tools", "decision_accuracy"), 3),
-    ("argument match", ("tools", "argument_match"), 3),
-    ("query similarity", ("tools", "query_similarity"), 3),
-    ("exam accuracy (generation)", ("exam", "accuracy"), 3),
+    ("query similarity (mean, calls compared)", ("tools", "query_similarity"), 3),
+]
+# Rates: (row label, path of the rate, of its item count (None: not recorded), of its interval, of
+# its success count (None: the rate times the count), key of the paired comparison in eval.json
+# (None: unpaired))
+RATE_ROWS = [
+    ("stop rate (every prompt)", ("stop", "rate"), ("stop", "n"), ("stop", "ci95"), ("stop", "k"), None),
+    ("think rate (test questions)", ("think", "rate"), ("think", "n"), ("think", "ci95"), None, None),
+    ("tool-call validity (of the calls made)", ("tools", "validity"), ("tools", "call_attempts"),
+     ("tools", "validity_ci95"), ("tools", "valid_attempts"), None),
+    ("search-decision accuracy", ("tools", "decision_accuracy"), ("tools", "n"), ("tools", "decision_accuracy_ci95"),
+     None, "tools.decision_accuracy"),
+    # evaluate does not record how many calls it compared: the rate is shown, flagged
+    ("argument match (first call vs the reference)", ("tools", "argument_match"), None, None, None, None),
+    ("exam accuracy (generation)", ("exam", "accuracy"), ("exam", "questions"), ("exam", "ci95"), None,
+     "exam_generation"),
 ]
 PAIRWISE_ROWS = [("pairs", "pairs", 0), ("tuned wins", "tuned_wins", 0), ("base wins", "base_wins", 0),
                  ("ties", "ties", 0), ("inconsistent (order flipped the verdict)", "inconsistent", 0),
@@ -291,22 +300,65 @@ def judge_informative(judge: dict | None) -> bool:
     return bool(judge) and judge.get("informative") is True
 
 
+def _rate_entry(model: dict | None, value_path, n_path, ci_path, k_path) -> dict | None:
+    """{value, n, ci, k} of a rate in a model's entry; the interval is Wilson's where the entry
+    has counts but no interval; None where the rate is missing."""
+    value = dig(model, *value_path)
+    if value is None:
+        return None
+    n = dig(model, *n_path) if n_path else None
+    k = dig(model, *k_path) if k_path else None
+    if n and k is None:
+        k = round(value * n)
+    ci = dig(model, *ci_path) if ci_path else None
+    return _entry(value, n, ci if ci or not n else wilson(k, n), k)
+
+
+def _rate_text(e: dict | None) -> str:
+    if e and e["value"] is not None and not e["n"]:
+        return f"{pct(e['value'])} (count not recorded)"
+    return _cell(e)
+
+
+def _rate_delta(base: dict | None, tuned: dict | None, comparison: dict | None) -> str:
+    """Tuned - base in points with its 95% interval: the paired comparison where eval.json has
+    one, else Newcombe's interval for two independent shares (marked unpaired)."""
+    if comparison:
+        return delta_cells(comparison)[0]
+    if not (base and tuned and base["n"] and tuned["n"]):
+        return "n/a"
+    c = unpaired(tuned["k"], tuned["n"], base["k"], base["n"])
+    return f"{100 * c['delta']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] unpaired"
+
+
 def metric_table(eval_metrics: dict, judge: dict | None) -> Table:
-    specs = METRIC_ROWS + [(f"exam accuracy (generation): {name}", ("exam_sets", name, "accuracy"), 3)
-                           for name in exam_sets(eval_metrics)]
-    values = [(label, dig(eval_metrics, "base", *path), dig(eval_metrics, "tuned", *path), d)
-              for label, path, d in specs]
+    """Every figure, base vs tuned: rates with their counts and intervals, the difference in points
+    with its interval; the other figures (losses, means) as values with their plain difference."""
+    base, tuned = eval_metrics.get("base"), eval_metrics.get("tuned")
+    comparisons = eval_metrics.get("comparison") or {}
+    rows = []
+    for label, path, d in VALUE_ROWS:
+        b, t = dig(base, *path), dig(tuned, *path)
+        rows.append([label, fmt(b, d), fmt(t, d), fmt_delta(b, t, d)])
+    specs = RATE_ROWS + [(f"exam accuracy (generation): {name}", ("exam_sets", name, "accuracy"),
+                          ("exam_sets", name, "questions"), ("exam_sets", name, "ci95"), None,
+                          f"exam_generation.{name}") for name in exam_sets(eval_metrics)]
+    for label, value, n, ci, k, key in specs:
+        b, t = (_rate_entry(m, value, n, ci, k) for m in (base, tuned))
+        rows.append([label, _rate_text(b), _rate_text(t), _rate_delta(b, t, comparisons.get(key) if key else None)])
     if judge_informative(judge):
-        values.append(("judge: share graded correct", dig(judge, "single", "base", "correct", "rate"),
-                       dig(judge, "single", "tuned", "correct", "rate"), 3))
-        values.append(("judge mean rating (1-10)", dig(judge, "single", "base", "mean"),
-                       dig(judge, "single", "tuned", "mean"), 2))
-    rows = [[label, fmt(b, d), fmt(t, d), fmt_delta(b, t, d)] for label, b, t, d in values]
-    return Table("", ["metric", "base", "tuned", "delta"], rows, "base-vs-tuned")
+        b, t = (_rate_entry(judge, ("single", m, "correct", "rate"), ("single", m, "correct", "n"),
+                            ("single", m, "correct", "ci95"), ("single", m, "correct", "k")) for m in ("base", "tuned"))
+        rows.append(["judge: share graded correct", _rate_text(b), _rate_text(t),
+                     _rate_delta(b, t, dig(judge, "comparison", "correct"))])
+        means = [dig(judge, "single", m, "mean") for m in ("base", "tuned")]
+        rows.append(["judge mean rating (1-10)", fmt(means[0], 2), fmt(means[1], 2), fmt_delta(*means, 2)])
+    return Table("", ["figure", "base", "tuned", "tuned - base (rates: points [95% CI])"], rows, "base-vs-tuned")
 
 
 def chapter_tables(eval_metrics: dict) -> list[Table]:
-    """Accuracy by chapter for the built-in exam and for each external exam set."""
+    """Accuracy by chapter for the built-in exam and for each external exam set, each with its
+    count and Wilson interval; the difference with Newcombe's interval (chapters are not paired)."""
     exams = [("exam", ("exam",))] + [(name, ("exam_sets", name)) for name in exam_sets(eval_metrics)]
     tables = []
     for name, path in exams:
@@ -314,11 +366,13 @@ def chapter_tables(eval_metrics: dict) -> list[Table]:
         tuned = dig(eval_metrics, "tuned", *path, "by_chapter") or {}
         rows = []
         for chapter in sorted(set(base) | set(tuned)):
-            b, t = dig(base, chapter, "accuracy"), dig(tuned, chapter, "accuracy")
+            b, t = (_rate_entry(m, (chapter, "accuracy"), (chapter, "questions"), None, None) for m in (base, tuned))
             questions = dig(tuned, chapter, "questions") or dig(base, chapter, "questions")
-            rows.append([chapter, fmt(questions, 0), fmt(b), fmt(t), fmt_delta(b, t)])
+            rows.append([chapter or "(no chapter)", fmt(questions, 0), _rate_text(b), _rate_text(t),
+                         _rate_delta(b, t, None)])
         if rows:
-            tables.append(Table(f"By chapter: {name}", ["chapter", "questions", "base", "tuned", "delta"], rows))
+            tables.append(Table(f"By chapter: {name}", ["chapter", "questions", "base", "tuned",
+                                                        "tuned - base, points [95% CI]"], rows))
     return tables
 
 

@@ -29,14 +29,14 @@ def rate(k: int, n: int) -> dict:
 
 
 def model_metrics(loss, validity, exam, elements, mean_chars, mc_hits: int, think_hits: int) -> dict:
-    chapters = {"Chapter 1": {"accuracy": exam, "questions": 2}, "Chapter 2": {"accuracy": None, "questions": 2}}
+    chapters = {"Chapter 1": {"accuracy": exam, "questions": 4}, "Chapter 2": {"accuracy": None, "questions": 4}}
     exam_shape = {"questions": 4, "accuracy": exam, "no_choice": 1, "by_chapter": chapters,
                   "ci95": stats.wilson(round(4 * exam), 4)}
     mc = {"acc": mc_hits / 20, "acc_norm": 0.5, "n": 20, "ci95": stats.wilson(mc_hits, 20),
           "acc_norm_ci95": stats.wilson(10, 20), "skipped_too_long": 0, "shots": 0}
     return {"loss": loss, "perplexity": None if loss is None else 2.0 ** loss, "stop_rate": 0.5,
             "mc": {"general_mc": {"plain": {"0shot": mc}}},
-            "think": {"rate": 0.25, "mean_chars": mean_chars,
+            "stop": rate(8, 16), "think": {**rate(think_hits, 16), "mean_chars": mean_chars,
                       "by_set": {"questions": {**rate(think_hits, 16), "mean_chars": mean_chars}}},
             "stop_by_set": {"questions": rate(8, 16)},
             "free_form": {"questions": {"n": 16, "exact": 0.0, "exact_ci95": stats.wilson(0, 16),
@@ -123,20 +123,29 @@ def rendered(tmp_path) -> Path:
 
 def test_markdown_has_deltas_and_na(rendered):
     md = (rendered / paths.REPORT_MD).read_text(encoding="utf-8")
+    # rates with their counts and Wilson intervals, the difference in points with its interval
     for row in ["| held-out loss | 7.1100 | 5.9000 | -1.2100 |",
-                "| tool-call validity | n/a | 0.667 | n/a |",
-                "| argument match | n/a | n/a | n/a |",
-                "| exam accuracy (generation) | 0.250 | 0.750 | +0.500 |",
+                "| stop rate (every prompt) | 50.0% (8/16) [28.0, 72.0] | 50.0% (8/16) [28.0, 72.0] | +0.0 [",
+                "| think rate (test questions) | 25.0% (4/16) [10.2, 49.5] | 75.0% (12/16) [",
+                "| tool-call validity (of the calls made) | n/a | 66.7% (2/3) [20.8, 93.9] | n/a |",
+                "| argument match (first call vs the reference) | n/a | n/a | n/a |",
+                "| exam accuracy (generation) | 25.0% (1/4) [4.6, 69.9] | 75.0% (3/4) [30.1, 95.4] "
+                "| +50.0 [-13.5, +78.9] unpaired |",
                 "| mean think chars | 0.0 | 120.0 | +120.0 |",
-                "| exam accuracy (generation): elements_exam | 0.500 | n/a | n/a |",
-                "| judge: share graded correct | 0.214 | n/a | n/a |",
+                "| exam accuracy (generation): elements_exam | 50.0% (2/4) [15.0, 85.0] | n/a | n/a |",
+                "| judge: share graded correct | 21.4% (3/14) [7.6, 47.6] | n/a | n/a |",
                 "| judge mean rating (1-10) | 4.20 | n/a | n/a |",
-                "| Chapter 1 | 2 | 0.250 | 0.750 | +0.500 |",
-                "| Chapter 2 | 2 | n/a | n/a | n/a |",
+                "| Chapter 1 | 4 | 25.0% (1/4) [4.6, 69.9] | 75.0% (3/4) [30.1, 95.4] "
+                "| +50.0 [-13.5, +78.9] unpaired |",
+                "| Chapter 2 | 4 | n/a | n/a | n/a |",
                 "| label call | 1 | 5 |", "| label no_call | 2 | 4 |",
                 "| tuned wins | 5 |", "| tuned win rate | n/a |"]:
         assert row in md, row
     assert "did not run" not in md
+    # a rate without its count is flagged, not shown as if it had one
+    table = blocks.metric_table({"base": {"tools": {"argument_match": 0.5}}, "tuned": {}}, None)
+    row = next(r for r in table.rows if r[0].startswith("argument match"))
+    assert row[1:] == ["50.0% (count not recorded)", "n/a", "n/a"]
     curve_rows = re.findall(r"^\| (\d+) \|", md.split("## Training loss")[1], re.MULTILINE)
     assert 6 <= len(curve_rows) <= 30 and curve_rows[-1] == "300"  # 60 train points thinned, the last kept
 
@@ -229,7 +238,8 @@ def test_html_in_headless_chromium(rendered):
     table = re.search(r'<table id="base-vs-tuned">(.*?)</table>', dom, re.DOTALL)
     assert table, dom[:2000]
     rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.DOTALL)
-    assert len(rows) == 1 + len(blocks.METRIC_ROWS) + 3  # header, metrics, elements_exam, judge (2)
+    # header, figures, elements_exam, judge (2)
+    assert len(rows) == 1 + len(blocks.VALUE_ROWS) + len(blocks.RATE_ROWS) + 3
     assert "<td>held-out loss</td><td>7.1100</td><td>5.9000</td><td>-1.2100</td>" in table.group(1)
     assert "<script" not in dom  # the model's script stayed text
 
