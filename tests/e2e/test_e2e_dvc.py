@@ -36,6 +36,11 @@ def _env() -> dict:
     env = git_dvc_env()
     env["HF_HUB_OFFLINE"] = "1"
     env.pop("PYTHONPATH", None)  # the stages must run from the repository itself
+    # vLLM's engine in the stage's own process, not in an engine-core and a worker process: this test
+    # checks what DVC reruns, and it starts an engine about ten times (synth, evaluate and judge in the
+    # first run, evaluate and judge in each of the three lr experiments); on 2 cores spawning the two
+    # processes is ~35 s of each start. vLLM's default (the product's) runs in the stage tests.
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env
 
 

