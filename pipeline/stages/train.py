@@ -67,6 +67,15 @@ def main() -> None:
         TRAIN_METRICS.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         print(f"train: eval loss {metrics['eval_loss']:.4f} after {metrics['steps']} steps, "
               f"{metrics['tokens_per_s']:.0f} tokens/s -> {ADAPTER_DIR}")
+    if launch.world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            # every rank past its last collective, then the process group closed: left to the
+            # interpreter's exit, gloo's threads can abort a rank ("terminate called without an
+            # active exception", exit -6) after a finished run, and torchrun then fails the stage
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
