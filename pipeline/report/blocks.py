@@ -28,7 +28,8 @@ VALUE_ROWS = [
 # (None: unpaired))
 RATE_ROWS = [
     ("stop rate (every prompt)", ("stop", "rate"), ("stop", "n"), ("stop", "ci95"), ("stop", "k"), None),
-    ("think rate (test questions)", ("think", "rate"), ("think", "n"), ("think", "ci95"), None, None),
+    # evaluate's think figure is the test questions' (the set its paired comparison is keyed by)
+    ("think rate (test questions)", ("think", "rate"), ("think", "n"), ("think", "ci95"), None, "think.questions"),
     ("tool-call validity (of the calls made)", ("tools", "validity"), ("tools", "call_attempts"),
      ("tools", "validity_ci95"), ("tools", "valid_attempts"), None),
     ("search-decision accuracy", ("tools", "decision_accuracy"), ("tools", "n"), ("tools", "decision_accuracy_ci95"),
@@ -327,8 +328,7 @@ def _rate_delta(base: dict | None, tuned: dict | None, comparison: dict | None) 
         return delta_cells(comparison)[0]
     if not (base and tuned and base["n"] and tuned["n"]):
         return "n/a"
-    c = unpaired(tuned["k"], tuned["n"], base["k"], base["n"])
-    return f"{100 * c['delta']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] unpaired"
+    return delta_cells(unpaired(tuned["k"], tuned["n"], base["k"], base["n"]))[0] + " unpaired"
 
 
 def metric_table(eval_metrics: dict, judge: dict | None) -> Table:
