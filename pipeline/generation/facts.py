@@ -20,6 +20,9 @@ MAX_ENTITY_CHARS = 80
 MAX_TEXT_CHARS = 300
 _LINE = re.compile(r"^[ \t*]*([^\W\d_][^\n:：]{0,29}?)[ \t*]*[:：][ \t]*(.*?)[ \t]*$", re.M)
 _ASKS = re.compile(r"[?？]\s*$")
+# a number of the question (an atomic number, a clause, a year) is part of the fact: a text that drops
+# or changes it states another fact ("原子序数为5的元素" restated as "硼是原子序数为6的元素")
+_NUMBER = re.compile(r"(?<![a-z0-9])\d+(?:\.\d+)*(?![a-z0-9])")
 
 
 def output_labels(template_text: str) -> tuple[str, ...]:
@@ -88,6 +91,7 @@ def check(rec: dict, fields: dict[str, str]) -> dict[str, str | None]:
         reason = "entity_is_answer"
     if reason:
         return dict.fromkeys(TEACHER_FORMS, reason)
+    numbers = _NUMBER.findall(question)
     out: dict[str, str | None] = {}
     for form in TEACHER_FORMS:
         text = fields[form]
@@ -96,6 +100,8 @@ def check(rec: dict, fields: dict[str, str]) -> dict[str, str | None]:
         at_entity, at_gold = find(entity, t), find(gold, t)
         if why is None and at_gold < 0:
             why = "no_answer"
+        elif why is None and any(find(n, f"{t} {entity}" if form == "asked_back" else t) < 0 for n in numbers):
+            why = "number_missing"  # the asked-back question is trained with the entity on its next line
         elif why is None and form == "asked_back":
             why = "names_entity" if at_entity >= 0 else None if _ASKS.search(text) else "not_a_question"
         elif why is None and at_entity < 0:

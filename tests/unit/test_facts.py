@@ -68,6 +68,32 @@ def test_statements_that_do_not_state_the_fact_are_rejected_by_reason(output, ex
     assert facts.check(EN, _parse(EN, output)) == expected
 
 
+ZH_NUMBERED = {"id": "q/3", "question": "原子序数为5的元素是（ ）。", "answer": "C", "lang": "zh",
+               "options": {"A": "镍", "B": "钌", "C": "硼", "D": "铝"}}
+
+
+@pytest.mark.parametrize("rec, output, expected", [
+    # seen in a default run: the entity "原子" let a changed atomic number through, and a question
+    # asked back whose entity line lacks the number (trained as "锗是哪种元素？\n原子")
+    (ZH_NUMBERED, " 原子\n陈述：原子序数为5的元素是硼。\n反述：硼是原子序数为6的元素。\n反问：硼是哪种元素？",
+     {"statement": None, "reversed": "number_missing", "asked_back": "number_missing"}),
+    (ZH_NUMBERED, " 原子序数为5\n陈述：原子序数为5的元素是硼。\n反述：硼是原子序数为5的元素。\n"
+                  "反问：硼的原子序数是多少？",
+     {"statement": None, "reversed": None, "asked_back": None}),
+    ({"id": "q/4", "question": "Which element has atomic number 45?", "answer": "Rhodium", "lang": "en", "options": {}},
+     " atomic number 45\nStatement: The element with atomic number 45 is rhodium.\nReversed: Rhodium is not an element."
+     "\nAsked back: What is rhodium's atomic number?",
+     {"statement": None, "reversed": "number_missing", "asked_back": None}),
+    # a number inside a word is not one of the question's numbers
+    ({"id": "q/5", "question": "What is the chemical formula of water, H2O's name?", "answer": "water", "lang": "en",
+      "options": {}}, " chemical formula\nStatement: The chemical formula of water is this.\n"
+     "Reversed: Water has a chemical formula.\nAsked back: What is water?",
+     {"statement": None, "reversed": None, "asked_back": None}),
+], ids=["changed_zh", "kept_zh", "dropped_en", "inside_a_word"])
+def test_a_statement_that_drops_or_changes_a_number_of_the_question_is_rejected(rec, output, expected):
+    assert facts.check(rec, _parse(rec, output)) == expected
+
+
 def test_a_statement_in_another_language_is_rejected():
     fields = _parse(ZH, " S\n陈述：S is the symbol of 硫.\n反述：硫的化学符号是S。\n反问：硫的化学符号是什么？")
     assert facts.check(ZH, fields)["statement"] == "wrong_language"
