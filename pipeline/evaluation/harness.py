@@ -289,6 +289,7 @@ def model_metrics(rows: list[dict], skipped: dict[str, int]) -> dict:
     search = in_set("tools")
     tools = scoring.tool_scores(search)
     tools.update(n=len(search), validity_ci95=stats.wilson(tools["valid_attempts"], tools["call_attempts"]),
+                 argument_match_ci95=stats.wilson(tools["argument_matched"], tools["argument_compared"]),
                  decision_accuracy_ci95=stats.wilson(
                      sum(r["scores"]["label"] == r["scores"]["decision"] for r in search), len(search)))
     answered = _rate([r["scores"]["contains"] for r in search])

@@ -133,7 +133,8 @@ def tool_scores(rows: list[dict]) -> dict:
     validity: of the outputs that attempt a call (a <tool_call> tag), the share whose every
     call parses and fits the declared schema. confusion: label x prediction counts
     (a prediction is "call" when the output attempts one). arguments: of the rows where both
-    label and prediction call and a reference call exists, the share whose first call matches.
+    label and prediction call and a reference call exists, the share whose first call matches
+    (argument_matched of argument_compared).
     """
     confusion = {"call/call": 0, "call/no_call": 0, "no_call/call": 0, "no_call/no_call": 0}
     attempts = valid = compared = matched = 0
@@ -165,6 +166,8 @@ def tool_scores(rows: list[dict]) -> dict:
         "confusion": confusion,
         "decision_accuracy": (confusion["call/call"] + confusion["no_call/no_call"]) / total if total else None,
         "argument_match": matched / compared if compared else None,
+        "argument_compared": compared,
+        "argument_matched": matched,
         "query_similarity": sum(similarities) / len(similarities) if similarities else None,
     }
 

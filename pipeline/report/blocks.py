@@ -34,8 +34,9 @@ RATE_ROWS = [
      ("tools", "validity_ci95"), ("tools", "valid_attempts"), None),
     ("search-decision accuracy", ("tools", "decision_accuracy"), ("tools", "n"), ("tools", "decision_accuracy_ci95"),
      None, "tools.decision_accuracy"),
-    # evaluate does not record how many calls it compared: the rate is shown, flagged
-    ("argument match (first call vs the reference)", ("tools", "argument_match"), None, None, None, None),
+    # an eval.json written before evaluate counted the calls it compared: the rate is shown, flagged
+    ("argument match (first call vs the reference)", ("tools", "argument_match"), ("tools", "argument_compared"),
+     ("tools", "argument_match_ci95"), ("tools", "argument_matched"), None),
     ("exam accuracy (generation)", ("exam", "accuracy"), ("exam", "questions"), ("exam", "ci95"), None,
      "exam_generation"),
 ]

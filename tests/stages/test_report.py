@@ -146,6 +146,11 @@ def test_markdown_has_deltas_and_na(rendered):
     table = blocks.metric_table({"base": {"tools": {"argument_match": 0.5}}, "tuned": {}}, None)
     row = next(r for r in table.rows if r[0].startswith("argument match"))
     assert row[1:] == ["50.0% (count not recorded)", "n/a", "n/a"]
+    counted = {"argument_match": 0.5, "argument_compared": 4, "argument_matched": 2,
+               "argument_match_ci95": stats.wilson(2, 4)}
+    table = blocks.metric_table({"base": {"tools": counted}, "tuned": {}}, None)
+    row = next(r for r in table.rows if r[0].startswith("argument match"))
+    assert row[1:] == ["50.0% (2/4) [15.0, 85.0]", "n/a", "n/a"]
     curve_rows = re.findall(r"^\| (\d+) \|", md.split("## Training loss")[1], re.MULTILINE)
     assert 6 <= len(curve_rows) <= 30 and curve_rows[-1] == "300"  # 60 train points thinned, the last kept
 

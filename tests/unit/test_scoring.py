@@ -51,6 +51,7 @@ def test_tool_scores_validity_confusion_and_arguments():
     assert scores["decision_accuracy"] == pytest.approx(5 / 7)
     # three rows compare arguments: the similar query matches; the unrelated one and the mistyped one do not
     assert scores["argument_match"] == pytest.approx(1 / 3)
+    assert (scores["argument_matched"], scores["argument_compared"]) == (1, 3)
     assert 0 < scores["query_similarity"] < 1
 
 
