@@ -21,9 +21,17 @@ def _part(model: dict, part: str | None) -> dict | None:
     return (k.get("by_group") or {}).get(part) or (k.get("by_direction") or {}).get(part)
 
 
+def _difference(c: dict | None) -> str:
+    if not c:
+        return ""
+    low, high = c["ci95"]
+    return f"; {100 * c['delta']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], p = {c['p_value']:.2g}"
+
+
 def knowledge_lines(path: Path = EVAL_METRICS) -> list[str]:
-    """One line per part (all, stated, control, reverse): cloze accuracy base -> tuned and the
-    paired difference; nothing when there is no evaluation with knowledge figures."""
+    """One line per part (all, stated, control, reverse), then one per general set (what was kept
+    outside the domain): cloze accuracy base -> tuned and the paired difference; nothing when
+    there is no evaluation with knowledge figures."""
     if not path.exists():
         return []
     metrics = json.loads(path.read_text(encoding="utf-8"))
@@ -34,10 +42,15 @@ def knowledge_lines(path: Path = EVAL_METRICS) -> list[str]:
         if not b or not t or not (b.get("cloze") or {}).get("n"):
             continue
         cells = [rate_cell(x["cloze"]["rate"], x["cloze"]["n"], x["cloze"]["ci95"], x["cloze"]["k"]) for x in (b, t)]
-        c = comparison.get("knowledge.cloze" + (f".{part}" if part else ""))
-        diff = (f"; {100 * c['delta']:+.1f} points [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}], "
-                f"p = {c['p_value']:.2g}") if c else ""
+        diff = _difference(comparison.get("knowledge.cloze" + (f".{part}" if part else "")))
         lines.append(f"  {words}: base {cells[0]} -> tuned {cells[1]}{diff}")
+    for name in metrics.get("general_sets") or []:
+        b, t = ((m.get("mc") or {}).get(name, {}).get("cloze", {}).get("0shot") or {} for m in (base, tuned))
+        if not b.get("n") or not t.get("n"):
+            continue
+        cells = [rate_cell(x["acc_norm"], x["n"], x["acc_norm_ci95"]) for x in (b, t)]
+        diff = _difference(comparison.get(f"mc.{name}.cloze.0shot.acc_norm"))
+        lines.append(f"  outside the domain ({name}): base {cells[0]} -> tuned {cells[1]}{diff}")
     if lines:
         lines.insert(0, f"knowledge of the test facts ({path}, cloze accuracy by log-likelihood):")
     return lines

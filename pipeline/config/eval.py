@@ -16,15 +16,24 @@ class McConfig:
     shots: int
     """k of the k-shot runs (each set is also scored zero-shot): the first k multiple-choice
     records of the train split."""
-    framings: list[Literal["plain", "chat"]]
+    framings: list[Literal["plain", "chat", "cloze"]]
     """`plain`: "Question: ... A. ... Answer:" (lm-evaluation-harness's MMLU prompt); `chat`: the
-    question in the chat template, the answer scored where the assistant's answer starts."""
+    question in the chat template, the answer scored where the assistant's answer starts; `cloze`:
+    "Question: ... Answer:", the options not listed, each option's text scored as the answer
+    (OLMES's cloze form: where a model under ~1B shows what it knows, as letters leave it at chance)."""
+    max_listed_items: int = 0
+    """Items of each set scored in the framings that list the options (plain, chat): the first N
+    of the set (0: all). Cloze scores every item: its prompts are short, the listed ones cost
+    several times more."""
 
     def __post_init__(self) -> None:
+        if self.max_listed_items < 0:
+            raise ConfigError(f"max_listed_items: expected 0 (all) or more, got {self.max_listed_items}")
         if self.shots < 1:
             raise ConfigError(f"shots: expected 1 or more (zero-shot always runs), got {self.shots}")
         if not self.framings or len(set(self.framings)) != len(self.framings):
-            raise ConfigError(f"framings: expected one or both of 'plain', 'chat', each once, got {self.framings}")
+            raise ConfigError("framings: expected one or more of 'plain', 'chat', 'cloze', each once, "
+                              f"got {self.framings}")
 
 
 @dataclass

@@ -137,15 +137,18 @@ def mc_run(model, tokenizer, params: Sections, sets: dict[str, list[dict]], shot
     rows = []
     for set_name, records in sets.items():
         for framing in cfg.mc.framings:
+            cap = cfg.mc.max_listed_items if framing in likelihood.LISTED else 0
             for k in (0, cfg.mc.shots):
                 scored, skipped = likelihood.score_items(
-                    scorer, tokenizer, records, framing, shots[:k], params.chat.system_prompt,
+                    scorer, tokenizer, records[:cap or None], framing, shots[:k], params.chat.system_prompt,
                     params.chat.think_from_explanation, cfg.max_model_len)
                 n = len(scored)
                 hits, hits_norm = sum(r["correct"] for r in scored), sum(r["correct_norm"] for r in scored)
                 metrics.setdefault(set_name, {}).setdefault(framing, {})[f"{k}shot"] = {
                     "acc": hits / n if n else None, "acc_norm": hits_norm / n if n else None, "n": n,
                     "ci95": stats.wilson(hits, n), "acc_norm_ci95": stats.wilson(hits_norm, n),
+                    # what a blind guess scores: the mean of 1 / options over the items scored
+                    "chance": sum(1 / len(r["text_ll"]) for r in scored) / n if n else None,
                     "skipped_too_long": skipped, "shots": len(shots[:k])}
                 rows += [{"set": set_name, "framing": framing, "shots": k, "model": model_name, **r} for r in scored]
     print(f"evaluate: {model_name}: multiple choice by log-likelihood, {scorer.forward_tokens} tokens through the model",
@@ -443,6 +446,8 @@ def evaluate(params: Sections, device: str = "cpu") -> tuple[dict, list[dict], l
         "prompts": {s: sum(it["set"] == s for it in items) for s in sorted({it["set"] for it in items})},
         "skipped_too_long": skipped,
         "mc_items": {name: len(recs) for name, recs in sets.items()},
+        # the sets outside the domain (eval.general_sets): what tuning must not make the model forget
+        "general_sets": [Path(p).stem for p in cfg.general_sets],
         "mc_shots": [r["id"] for r in shots],
     }
     know = knowledge.compare(know_rows)

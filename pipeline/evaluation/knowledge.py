@@ -98,7 +98,7 @@ def build_items(test: list[dict], reverse_rows: list[dict], records: list[dict],
                 options = rec.get("options") or {}
                 cloze = (list(options.values()) if direction == "forward" and options
                          else [answer, *pool[:CLOZE_OTHERS]])
-                text = context(question)
+                text = likelihood.cloze_question(question)
             if len(cloze) < 1 + CLOZE_OTHERS:
                 cloze = []
             if not cloze and len(pool) < POOL_MIN:
@@ -108,10 +108,6 @@ def build_items(test: list[dict], reverse_rows: list[dict], records: list[dict],
                           "kind": rec["kind"], "context": text, "answer": answer, "cloze": cloze,
                           "pool": pool if len(pool) >= POOL_MIN else [], "group": group(rec)})
     return items, dict(left_out)
-
-
-def context(question: str) -> str:
-    return f"Question: {question}\nAnswer:"
 
 
 def score(scorer, tokenizer, items: list[dict], max_len: int) -> list[dict]:
@@ -149,8 +145,12 @@ def summary(rows: list[dict]) -> dict:
         rr = [r["rr"] for r in ranked]
         mean = sum(rr) / len(rr) if rr else None
         spread = stats.paired_mean([0.0] * len(rr), rr) if len(rr) > 1 else None
-        return {"cloze": stats.rate(sum(cloze), len(cloze)),
-                "rank_acc1": stats.rate(sum(r["rank"] == 1 for r in ranked), len(ranked)),
+        cloze_n = [r["cloze_n"] for r in part if "cloze_correct" in r]
+        # chance: what a blind guess scores (1 / candidates, averaged over the items)
+        return {"cloze": {**stats.rate(sum(cloze), len(cloze)),
+                          "chance": sum(1 / n for n in cloze_n) / len(cloze_n) if cloze_n else None},
+                "rank_acc1": {**stats.rate(sum(r["rank"] == 1 for r in ranked), len(ranked)),
+                              "chance": sum(1 / (r["pool"] + 1) for r in ranked) / len(ranked) if ranked else None},
                 "mrr": {"mean": mean, "n": len(rr), "ci95": spread["ci95"] if spread else None}}
 
     out = figures(rows)

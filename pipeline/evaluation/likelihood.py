@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from pipeline.data import chat_format
 
-FRAMINGS = ("plain", "chat")
+FRAMINGS = ("plain", "chat", "cloze")
+# The framings that list the options in the prompt and score their letters too (cloze lists none).
+LISTED = ("plain", "chat")
 # The think block a model trained to think first is given before its scored answer.
 EMPTY_THINK = f"{chat_format.THINK_OPEN}\n\n{chat_format.THINK_CLOSE}\n"
 
@@ -26,6 +28,18 @@ def plain_question(rec: dict) -> str:
 
 def plain_context(rec: dict, shots: list[dict]) -> str:
     return "\n\n".join([f"{plain_question(s)} {s['answer']}" for s in shots] + [plain_question(rec)])
+
+
+def cloze_question(question: str) -> str:
+    """OLMES's cloze form: the question alone, the options not listed; each is scored as the
+    answer's continuation."""
+    return f"Question: {question}\nAnswer:"
+
+
+def cloze_context(rec: dict, shots: list[dict]) -> str:
+    """The cloze prompt, each shot answered by its right option's text."""
+    answered = [f"{cloze_question(s['question'])} {s['options'][s['answer']]}" for s in shots]
+    return "\n\n".join(answered + [cloze_question(rec["question"])])
 
 
 def user_turn(rec: dict) -> str:
@@ -43,9 +57,11 @@ def chat_context(tokenizer, rec: dict, shots: list[dict], system_prompt: str, th
 
 
 def continuations(rec: dict, framing: str) -> tuple[list[str], list[str]]:
-    """The letter continuations and the text continuations of an item, in option order."""
-    delimiter = " " if framing == "plain" else ""
-    return [delimiter + k for k in rec["options"]], [delimiter + v for v in rec["options"].values()]
+    """The letter continuations and the text continuations of an item, in option order (cloze:
+    texts only, its prompt names no letter)."""
+    delimiter = "" if framing == "chat" else " "
+    letters = [delimiter + k for k in rec["options"]] if framing in LISTED else []
+    return letters, [delimiter + v for v in rec["options"].values()]
 
 
 def pick_shots(train: list[dict], k: int) -> list[dict]:
@@ -206,13 +222,14 @@ def choose(lls: list[float], lengths: list[int] | None = None) -> int:
 def score_items(scorer: Scorer, tokenizer, records: list[dict], framing: str, shots: list[dict], system_prompt: str,
                 think: bool, max_len: int) -> tuple[list[dict], int]:
     """Per record: the log-likelihoods of its letters and texts, the letter chosen each way, and
-    whether each is right. Records whose context and longest continuation do not fit max_len
-    tokens are left out and counted."""
+    whether each is right (`correct`: by the letters' log-likelihood, or in cloze, which lists no
+    letters, by the texts' own; `correct_norm`: by the texts' per character). Records whose
+    context and longest continuation do not fit max_len tokens are left out and counted."""
     encoded, kept = [], []
     for rec in records:
         letters, texts = continuations(rec, framing)
-        if framing == "plain":
-            context = plain_context(rec, shots)
+        if framing in ("plain", "cloze"):
+            context = plain_context(rec, shots) if framing == "plain" else cloze_context(rec, shots)
             add_special = True  # the tokenizer's own policy, as lm-evaluation-harness encodes
         else:
             context = chat_context(tokenizer, rec, shots, system_prompt, think)
@@ -225,9 +242,8 @@ def score_items(scorer: Scorer, tokenizer, records: list[dict], framing: str, sh
     rows = []
     for rec, lls in zip(kept, scorer.loglikelihoods(encoded) if encoded else [], strict=True):
         keys = list(rec["options"])
-        n = len(keys)
-        letter_ll, text_ll = lls[:n], lls[n:]
-        pick = keys[choose(letter_ll)]
+        letter_ll, text_ll = lls[:-len(keys)], lls[-len(keys):]
+        pick = keys[choose(letter_ll or text_ll)]
         pick_norm = keys[choose(text_ll, [len(v) for v in rec["options"].values()])]
         rows.append({"id": rec["id"], "answer": rec["answer"], "letter_ll": letter_ll, "text_ll": text_ll,
                      "choice": pick, "choice_norm": pick_norm, "correct": pick == rec["answer"],

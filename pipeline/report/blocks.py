@@ -128,20 +128,33 @@ def mc_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | None, str
         framings = sorted(set(base_mc.get(set_name) or {}) | set(tuned_mc.get(set_name) or {}))
         for framing in framings:
             settings = set(dig(base_mc, set_name, framing) or {}) | set(dig(tuned_mc, set_name, framing) or {})
+            # cloze lists no letters: its acc is the option texts' summed log-likelihood
+            letters = "texts, summed" if framing == "cloze" else "letters"
             for shots in sorted(settings, key=lambda x: _mc_setting(x)[1]):
-                for figure, ci_key, words in (("acc", "ci95", "letters"), ("acc_norm", "acc_norm_ci95", "texts")):
+                for figure, ci_key, words in (("acc", "ci95", letters), ("acc_norm", "acc_norm_ci95", "texts")):
                     entries = []
                     for model_mc in (base_mc, tuned_mc):
                         entry = dig(model_mc, set_name, framing, shots)
                         entries.append(None if entry is None else
-                                       {"value": entry.get(figure), "n": entry.get("n"), "ci": entry.get(ci_key)})
+                                       {"value": entry.get(figure), "n": entry.get("n"), "ci": entry.get(ci_key),
+                                        "chance": entry.get("chance")})
                     rows.append((f"{set_name}, {framing}, {shots}, {words} ({figure})", *entries,
                                  f"mc.{set_name}.{framing}.{shots}.{figure}"))
     return rows
 
 
-def _entry(value, n, ci, k=None) -> dict:
-    return {"value": value, "n": n, "ci": ci, "k": k}
+def _entry(value, n, ci, k=None, chance=None) -> dict:
+    return {"value": value, "n": n, "ci": ci, "k": k, "chance": chance}
+
+
+def at_chance(base: dict | None, tuned: dict | None) -> bool:
+    """Both models' intervals hold the rate a blind guess scores: the figure cannot tell a right
+    answer from a wrong one, so its difference is flagged, not read (a figure without a known
+    chance rate is never flagged)."""
+    def holds(e):
+        chance, ci = (e or {}).get("chance"), (e or {}).get("ci")
+        return chance is not None and bool(ci) and ci[0] <= chance <= ci[1]
+    return holds(base) and holds(tuned)
 
 
 KNOWLEDGE_PARTS = [("", "all test facts"), ("forward", "asked as crawled"), ("reverse", "asked back (reverse)"),
@@ -168,7 +181,7 @@ def knowledge_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | No
                 elif figure == "mrr":
                     entries.append({**_entry(e["mean"], e["n"], e["ci95"]), "mean": True})
                 else:
-                    entries.append(_entry(e["rate"], e["n"], e["ci95"], e["k"]))
+                    entries.append(_entry(e["rate"], e["n"], e["ci95"], e["k"], e.get("chance")))
             if any(entries):
                 rows.append((f"{words}: {part_words}", *entries, f"knowledge.{figure}" + (f".{part}" if part else "")))
     return rows
@@ -239,17 +252,23 @@ def comparison_table(title: str, rows, comparisons: dict) -> Table:
     body = []
     for label, base, tuned, key in rows:
         cells = [_cell(e) for e in (base, tuned)]
-        body.append([label, *cells, *delta_cells(comparisons.get(key))])
+        delta = delta_cells(comparisons.get(key))
+        if comparisons.get(key) and at_chance(base, tuned):
+            delta[-1] = "both at chance"
+        body.append([label, *cells, *delta])
     return Table(title, header, body)
 
 
 def significance_sentences(rows, comparisons: dict) -> list[str]:
-    better, worse, same = [], [], []
-    for label, _, _, key in rows:
+    better, worse, same, blind = [], [], [], []
+    for label, base, tuned, key in rows:
         c = comparisons.get(key)
         if not c:
             continue
         text = f"{label} ({100 * c['delta']:+.1f} points, p = {c['p_value']:.2g})"
+        if at_chance(base, tuned):
+            blind.append(text)
+            continue
         (better if c["significant"] and c["delta"] > 0 else worse if c["significant"] else same).append(text)
     out = []
     if better:
@@ -258,6 +277,10 @@ def significance_sentences(rows, comparisons: dict) -> list[str]:
         out.append("Significantly worse after tuning (p < 0.05): " + "; ".join(worse) + ".")
     if same:
         out.append(f"No significant difference on the other {len(same)} figures compared.")
+    if blind:
+        out.append(f"At chance for both models, so not read as a difference ({len(blind)}: each model's 95% interval "
+                   "holds what a blind guess scores; such a figure cannot tell a right answer from a wrong one): "
+                   + "; ".join(blind) + ".")
     return out or ["No figure could be compared (no items answered by both models)."]
 
 
@@ -279,8 +302,10 @@ def headline_blocks(eval_metrics: dict) -> list[tuple[str, object]]:
         blocks += [("p", text) for text in power_sentences(eval_metrics)]
     if knowledge:
         blocks.append(("table", comparison_table(
-            "Knowledge: multiple-choice accuracy by log-likelihood, options listed (option letters: acc; option "
-            "texts, length-normalised: acc_norm)", knowledge, comparisons)))
+            "Knowledge: multiple-choice accuracy by log-likelihood; cloze: the question alone, each option's text "
+            "scored as the answer; plain and chat: the options listed (letters: acc; texts, per character: "
+            "acc_norm). The general sets are the check that nothing outside the domain was lost",
+            knowledge, comparisons)))
     else:
         blocks.append(("p", "No multiple-choice items were scored by log-likelihood."))
     blocks.append(("table", comparison_table("Behaviour and answers (generation)", behaviour, comparisons)))

@@ -22,8 +22,17 @@ def _knowledge(eval_metrics: dict) -> dict:
             "delta": paired.get("delta"), "delta_low": low, "delta_high": high, "p": paired.get("p_value")}
 
 
+def _general(eval_metrics: dict) -> dict:
+    """Tuned - base on the first general set (eval.general_sets), paired, with its count and
+    interval: cloze accuracy (0-shot, per character), what tuning cost outside the domain."""
+    names = eval_metrics.get("general_sets") or []
+    paired = (dig(eval_metrics, "comparison", f"mc.{names[0]}.cloze.0shot.acc_norm") if names else None) or {}
+    low, high = paired.get("ci95") or (None, None)
+    return {"delta": paired.get("delta"), "delta_low": low, "delta_high": high, "n": paired.get("n")}
+
+
 def summarize(eval_metrics: dict, train_metrics: dict | None, export_metrics: dict | None) -> dict:
-    """One flat-ish dict of 26 leaves: each becomes a column of `dvc exp show`.
+    """One flat-ish dict of 30 leaves: each becomes a column of `dvc exp show`.
     Rates carry their count and 95% interval; a figure a run does not have is null."""
     tuned = eval_metrics.get("tuned") or {}
     tools = tuned.get("tools") or {}
@@ -31,6 +40,7 @@ def summarize(eval_metrics: dict, train_metrics: dict | None, export_metrics: di
     return {
         "loss": {"base": dig(eval_metrics, "base", "loss"), "tuned": tuned.get("loss")},
         "knowledge_cloze": _knowledge(eval_metrics),
+        "general_cloze": _general(eval_metrics),
         "think": _rate(dig(tuned, "think", "rate"), dig(tuned, "think", "n"), dig(tuned, "think", "ci95")),
         "search_decisions": _rate(tools.get("decision_accuracy"), tools.get("n"), tools.get("decision_accuracy_ci95")),
         "tool_calls_valid": _rate(tools.get("validity"), tools.get("call_attempts"), tools.get("validity_ci95")),

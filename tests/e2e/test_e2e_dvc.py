@@ -181,12 +181,14 @@ def _check_evaluation(repo: Path) -> None:
         # knowledge by log-likelihood: every set, framing and shot count, each with n and an interval
         assert set(m["mc"]) == {"questions", "elements_exam", "general_mc"}
         for framings in m["mc"].values():
-            for framing in ("plain", "chat"):
+            for framing in ("cloze", "plain", "chat"):
                 for shots in ("0shot", "5shot"):
                     entry = framings[framing][shots]
                     assert entry["n"] > 0 and 0 <= entry["acc"] <= 1 and 0 <= entry["acc_norm"] <= 1
                     assert entry["ci95"][0] <= entry["acc"] <= entry["ci95"][1]
-        assert m["mc"]["general_mc"]["plain"]["0shot"]["n"] >= 100
+                    assert 0 < entry["chance"] <= 0.5  # 1 / options, averaged: what a blind guess scores
+        general = m["mc"]["general_mc"]["cloze"]["0shot"]
+        assert general["n"] >= 500 and general["chance"] == 0.25
         assert metrics["prompts"]["exam:general_mc"] == 16  # eval.max_exam_prompts: answered in words
         assert set(m["think"]["by_set"]) == sets
         assert all({"rate", "n", "ci95"} <= set(v) for v in m["think"]["by_set"].values())
@@ -198,8 +200,9 @@ def _check_evaluation(repo: Path) -> None:
     # search loop are scored on a scripted model in tests/stages/test_evaluate.py and tests/unit/test_scoring.py,
     # and on the default profile in metrics/eval.json.
     comparison = metrics["comparison"]
-    assert {"mc.general_mc.plain.0shot.acc", "think.questions", "search_answer", "knowledge.cloze",
-            "knowledge.rank_acc1", "knowledge.mrr"} <= set(comparison)
+    assert metrics["general_sets"] == ["general_mc"]
+    assert {"mc.general_mc.plain.0shot.acc", "mc.general_mc.cloze.0shot.acc_norm", "think.questions", "search_answer",
+            "knowledge.cloze", "knowledge.rank_acc1", "knowledge.mrr"} <= set(comparison)
     assert metrics["knowledge"]["items"]["forward"] > 0 and "cloze" in metrics["knowledge"]["power"]
     assert all({"delta", "ci95", "p_value", "significant"} <= set(c) for c in comparison.values())
     rows = [json.loads(line) for line in (repo / "reports/eval/predictions.jsonl").read_text().splitlines()]

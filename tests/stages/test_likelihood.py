@@ -68,8 +68,9 @@ def tiny_model(tokenizer, seed: int):
 
 
 def trained_to_pick(tokenizer, pick, seed: int = 0, steps: int = 150):
-    """A tiny model trained on each item's plain and chat contexts (zero-shot and with the shots)
-    followed by the option `pick(rec)` names, letter and text: it learns to prefer that option."""
+    """A tiny model trained on each item's plain, chat and cloze contexts (zero-shot and with the
+    shots) followed by the option `pick(rec)` names, letter and text (cloze: text): it learns to
+    prefer that option."""
     import torch
 
     model = tiny_model(tokenizer, seed)
@@ -81,6 +82,7 @@ def trained_to_pick(tokenizer, pick, seed: int = 0, steps: int = 150):
             texts.append(likelihood.plain_context(rec, shots) + f" {rec['options'][key]}")
             chat = likelihood.chat_context(tokenizer, rec, shots, SYSTEM, True)
             texts += [chat + key, chat + rec["options"][key]]
+            texts.append(likelihood.cloze_context(rec, shots) + f" {rec['options'][key]}")
     batch = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     width = max(map(len, batch))
     ids = torch.tensor([b + [tokenizer.pad_token_id] * (width - len(b)) for b in batch])
@@ -120,6 +122,12 @@ def test_prompts_shots_and_token_split_as_the_harness_builds_them(tokenizer):
     assert two.count("\n\n") == 2 and two.startswith("Question: Which gas") and "Answer: A\n\nQuestion: How many sides" in two
     assert likelihood.continuations(rec, "plain") == ([" A", " B", " C", " D"], [" Venus", " Mars", " Jupiter", " Saturn"])
     assert likelihood.continuations(rec, "chat") == (["A", "B", "C", "D"], ["Venus", "Mars", "Jupiter", "Saturn"])
+    # cloze (OLMES): the question alone, no letters; a shot is answered by its right option's text
+    assert likelihood.continuations(rec, "cloze") == ([], [" Venus", " Mars", " Jupiter", " Saturn"])
+    assert likelihood.cloze_context(rec, SHOT_RECORDS) == (
+        "Question: Which gas do plants take in?\nAnswer: Carbon dioxide\n\n"
+        "Question: How many sides has a hexagon?\nAnswer: Six\n\n"
+        "Question: Which planet is known as the red planet?\nAnswer:")
     chat = likelihood.chat_context(tokenizer, rec, SHOT_RECORDS[:1], SYSTEM, True)
     assert chat.endswith("<|im_start|>assistant\n" + likelihood.EMPTY_THINK)
     assert "<|im_start|>assistant\n" + likelihood.EMPTY_THINK + "A. Carbon dioxide<|im_end|>" in chat
@@ -165,7 +173,8 @@ def test_a_model_trained_on_the_answers_scores_100_and_against_a_shifted_key_0(t
     right = trained_to_pick(tokenizer, lambda r: r["answer"])
     keys = "ABCD"
     shifted = [{**r, "answer": keys[(keys.index(r["answer"]) + 1) % 4]} for r in RECORDS]
-    for framing, shots in (("plain", []), ("plain", SHOT_RECORDS), ("chat", []), ("chat", SHOT_RECORDS)):
+    for framing, shots in (("plain", []), ("plain", SHOT_RECORDS), ("chat", []), ("chat", SHOT_RECORDS),
+                           ("cloze", []), ("cloze", SHOT_RECORDS)):
         good = scores(right, tokenizer, framing, shots)
         assert all(r["correct"] and r["correct_norm"] for r in good), (framing, len(shots))
         bad = scores(right, tokenizer, framing, shots, shifted)
@@ -203,7 +212,12 @@ def test_lm_evaluation_harness_gives_the_same_numbers(tokenizer, tmp_path, monke
     }
     tasks = {"mc_letters": {**common, "doc_to_choice": ["A", "B", "C", "D"], "fewshot_config": {"sampler": "first_n"}},
              "mc_texts": {**common, "doc_to_choice": "{{[A, B, C, D]}}",
-                          "fewshot_config": {"sampler": "first_n", "doc_to_target": "answer"}}}
+                          "fewshot_config": {"sampler": "first_n", "doc_to_target": "answer"}},
+             # cloze: the question alone, the options' texts scored; a shot answered by its option's text
+             "mc_cloze": {**common, "doc_to_text": "Question: {{question}}\nAnswer:",
+                          "doc_to_choice": "{{[A, B, C, D]}}",
+                          "fewshot_config": {"sampler": "first_n",
+                                             "doc_to_target": "{{[A, B, C, D][['A', 'B', 'C', 'D'].index(answer)]}}"}}}
     for name, task in tasks.items():
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"task": name, **task}))
     manager = TaskManager(include_path=str(tmp_path))
@@ -212,8 +226,11 @@ def test_lm_evaluation_harness_gives_the_same_numbers(tokenizer, tmp_path, monke
         out = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(tmp_path / "model"), "dtype": "float32"},
                                       tasks=list(tasks), num_fewshot=k, batch_size=4, device="cpu", task_manager=manager,
                                       log_samples=True, bootstrap_iters=0)
-        ours = scores(model, tokenizer, "plain", SHOT_RECORDS[:k])
-        for name, key, figure in (("mc_letters", "letter_ll", "acc"), ("mc_texts", "text_ll", "acc_norm")):
+        listed = scores(model, tokenizer, "plain", SHOT_RECORDS[:k])
+        cloze = scores(model, tokenizer, "cloze", SHOT_RECORDS[:k])
+        for name, key, figure in (("mc_letters", "letter_ll", "acc"), ("mc_texts", "text_ll", "acc_norm"),
+                                  ("mc_cloze", "text_ll", "acc"), ("mc_cloze", "text_ll", "acc_norm")):
+            ours = cloze if name == "mc_cloze" else listed
             samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
             theirs = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
             assert [r[key] for r in ours] == [pytest.approx(t, abs=1e-4) for t in theirs], (name, k)

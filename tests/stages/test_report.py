@@ -173,6 +173,32 @@ def test_the_headline_figures_have_counts_intervals_and_verdicts(rendered):
     assert "Significantly worse" not in headline and "No significant difference on the other 1 figures" in headline
 
 
+def test_a_difference_between_two_models_at_chance_is_flagged_not_read():
+    """Both models' intervals hold what a blind guess scores (four options: 25%): the difference,
+    significant as counted, is listed as at chance, not as worse; the same counts without a known
+    chance rate (metrics written before it) are read as before; a model above chance is read."""
+    base = [True] * 10 + [True] * 4 + [False] * 2 + [False] * 24    # 14/40 = 35% [22.1, 50.5]
+    tuned = [False] * 10 + [True] * 4 + [True] * 2 + [False] * 24   # 6/40 = 15% [7.1, 29.1]
+    paired = stats.paired(base, tuned)
+    assert paired["significant"] and paired["delta"] < 0
+
+    def entry(flags, chance):
+        return {"value": sum(flags) / len(flags), "n": len(flags), "ci": stats.wilson(sum(flags), len(flags)),
+                "chance": chance}
+
+    rows = [("general, cloze, 0shot, texts (acc_norm)", entry(base, 0.25), entry(tuned, 0.25), "a"),
+            ("general, plain, 0shot, letters (acc)", entry(base, None), entry(tuned, None), "b"),
+            ("general, chat, 0shot, letters (acc)", entry(tuned, 0.25), entry([True] * 30 + [False] * 10, 0.25), "c")]
+    comparisons = {"a": paired, "b": paired, "c": stats.paired(tuned, [True] * 30 + [False] * 10)}
+    table = blocks.comparison_table("t", rows, comparisons)
+    assert [r[-1] for r in table.rows] == ["both at chance", "tuned worse", "tuned better"]
+    said = " ".join(blocks.significance_sentences(rows, comparisons))
+    assert "Significantly worse after tuning (p < 0.05): general, plain, 0shot, letters (acc) (-20.0 points" in said
+    assert "Significantly better after tuning (p < 0.05): general, chat, 0shot, letters (acc)" in said
+    assert "At chance for both models, so not read as a difference (1: " in said
+    assert said.endswith("general, cloze, 0shot, texts (acc_norm) (-20.0 points, p = 0.039).")
+
+
 def test_an_uninformative_judge_ranks_nothing(tmp_path):
     bad = {**JUDGE, "informative": False,
            "controls": {**JUDGE["controls"], "accuracy": 16 / 48, "k": 16, "ci95": stats.wilson(16, 48),

@@ -112,6 +112,8 @@ def test_qwen_tiny_is_the_gpu_profile_with_tiny_sizes(tmp_path):
     ("judge.backend=openai", "judge.base_url: required for the openai backend"),
     ("teacher=openai +teacher.base_urls=[http://a/v1]", "teacher.base_url, base_urls: give one of them"),
     ("eval.exam_sets=[/tmp/other.csv]", "eval.exam_sets[0]: '/tmp/other.csv' is not under evalsets/"),
+    ("eval.mc.max_listed_items=-1", "eval.mc.max_listed_items: expected 0 (all) or more, got -1"),
+    ("eval.mc.framings=[cloze,letters]", "eval.mc.framings"),
     ("export.quant=[q8_0,q8_0]", "export.quant: a type is listed twice"),
     ("export.name=../x", "export.name: expected a file stem"),
     ("export.verify.min_quant_top1=1.5", "export.verify.min_quant_top1: expected a share in [0, 1]"),

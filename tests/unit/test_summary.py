@@ -23,7 +23,10 @@ EVAL = {
                   "validity": 0.5, "validity_ci95": [0.1, 0.9], "call_attempts": 4, "valid_attempts": 2},
     },
     "comparison": {"knowledge.cloze": {"delta": 0.15, "ci95": [0.05, 0.25], "p_value": 0.004, "n": 100},
-                   "think.questions": {"delta": 0.9, "ci95": [0.8, 0.95], "p_value": 1e-9, "n": 50}},
+                   "think.questions": {"delta": 0.9, "ci95": [0.8, 0.95], "p_value": 1e-9, "n": 50},
+                   "mc.general.cloze.0shot.acc_norm": {"delta": -0.01, "ci95": [-0.03, 0.01], "p_value": 0.5, "n": 600},
+                   "mc.domain_exam.cloze.0shot.acc_norm": {"delta": 0.2, "ci95": [0.1, 0.3], "p_value": 0.01, "n": 40}},
+    "general_sets": ["general"],
 }
 TRAIN = {"train_runtime_s": 120.5, "tokens_per_s": 410.0, "steps": 30}
 EXPORT = {"passed": True, "served": {"type": "q8_0", "file": "models/gguf/quant/distillery-q8_0.gguf", "passed": True}}
@@ -36,6 +39,9 @@ def test_the_summary_takes_each_figure_from_its_stage():
         "knowledge_cloze.tuned": 0.55, "knowledge_cloze.tuned_low": 0.45, "knowledge_cloze.tuned_high": 0.64,
         "knowledge_cloze.n": 100, "knowledge_cloze.delta": 0.15, "knowledge_cloze.delta_low": 0.05,
         "knowledge_cloze.delta_high": 0.25, "knowledge_cloze.p": 0.004,
+        # the general set's, not the domain's exam
+        "general_cloze.delta": -0.01, "general_cloze.delta_low": -0.03, "general_cloze.delta_high": 0.01,
+        "general_cloze.n": 600,
         "think.rate": 0.9, "think.n": 50, "think.low": 0.79, "think.high": 0.96,
         "search_decisions.rate": 0.75, "search_decisions.n": 20, "search_decisions.low": 0.55,
         "search_decisions.high": 0.88,
