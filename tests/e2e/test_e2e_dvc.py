@@ -457,7 +457,9 @@ def _check_sweep(repo: Path, tmp_path: Path) -> None:
         leaves = _metric_leaves(by_lr[lr]["metrics"])
         assert len(leaves) <= 30 and any(leaf.endswith("loss.tuned") for leaf in leaves), leaves
     header = _run(repo, "dvc", "exp", "show", "--csv", "--only-changed").splitlines()[0].split(",")
-    assert len(header) <= 30 and "lr" in header and "loss.tuned" in header, header
+    # the summary's changed figures (general_cloze and knowledge_cloze among them), lr, and DVC's
+    # name, hash and output columns: 32 when the summary grew to 30 leaves
+    assert len(header) <= 34 and "lr" in header and "loss.tuned" in header, header
     names = [name for name, r in runs.items() if r["params"]["params.yaml"]["data"]["lr"] in (1e-4, 2e-4)]
     assert len(names) == 2, runs.keys()
     # both loss curves on one page
