@@ -145,12 +145,13 @@ def summary(rows: list[dict]) -> dict:
         rr = [r["rr"] for r in ranked]
         mean = sum(rr) / len(rr) if rr else None
         spread = stats.paired_mean([0.0] * len(rr), rr) if len(rr) > 1 else None
-        cloze_n = [r["cloze_n"] for r in part if "cloze_correct" in r]
+        cloze_n = [r["cloze_n"] for r in part if "cloze_n" in r]
+        pools = [r["pool"] for r in ranked if "pool" in r]
         # chance: what a blind guess scores (1 / candidates, averaged over the items)
         return {"cloze": {**stats.rate(sum(cloze), len(cloze)),
                           "chance": sum(1 / n for n in cloze_n) / len(cloze_n) if cloze_n else None},
                 "rank_acc1": {**stats.rate(sum(r["rank"] == 1 for r in ranked), len(ranked)),
-                              "chance": sum(1 / (r["pool"] + 1) for r in ranked) / len(ranked) if ranked else None},
+                              "chance": sum(1 / (p + 1) for p in pools) / len(pools) if pools else None},
                 "mrr": {"mean": mean, "n": len(rr), "ci95": spread["ci95"] if spread else None}}
 
     out = figures(rows)
