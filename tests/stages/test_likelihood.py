@@ -182,6 +182,26 @@ def test_a_model_trained_on_the_answers_scores_100_and_against_a_shifted_key_0(t
         assert not any(r["correct"] or r["correct_norm"] for r in bad), (framing, len(shots))
 
 
+def test_listed_framings_score_the_first_max_listed_items_and_cloze_scores_all(tokenizer):
+    """eval.mc.max_listed_items caps the framings that list the options (plain, chat) to the first
+    N items of a set, zero-shot and k-shot; cloze scores every item whatever the cap."""
+    from types import SimpleNamespace
+
+    from pipeline.config import Sections
+    from pipeline.config.eval import McConfig
+    from pipeline.evaluation import harness
+
+    params = Sections(eval=SimpleNamespace(mc=McConfig(shots=1, framings=["cloze", "plain", "chat"], max_listed_items=3),
+                                           max_model_len=1024),
+                      chat=SimpleNamespace(system_prompt=SYSTEM, think_from_explanation=False))
+    metrics, rows = harness.mc_run(tiny_model(tokenizer, 0), tokenizer, params, {"set": RECORDS}, SHOT_RECORDS, "base")
+    for framing, want in (("cloze", [r["id"] for r in RECORDS]), ("plain", ["q00", "q01", "q02"]),
+                          ("chat", ["q00", "q01", "q02"])):
+        for k in (0, 1):
+            assert metrics["set"][framing][f"{k}shot"]["n"] == len(want), (framing, k)
+            assert [r["id"] for r in rows if r["framing"] == framing and r["shots"] == k] == want, (framing, k)
+
+
 def test_lm_evaluation_harness_gives_the_same_numbers(tokenizer, tmp_path, monkeypatch):
     """lm-evaluation-harness 0.4.13 (HF model, local task YAMLs, first_n shots from a train file)
     on a fixture model: the same per-option log-likelihoods, acc and acc_norm."""
