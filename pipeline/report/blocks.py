@@ -147,6 +147,14 @@ def _entry(value, n, ci, k=None, chance=None) -> dict:
     return {"value": value, "n": n, "ci": ci, "k": k, "chance": chance}
 
 
+def _majority_share(confusion: dict | None) -> float | None:
+    """What the same decision on every prompt scores (never search, or always): the share of the
+    commoner label in a label x decision table ({"call/no_call": 2, ...})."""
+    counts = (confusion or {}).items()
+    labels = [sum(v for k, v in counts if k.startswith(f"{label}/")) for label in ("call", "no_call")]
+    return max(labels) / sum(labels) if sum(labels) else None
+
+
 def at_chance(base: dict | None, tuned: dict | None) -> bool:
     """Both models' intervals hold the rate a blind guess scores: the figure cannot tell a right
     answer from a wrong one, so its difference is flagged, not read (a figure without a known
@@ -222,7 +230,9 @@ def behaviour_rows(eval_metrics: dict) -> list[tuple[str, dict | None, dict | No
         rows.append((f"ends its turn: {s}", *per_model(lambda m: from_rate(m["stop_by_set"][s])), f"stop.{s}"))
     rows.append(("search decision accuracy (call / no call vs label)",
                  *per_model(lambda m: _entry(m["tools"]["decision_accuracy"], m["tools"]["n"],
-                                             m["tools"]["decision_accuracy_ci95"])), "tools.decision_accuracy"))
+                                             m["tools"]["decision_accuracy_ci95"],
+                                             chance=_majority_share(m["tools"].get("confusion")))),
+                 "tools.decision_accuracy"))
     rows.append(("tool-call validity (of the calls made; unpaired)",
                  *per_model(lambda m: _entry(m["tools"]["validity"], m["tools"]["call_attempts"],
                                              m["tools"]["validity_ci95"], m["tools"]["valid_attempts"])),

@@ -199,6 +199,28 @@ def test_a_difference_between_two_models_at_chance_is_flagged_not_read():
     assert said.endswith("general, cloze, 0shot, texts (acc_norm) (-20.0 points, p = 0.039).")
 
 
+def test_search_decisions_a_model_matches_by_never_searching_are_flagged():
+    """30 of 32 prompts labelled no call: a model that never searches scores 93.8%, so the
+    decision figure's chance is the commoner label's share and two such models are at chance;
+    with the labels balanced, one that searches exactly where it should is read."""
+    def metrics(calls: int, no_calls: int, searched: int = 0) -> dict:
+        n, right = calls + no_calls, searched + no_calls
+        tools = {"decision_accuracy": right / n, "n": n, "decision_accuracy_ci95": stats.wilson(right, n),
+                 "confusion": {"call/call": searched, "call/no_call": calls - searched, "no_call/call": 0,
+                               "no_call/no_call": no_calls}}
+        return {"base": {"tools": tools}, "tuned": {"tools": tools}}
+
+    def decision(eval_metrics):
+        return next(r for r in blocks.behaviour_rows(eval_metrics) if r[0].startswith("search decision accuracy"))
+
+    _, base, tuned, _ = decision(metrics(2, 30))
+    assert base["chance"] == tuned["chance"] == 30 / 32 and blocks.at_chance(base, tuned)
+    _, base, tuned, _ = decision(metrics(16, 16, searched=16))
+    assert base["chance"] == 0.5 and not blocks.at_chance(base, tuned)
+    _, base, tuned, _ = decision({"base": {"tools": {**metrics(2, 30)["base"]["tools"], "confusion": None}}})
+    assert base["chance"] is None and tuned is None
+
+
 def test_an_uninformative_judge_ranks_nothing(tmp_path):
     bad = {**JUDGE, "informative": False,
            "controls": {**JUDGE["controls"], "accuracy": 16 / 48, "k": 16, "ci95": stats.wilson(16, 48),
